@@ -1,0 +1,5 @@
+"""Prefect block types of DAPX (``prefect block register -m dapx.blocks`` registers them)."""
+
+from dapx.blocks.node import ORCHESTRATOR_KEY_BLOCK, ProxmoxNode
+
+__all__ = ["ORCHESTRATOR_KEY_BLOCK", "ProxmoxNode"]

@@ -1,0 +1,204 @@
+"""The `dapx` command: what Prefect's own CLI does not cover.
+
+    dapx up                          run the product (server, blocks, lab if no nodes, worker)
+    dapx init                        create the orchestrator's SSH key pair (private half in a block)
+    dapx node add|test|list|remove   node blocks (N1, N2)
+    dapx lab up|down|status|reset|ssh|register   the simulated estate (X8)
+
+A user mistake prints one line on stderr and exits 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+from dapx.errors import DapxError
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+# --- lab --------------------------------------------------------------------------------------
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from dapx.lab import estate
+
+    if args.lab_cmd == "up":
+        state = estate.up()
+        _print_lab_status(estate.status(), as_json=False)
+        return 0 if state else 1
+    if args.lab_cmd == "down":
+        estate.down()
+        print("lab: down")
+        return 0
+    if args.lab_cmd == "reset":
+        estate.reset()
+        _print_lab_status(estate.status(), as_json=False)
+        return 0
+    if args.lab_cmd == "status":
+        _print_lab_status(estate.status(), as_json=args.json)
+        return 0
+    if args.lab_cmd == "ssh":
+        import os
+
+        argv = estate.ssh_argv(args.node, list(args.command))
+        os.execvp(argv[0], argv)
+    if args.lab_cmd == "register":
+        from dapx.blocks.manage import register_lab_nodes
+
+        for name in register_lab_nodes():
+            print(f"registered node block {name}")
+        return 0
+    raise DapxError(f"unknown lab command {args.lab_cmd!r}")
+
+
+def _print_lab_status(status: dict, *, as_json: bool) -> None:
+    if as_json:
+        _print_json(status)
+        return
+    nodes = status.get("nodes", {})
+    if not nodes:
+        print("lab: not running")
+        return
+    print(f"{'NODE':<6} {'KIND':<4} {'ADDRESS':<15} {'STATE':<8} API")
+    for node in nodes.values():
+        print(f"{node['name']:<6} {node['kind']:<4} {node['address']:<15} "
+              f"{node['state']:<8} {node.get('api_url', '')}")
+
+
+# --- nodes ------------------------------------------------------------------------------------
+
+def cmd_node(args: argparse.Namespace) -> int:
+    from dapx.blocks import manage as nodes_admin
+
+    if args.node_cmd == "add":
+        block = nodes_admin.add_node(
+            name=args.name, host=args.host, ssh_port=args.port, ssh_user=args.user,
+            key_file=args.key_file, kind=args.kind, storage_kind=args.storage,
+            api_token_id=args.token_id, api_token_secret_file=args.token_secret_file,
+            overwrite=args.overwrite,
+        )
+        print(f"node {block} saved; run `dapx node test {args.name}` to pin its keys")
+        return 0
+    if args.node_cmd == "test":
+        report = nodes_admin.test_node(args.name)
+        print(report)
+        return 0
+    if args.node_cmd == "list":
+        rows = nodes_admin.list_nodes()
+        if args.json:
+            _print_json(rows)
+        else:
+            print(f"{'NAME':<16} {'KIND':<4} {'STORAGE':<7} {'HOST':<24} PINNED")
+            for r in rows:
+                print(f"{r['name']:<16} {r['kind']:<4} {r['storage_kind']:<7} "
+                      f"{r['host'] + ':' + str(r['ssh_port']):<24} {r['pinned']}")
+        return 0
+    if args.node_cmd == "remove":
+        nodes_admin.remove_node(args.name)
+        print(f"node {args.name} removed")
+        return 0
+    raise DapxError(f"unknown node command {args.node_cmd!r}")
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from dapx.blocks import manage as nodes_admin
+
+    public = nodes_admin.init_orchestrator_key(overwrite=args.overwrite)
+    print("orchestrator key ready; authorise this public key for root on each node:")
+    print(public)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from dapx.deployments.up import run_product
+
+    return run_product(port=args.port, with_lab=args.lab, worker_limit=args.limit)
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dapx", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    up = sub.add_parser("up", help="run the product: Prefect server, blocks, deployments, worker")
+    up.add_argument("--port", type=int, default=4200, help="Prefect server port (4200)")
+    up.add_argument("--lab", choices=["auto", "yes", "no"], default="auto",
+                    help="start the lab: auto = only when no real nodes are configured")
+    up.add_argument("--limit", type=int, default=4, help="flow runs at once in the worker (4)")
+    up.set_defaults(func=cmd_up)
+
+    init = sub.add_parser("init", help="create the orchestrator's SSH key pair")
+    init.add_argument("--overwrite", action="store_true", help="replace an existing key")
+    init.set_defaults(func=cmd_init)
+
+    node = sub.add_parser("node", help="manage node blocks")
+    nsub = node.add_subparsers(dest="node_cmd", required=True)
+    add = nsub.add_parser("add", help="register a node (N1)")
+    add.add_argument("name", help="block name, e.g. pve-node-01")
+    add.add_argument("--host", required=True, help="hostname or IP address")
+    add.add_argument("--port", type=int, default=22, help="SSH port (22)")
+    add.add_argument("--user", default="root", help="SSH user (root)")
+    add.add_argument("--key-file", help="SSH private key file (default: the orchestrator key)")
+    add.add_argument("--kind", choices=["pve", "pbs"], default="pve")
+    add.add_argument("--storage", choices=["zfs", "btrfs", "other"], default="zfs")
+    add.add_argument("--token-id", help="API token id, e.g. root@pam!dapx")
+    add.add_argument("--token-secret-file",
+                     help="file holding the API token secret ('-' reads stdin)")
+    add.add_argument("--overwrite", action="store_true", help="replace an existing node block")
+    test = nsub.add_parser("test", help="test SSH and API, pin host key and TLS fingerprint (N2)")
+    test.add_argument("name")
+    lst = nsub.add_parser("list", help="list node blocks")
+    lst.add_argument("--json", action="store_true")
+    rm = nsub.add_parser("remove", help="delete a node block")
+    rm.add_argument("name")
+    node.set_defaults(func=cmd_node)
+
+    lab = sub.add_parser("lab", help="the simulated Proxmox estate (root)")
+    lsub = lab.add_subparsers(dest="lab_cmd", required=True)
+    lsub.add_parser("up", help="build and start the lab (idempotent)")
+    lsub.add_parser("down", help="stop the lab and remove everything it made")
+    lsub.add_parser("reset", help="down, then up")
+    st = lsub.add_parser("status", help="nodes, addresses, states")
+    st.add_argument("--json", action="store_true")
+    ssh = lsub.add_parser("ssh", help="run a command on a lab node over SSH")
+    ssh.add_argument("node")
+    ssh.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND...")
+    lsub.add_parser("register", help="save the lab's nodes as node blocks")
+    lab.set_defaults(func=cmd_lab)
+
+    _add_job_parser(sub)
+    return parser
+
+
+def _add_job_parser(sub: argparse._SubParsersAction) -> None:
+    try:
+        from dapx.deployments.cli import add_job_parser
+    except ImportError:  # jobs arrive with the replication flows
+        return
+    add_job_parser(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `dapx` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "command", None) and args.command[:1] == ["--"]:
+        args.command = args.command[1:]
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except DapxError as exc:
+        print(f"dapx: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

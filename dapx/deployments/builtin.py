@@ -1,0 +1,53 @@
+"""The built-in deployments: every DAPX flow, unscheduled, on the `dapx` work pool.
+
+They make each operation runnable from the Prefect UI ("Run" with a parameter form) and from
+`prefect deployment run '<flow>/default' -p node=pve1`. Scheduled jobs are separate deployments
+(see ``dapx.deployments.jobs``). ``prefect.yaml`` lists the same deployments for `prefect deploy`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from dapx.deployments.server import WORK_POOL
+
+DEFAULT_DEPLOYMENT = "default"
+
+# Module paths of the flows; the worker imports them from the installed package.
+BUILTIN_FLOWS = (
+    "dapx.flows.nodes.node_check",
+    "dapx.flows.nodes.node_inventory",
+    "dapx.flows.nodes.install_sanoid",
+)
+
+
+def load_flow(path: str):  # noqa: ANN201 - returns a prefect Flow
+    """Import the flow object at module path ``path`` (``package.module.attr``)."""
+    module, _, attr = path.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
+def deploy_flow(path: str, name: str = DEFAULT_DEPLOYMENT, *, cron: str | None = None,
+                parameters: dict | None = None, tags: list[str] | None = None,
+                description: str | None = None, paused: bool = False) -> str:
+    """Create or update the deployment ``<flow>/<name>`` for the flow at ``path``.
+
+    The entrypoint is the module path, so a process worker with DAPX installed runs it without
+    fetching code. Returns ``"<flow-name>/<name>"``.
+    """
+    from prefect.deployments.runner import EntrypointType, deploy
+
+    flow = load_flow(path)
+    deployment = flow.to_deployment(
+        name=name, cron=cron, parameters=parameters or {}, tags=tags or ["dapx"],
+        description=description, paused=paused,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    deploy(deployment, work_pool_name=WORK_POOL, build=False, push=False,
+           print_next_steps_message=False, ignore_warnings=True)
+    return f"{flow.name}/{name}"
+
+
+def deploy_builtin() -> list[str]:
+    """Create or update every built-in deployment; return their names."""
+    return [deploy_flow(path) for path in BUILTIN_FLOWS]

@@ -1,0 +1,32 @@
+"""Session-wide rules for every test tier.
+
+Lab and deploy tests must never skip: when the lab or the Prefect server cannot start, those
+tests fail and say why. This hook turns any skip in those tiers into a failed session.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+STRICT_TIERS = ("tests/lab/", "tests/deploy/")
+_strict_skips: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and any(tier in report.nodeid for tier in STRICT_TIERS):
+        _strict_skips.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _strict_skips:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
+    if _strict_skips:
+        terminalreporter.write_line(
+            f"FAILED: {len(_strict_skips)} lab/deploy test(s) were skipped; these tiers may not skip:",
+            red=True,
+        )
+        for nodeid in _strict_skips:
+            terminalreporter.write_line(f"  {nodeid}", red=True)
