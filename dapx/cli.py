@@ -177,10 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_job_parser(sub: argparse._SubParsersAction) -> None:
-    try:
-        from dapx.deployments.cli import add_job_parser
-    except ImportError:  # jobs arrive with the replication flows
-        return
+    from dapx.deployments.cli import add_job_parser
+
     add_job_parser(sub)
 
 

@@ -1,0 +1,78 @@
+"""Job parameters: the typed models flows take and `dapx job create` fills in.
+
+A model is checked when it is built, so a bad name, VMID, bridge map or cron line is refused
+before anything runs; the Prefect UI renders each model as a form (Literal fields become
+dropdowns). Models refuse unknown fields.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dapx.core import validate
+from dapx.errors import InputError
+from dapx.core.types import Bandwidth, BridgeName, NodeName, PoolName, SubFolder, Vmid
+
+NotifyMode = Literal["always", "failure", "daily", "never"]
+Compression = Literal["lz4", "zstd", "gzip", "none"]
+
+
+class ReplicaJob(BaseModel):
+    """One guest replicated from a source node to a destination node (R1, R2, R3)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: NodeName = Field(description="Node the guest runs on (a node block name).",
+                             examples=["pve1"])
+    guest: Vmid = Field(description="VMID of the VM or container to replicate.", examples=[100])
+    destination: NodeName = Field(description="Node that receives the replica.",
+                                  examples=["pve3"])
+    dest_pool: PoolName = Field(default="rpool",
+                                description="ZFS pool (or BTRFS storage id) on the destination.",
+                                examples=["rpool"])
+    subfolder: SubFolder = Field(default="replica",
+                                 description="Dataset under the pool that holds the replicas.",
+                                 examples=["replica"])
+    dest_vmid: Optional[Vmid] = Field(
+        default=None, description="VMID on the destination; empty keeps the source VMID.",
+        examples=[9100])
+    compression: Compression = Field(default="lz4", description="Compression on the wire.",
+                                     examples=["lz4"])
+    keep: int = Field(default=3, ge=1, le=1000,
+                      description="Replica snapshots (versions) to keep on each side.",
+                      examples=[3])
+    register_vm: bool = Field(default=True,
+                           description="Register the guest on the destination after the copy.")
+    cpu_host: bool = Field(default=False, description="Set `cpu: host` in the registered config.")
+    bridge_map: dict[BridgeName, BridgeName] = Field(
+        default_factory=dict, description="Network bridge mapping, source -> destination.",
+        examples=[{"vmbr0": "vmbr1"}])
+    bwlimit: Optional[Bandwidth] = Field(default=None,
+                                         description="Bandwidth limit, e.g. 10M (bytes/s).",
+                                         examples=["50M"])
+    notify: NotifyMode = Field(default="failure", description="When to send a notification.",
+                               examples=["failure"])
+
+    @field_validator("bridge_map", mode="before")
+    @classmethod
+    def _parse_bridge_map(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        try:
+            return validate.parse_bridge_map(value)
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _distinct_nodes(self) -> "ReplicaJob":
+        if self.source == self.destination:
+            raise ValueError(f"source and destination are both {self.source!r}; "
+                             "a replica needs another node")
+        return self
+
+    @property
+    def target_vmid(self) -> int:
+        """VMID the replica gets on the destination."""
+        return self.dest_vmid or self.guest

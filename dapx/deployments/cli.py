@@ -1,0 +1,113 @@
+"""`dapx job create|list|run|remove`: jobs as Prefect deployments (R1, R2, R4)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from pydantic import ValidationError
+
+from dapx.errors import InputError
+
+
+def _validation_message(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first.get("loc", ()))
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{field}: {msg}" if field else msg
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    from dapx.deployments import jobs
+
+    if args.job_cmd == "create":
+        return _create(args)
+    if args.job_cmd == "list":
+        rows = jobs.list_jobs()
+        if args.json:
+            print(json.dumps(rows, indent=2, default=str))
+            return 0
+        print(f"{'JOB':<24} {'FLOW':<14} {'SCHEDULE':<16} PAUSED")
+        for r in rows:
+            print(f"{r['name']:<24} {r['flow']:<14} {r['schedule']:<16} {r['paused']}")
+        return 0
+    if args.job_cmd == "run":
+        params = {"dry_run": True} if args.plan else {}
+        if args.force:
+            params["force"] = True
+        print(f"flow run {jobs.run_job(args.name, parameters=params)} scheduled now")
+        return 0
+    if args.job_cmd == "remove":
+        jobs.remove_job(args.name)
+        print(f"job {args.name} removed")
+        return 0
+    raise InputError(f"unknown job command {args.job_cmd!r}")
+
+
+def _create(args: argparse.Namespace) -> int:
+    from dapx.core.jobspec import ReplicaJob
+    from dapx.deployments import jobs
+
+    fields = {
+        "source": args.source, "guest": args.guest, "destination": args.dest,
+        "dest_pool": args.pool, "subfolder": args.subfolder, "dest_vmid": args.dest_vmid,
+        "compression": args.compress, "keep": args.keep, "register_vm": not args.no_register,
+        "cpu_host": args.cpu_host, "bridge_map": args.bridge_map or {}, "bwlimit": args.bwlimit,
+        "notify": args.notify,
+    }
+    try:
+        spec = ReplicaJob(**{k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        raise InputError(_validation_message(exc)) from None
+    method = args.method or _storage_kind(spec.source)
+    if method not in ("zfs", "btrfs"):
+        raise InputError(f"node {spec.source} keeps guests on {method!r} storage; "
+                         "use a replica through PBS (recovery job) for it")
+    name = args.name or f"vm{spec.guest}-to-{spec.destination}"
+    full = jobs.create_job(name, f"{method}-replica", spec, schedule=args.schedule,
+                           paused=args.paused)
+    print(f"job {full} saved" + (f", schedule {args.schedule}" if args.schedule else ""))
+    return 0
+
+
+def _storage_kind(node: str) -> str:
+    from dapx.blocks.manage import load_node
+
+    return load_node(node).storage_kind
+
+
+def add_job_parser(sub: argparse._SubParsersAction) -> None:
+    """Add the `job` command group to the top-level parser."""
+    job = sub.add_parser("job", help="scheduled jobs (Prefect deployments)")
+    jsub = job.add_subparsers(dest="job_cmd", required=True)
+
+    create = jsub.add_parser("create", help="create or update a job")
+    create.add_argument("kind", choices=["replica"], help="what the job does")
+    create.add_argument("--name", help="job name (default vm<guest>-to-<dest>)")
+    create.add_argument("--source", required=True, help="source node")
+    create.add_argument("--guest", required=True, type=int, help="VMID to replicate")
+    create.add_argument("--dest", required=True, help="destination node")
+    create.add_argument("--method", choices=["zfs", "btrfs"],
+                        help="default: the source node's storage kind")
+    create.add_argument("--pool", help="destination pool (rpool)")
+    create.add_argument("--subfolder", help="destination sub-folder (replica)")
+    create.add_argument("--dest-vmid", type=int, help="VMID on the destination")
+    create.add_argument("--schedule", help='cron line, e.g. "*/15 * * * *"')
+    create.add_argument("--compress", choices=["lz4", "zstd", "gzip", "none"])
+    create.add_argument("--keep", type=int, help="snapshots to keep on each side (3)")
+    create.add_argument("--no-register", action="store_true", help="do not register the VM")
+    create.add_argument("--cpu-host", action="store_true", help="set cpu: host on the replica")
+    create.add_argument("--bridge-map", help="vmbr0=vmbr1,...")
+    create.add_argument("--bwlimit", help="bandwidth limit, e.g. 50M")
+    create.add_argument("--notify", choices=["always", "failure", "daily", "never"])
+    create.add_argument("--paused", action="store_true", help="create with the schedule paused")
+
+    lst = jsub.add_parser("list", help="list jobs")
+    lst.add_argument("--json", action="store_true")
+    run = jsub.add_parser("run", help="run a job now")
+    run.add_argument("name")
+    run.add_argument("--plan", action="store_true", help="dry run: print the plan only")
+    run.add_argument("--force", action="store_true", help="allow rolling back a diverged target")
+    rm = jsub.add_parser("remove", help="delete a job")
+    rm.add_argument("name")
+    job.set_defaults(func=cmd_job)
