@@ -16,7 +16,7 @@ from dapx.errors import InputError
 from dapx.core.types import Bandwidth, BridgeName, NodeName, PoolName, SubFolder, Vmid
 
 NotifyMode = Literal["always", "failure", "daily", "never"]
-Compression = Literal["lz4", "zstd", "gzip", "none"]
+from dapx.core.validate import Compression  # noqa: E402
 
 
 class ReplicaJob(BaseModel):

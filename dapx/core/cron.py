@@ -1,0 +1,92 @@
+"""Cron line validation for job schedules (Prefect CronSchedule takes the same lines).
+
+Accepts the classic 5-field form a Prefect deployment schedule takes: each field a comma list
+of ``*``, ``*/step``, ``n``, ``a-b``, ``a-b/step`` or ``n/step``; month and weekday names
+(``jan``, ``mon-fri``); weekday 0..7 (0 and 7 are Sunday); and the ``@hourly``-style
+macros. Refused on purpose although croniter takes them: ``L``, ``W``, ``#``, ``?``, ``R``/``H``
+(random/hashed) and 6- or 7-field lines, so every accepted line means the same thing to
+Prefect and to a person reading it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from dapx.errors import InputError
+
+MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+_MONTHS = ("jan feb mar apr may jun jul aug sep oct nov dec").split()
+_DAYS = ("sun mon tue wed thu fri sat").split()
+_ITEM = re.compile(r"(?P<range>\*|[A-Za-z0-9]+(?:-[A-Za-z0-9]+)?)(?:/(?P<step>[0-9]+))?")
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str
+    low: int
+    high: int
+    names: tuple[str, ...] = ()  # names[i] stands for low + i
+
+
+_FIELDS = (
+    _Field("minute", 0, 59),
+    _Field("hour", 0, 23),
+    _Field("day of month", 1, 31),
+    _Field("month", 1, 12, tuple(_MONTHS)),
+    _Field("day of week", 0, 7, tuple(_DAYS)),
+)
+
+
+def _value(field: _Field, token: str, line: str) -> int:
+    """One number or name of ``field``; raises InputError when unknown or out of range."""
+    if token.isdigit():
+        number = int(token)
+    elif token.lower() in field.names:
+        number = field.low + field.names.index(token.lower())
+    else:
+        raise InputError(f"cron {field.name} {token!r} in {line!r} is not a number"
+                         + (f" or a name ({field.names[0]}..)" if field.names else ""))
+    if not field.low <= number <= field.high:
+        raise InputError(f"cron {field.name} {number} in {line!r} is out of range "
+                         f"{field.low}-{field.high}")
+    return number
+
+
+def _check_item(field: _Field, item: str, line: str) -> None:
+    """One comma-separated item of a field; raises InputError saying what is wrong."""
+    match = _ITEM.fullmatch(item)
+    if not match:
+        raise InputError(f"cron {field.name} {item!r} in {line!r} is not valid; use *, n, "
+                         "a-b, */step or a-b/step")
+    step = match["step"]
+    if step is not None and not 1 <= int(step) <= field.high - field.low + 1:
+        raise InputError(f"cron {field.name} step {step} in {line!r} must be 1.."
+                         f"{field.high - field.low + 1}")
+    if match["range"] == "*":
+        return
+    start, _, end = match["range"].partition("-")
+    first = _value(field, start, line)
+    if end and _value(field, end, line) < first:
+        raise InputError(f"cron {field.name} range {match['range']!r} in {line!r} runs "
+                         "backwards; write it low-high")
+
+
+def validate_cron(line: str) -> str:
+    """A 5-field cron line or an ``@daily``-style macro.
+
+    In: the line. Out: the line with runs of blanks collapsed to one space.
+    Raises InputError naming the field and what to fix.
+    """
+    if not isinstance(line, str) or "\n" in line or "\r" in line:
+        raise InputError(f"cron line {line!r} must be one line of text")
+    fields = line.split()
+    if len(fields) == 1 and fields[0].lower() in MACROS:
+        return fields[0].lower()
+    if len(fields) != 5:
+        raise InputError(f"cron line {line!r} has {len(fields)} fields; use 5 "
+                         "(minute hour day-of-month month day-of-week), e.g. '*/15 * * * *'")
+    for field, text in zip(_FIELDS, fields):
+        for item in text.split(","):
+            _check_item(field, item, line)
+    return " ".join(fields)

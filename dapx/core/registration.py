@@ -1,0 +1,158 @@
+"""Rewrite a source guest config for registration on the destination (feature R3).
+
+In: the parsed source config, its VMID and ``RegistrationOptions``. Out: a new GuestConfig
+whose disks name the replicated volumes (new VMID, destination storage), whose bridges are
+mapped, with ``cpu: host`` when asked, without snapshot/PENDING/cloud-init sections and
+without ``parent``, ``lock`` and ``onboot`` (a replica must not start by itself; PVE's default
+for a missing ``onboot`` is off). Lines not changed keep their exact bytes.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dapx.core.guestconfig import ConfigLine, GuestConfig, Section, list_disks
+from dapx.core.propstring import PropertyString
+from dapx.core.types import BridgeName, StorageId, Vmid
+from dapx.errors import InputError
+
+DROPPED_KEYS = ("parent", "lock", "onboot")
+_VOLNAME = re.compile(r"(?:(?P<dir>[0-9]+)/)?(?P<kind>vm|base|subvol)-(?P<owner>[0-9]+)-"
+                      r"(?P<rest>[A-Za-z0-9_.-]+)")
+_CLOUDINIT = re.compile(r"vm-[0-9]+-cloudinit(?:\.[a-z0-9]+)?")
+_NET_KEY = re.compile(r"net[0-9]+")
+
+
+class RegistrationOptions(BaseModel):
+    """How the destination copy of a guest differs from the source."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    new_vmid: Vmid = Field(description="VMID of the guest on the destination; disk names "
+                           "follow it (vm-100-disk-0 becomes vm-9100-disk-0)", examples=[9100])
+    storage_map: dict[StorageId, StorageId] = Field(
+        description="Source storage id -> destination storage id, for every storage the "
+        "guest's disks use (same storage type on both sides)",
+        examples=[{"local-zfs": "local-zfs"}])
+    bridge_map: dict[BridgeName, BridgeName] = Field(
+        default_factory=dict, description="Source bridge -> destination bridge; bridges not "
+        "listed stay as they are", examples=[{"vmbr0": "vmbr1"}])
+    cpu_host: bool = Field(default=False, description="Set 'cpu: host' (VMs only; ignored "
+                           "for containers)", examples=[True])
+
+
+def rename_volume(volname: str, old_vmid: int, new_vmid: int) -> str:
+    """A volume name owned by ``old_vmid`` renamed for ``new_vmid``.
+
+    ``vm-100-disk-0`` -> ``vm-9100-disk-0``; ``subvol-101-disk-0`` -> ``subvol-9101-disk-0``;
+    ``100/vm-100-disk-0.raw`` -> ``9100/vm-9100-disk-0.raw``. Raises InputError for a linked
+    clone (``base-X/vm-Y``), a volume owned by another guest or a name PVE did not make.
+    """
+    match = _VOLNAME.fullmatch(volname)
+    if not match:
+        why = "a linked clone" if re.match(r"base-[0-9]+-[^/]+/", volname) else \
+            "not named by PVE"
+        raise InputError(f"volume {volname!r} is {why}; dapx can only replicate volumes named "
+                         "vm-<vmid>-..., subvol-<vmid>-... or base-<vmid>-...")
+    owner, directory = int(match["owner"]), match["dir"]
+    if owner != old_vmid or (directory is not None and int(directory) != old_vmid):
+        raise InputError(f"volume {volname!r} belongs to guest {owner}, not {old_vmid}; "
+                         "detach it or replicate that guest instead")
+    renamed = f"{match['kind']}-{new_vmid}-{match['rest']}"
+    return f"{new_vmid}/{renamed}" if directory is not None else renamed
+
+
+def _with_value(line: ConfigLine, value: str) -> ConfigLine:
+    """The line with a new value, keeping its key and line ending."""
+    ending = line.raw[len(line.raw.rstrip("\r\n")):]
+    return ConfigLine(f"{line.key}: {value}{ending}", line.key, value)
+
+
+def _new_disk_value(key: str, value: str, old_vmid: int, opts: RegistrationOptions) -> str:
+    props = PropertyString.parse(value)
+    storage, _, volname = (props.get("volume") or props.default or "").partition(":")
+    if storage not in opts.storage_map:
+        raise InputError(f"disk {key} is on storage {storage!r}, which the storage map does "
+                         "not name; add it (e.g. local-zfs=local-zfs)")
+    volid = f"{opts.storage_map[storage]}:{rename_volume(volname, old_vmid, opts.new_vmid)}"
+    props.set("volume" if props.get("volume") else None, volid)
+    return str(props)
+
+
+def _cloudinit_value(value: str, old_vmid: int, opts: RegistrationOptions) -> str | None:
+    """A cloud-init drive renamed for the new VMID (PVE recreates it at start), or None."""
+    props = PropertyString.parse(value)
+    storage, _, volname = (props.default or "").partition(":")
+    if props.get("media") != "cdrom" or not _CLOUDINIT.fullmatch(volname):
+        return None
+    volid = f"{opts.storage_map.get(storage, storage)}:" \
+            f"{rename_volume(volname, old_vmid, opts.new_vmid)}"
+    props.set(None, volid)
+    return str(props)
+
+
+def _map_bridge(value: str, bridge_map: dict[str, str]) -> str:
+    props = PropertyString.parse(value)
+    bridge = props.get("bridge")
+    if bridge in bridge_map:
+        props.set("bridge", bridge_map[bridge])
+    return str(props)
+
+
+def _rewrite_line(line: ConfigLine, disks: dict[str, str], old_vmid: int,
+                  opts: RegistrationOptions) -> ConfigLine | None:
+    """The destination form of one main-config line; None drops it."""
+    key, value = line.key, line.value
+    if key is None or value is None:
+        return line
+    if key in DROPPED_KEYS:
+        return None
+    if key in disks:
+        return _with_value(line, _new_disk_value(key, value, old_vmid, opts))
+    if _NET_KEY.fullmatch(key):
+        mapped = _map_bridge(value, opts.bridge_map)
+        return line if mapped == value else _with_value(line, mapped)
+    cloudinit = _cloudinit_value(value, old_vmid, opts)
+    return line if cloudinit is None else _with_value(line, cloudinit)
+
+
+def _set_key(section: Section, key: str, value: str) -> None:
+    """Set ``key`` in place, or insert it where PVE's sorted writer would put it."""
+    for index, line in enumerate(section.lines):
+        if line.key == key:
+            section.lines[index] = _with_value(line, value)
+            return
+    position = next((i for i, ln in enumerate(section.lines) if ln.key and ln.key > key),
+                    len(section.lines))
+    section.lines.insert(position, ConfigLine(f"{key}: {value}\n", key, value))
+
+
+def rewrite_for_destination(config: GuestConfig, old_vmid: int,
+                            options: RegistrationOptions) -> GuestConfig:
+    """The destination config (a new object; ``config`` is not changed).
+
+    Raises InputError for a disk on a storage missing from the storage map, a host-path
+    disk, a linked clone or a volume owned by another guest.
+    """
+    disks = {}
+    for disk in list_disks(config):
+        if disk.storage is None:
+            raise InputError(f"disk {disk.key} is the host path {disk.volname}; it cannot be "
+                             "replicated, detach it first")
+        disks[disk.key] = disk.volid
+    main = Section(None, "", [])
+    for line in config.main.lines:
+        new = _rewrite_line(copy.copy(line), disks, old_vmid, options)
+        if new is not None:
+            main.lines.append(new)
+    while main.lines and main.lines[-1].raw.strip() == "":
+        main.lines.pop()  # the blank line that separated the dropped sections
+    if main.lines and not main.lines[-1].raw.endswith("\n"):
+        last = main.lines[-1]
+        main.lines[-1] = ConfigLine(last.raw + "\n", last.key, last.value)
+    if options.cpu_host and config.kind == "qemu":
+        _set_key(main, "cpu", "host")
+    return GuestConfig(config.kind, [main])

@@ -1,0 +1,90 @@
+"""``syncoid`` argv (sanoid 2.1.0), run on the source node, pushing to the destination.
+
+syncoid joins its options into shell strings itself (``-o $opt``, ``-i $key``, ``mbuffer -R
+$limit``) and only quotes dataset names, so every value put here is validated to plain
+characters first (``validate_abs_path``, ``parse_bandwidth``).
+
+Decisions: dapx takes its own snapshots, so syncoid always runs with ``--no-sync-snap`` and
+sends what exists (``-I`` from the common snapshot). The destination's host key is pinned: a
+dapx-owned known_hosts file, ``StrictHostKeyChecking=yes``, the global file ignored.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dapx.core.types import AbsPath, Bandwidth
+from dapx.core.validate import (Compression, validate_abs_path, validate_dataset_name,
+                                validate_host)
+from dapx.errors import InputError
+
+_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+
+# dapx's names -> syncoid's (--compress accepts gzip, pigz-*, zstd-fast/-slow, lz4, xz, lzo, none)
+SYNCOID_COMPRESSION: dict[str, str] = {"lz4": "lz4", "zstd": "zstd-fast", "gzip": "gzip",
+                                       "none": "none"}
+
+
+class SyncoidOptions(BaseModel):
+    """How one syncoid transfer runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    compression: Compression = Field(default="lz4", description="Compression on the wire",
+                                     examples=["zstd"])
+    ssh_key: AbsPath = Field(description="Replication private key on the source node",
+                             examples=["/root/.ssh/dapx_replication"])
+    known_hosts_file: AbsPath = Field(description="known_hosts file on the source node "
+                                      "pinning the destination's host key",
+                                      examples=["/etc/dapx/known_hosts"])
+    ssh_port: int = Field(default=22, ge=1, le=65535, description="Destination SSH port",
+                          examples=[22])
+    bandwidth_limit: Bandwidth | None = Field(default=None, description="Limit on the source "
+                                              "side (bytes/s, k/M/G)", examples=["10M"])
+    recursive: bool = Field(default=False, description="Also send child datasets "
+                            "(plain dataset mode)", examples=[False])
+    resume: bool = Field(default=True, description="Use resumable receive (real ZFS only; "
+                         "off on zfs-fuse)", examples=[True])
+    create_bookmark: bool = Field(default=False, description="Bookmark the newest source "
+                                  "snapshot (real ZFS only; zfs-fuse has no bookmarks)",
+                                  examples=[False])
+    rollback_target: bool = Field(default=True, description="Let syncoid receive with -F "
+                                  "(discarding target writes since its last snapshot). The "
+                                  "plan step refuses diverged targets before this runs",
+                                  examples=[True])
+    force_delete: bool = Field(default=False, description="Let syncoid destroy a target with "
+                               "no common snapshot; set only from a forced plan",
+                               examples=[False])
+
+
+def ssh_options(known_hosts_file: str) -> list[str]:
+    """The ssh ``-o`` options that pin the destination's host key and forbid prompts."""
+    known = validate_abs_path(known_hosts_file, "known_hosts file")
+    return [f"UserKnownHostsFile={known}", "GlobalKnownHostsFile=/dev/null",
+            "StrictHostKeyChecking=yes", "BatchMode=yes", "IdentitiesOnly=yes"]
+
+
+def syncoid_argv(source_dataset: str, target_host: str, target_dataset: str,
+                 options: SyncoidOptions, *, target_user: str = "root") -> list[str]:
+    """``syncoid [options] <src> <user>@<host>:<dst>``.
+
+    In: validated dataset names, the destination host (IPv4 or name) and options.
+    Out: the argv. Raises InputError for a bad name, host or user.
+    """
+    validate_dataset_name(source_dataset)
+    validate_dataset_name(target_dataset)
+    if not _USER.fullmatch(target_user):
+        raise InputError(f"SSH user {target_user!r} is not a plain user name")
+    argv = ["syncoid", "--no-sync-snap", f"--compress={SYNCOID_COMPRESSION[options.compression]}",
+            f"--sshkey={options.ssh_key}", f"--sshport={options.ssh_port}"]
+    argv += [f"--sshoption={opt}" for opt in ssh_options(options.known_hosts_file)]
+    if options.bandwidth_limit:
+        argv.append(f"--source-bwlimit={options.bandwidth_limit}")
+    flags = {"--recursive": options.recursive, "--no-resume": not options.resume,
+             "--create-bookmark": options.create_bookmark,
+             "--no-rollback": not options.rollback_target,
+             "--force-delete": options.force_delete}
+    argv += [flag for flag, on in flags.items() if on]
+    return argv + [source_dataset, f"{target_user}@{validate_host(target_host)}:{target_dataset}"]
