@@ -32,8 +32,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
         _print_lab_status(estate.status(), as_json=False)
         return 0 if state else 1
     if args.lab_cmd == "down":
-        estate.down()
-        print("lab: down")
+        estate.down(purge=args.purge)
+        print("lab: down" + (" (lab directory removed)" if args.purge else ""))
         return 0
     if args.lab_cmd == "reset":
         estate.reset()
@@ -45,7 +45,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
     if args.lab_cmd == "ssh":
         import os
 
-        argv = estate.ssh_argv(args.node, list(args.command))
+        argv = estate.ssh_argv(args.node, list(args.command) or None)
         os.execvp(argv[0], argv)
     if args.lab_cmd == "register":
         from dapx.blocks.manage import register_lab_nodes
@@ -162,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     lab = sub.add_parser("lab", help="the simulated Proxmox estate (root)")
     lsub = lab.add_subparsers(dest="lab_cmd", required=True)
     lsub.add_parser("up", help="build and start the lab (idempotent)")
-    lsub.add_parser("down", help="stop the lab and remove everything it made")
+    down = lsub.add_parser("down", help="stop the lab and remove everything it made")
+    down.add_argument("--purge", action="store_true",
+                      help="also delete the lab directory (keys, images, certificates)")
     lsub.add_parser("reset", help="down, then up")
     st = lsub.add_parser("status", help="nodes, addresses, states")
     st.add_argument("--json", action="store_true")

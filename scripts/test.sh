@@ -7,5 +7,4 @@ cd "$(dirname "$0")/.."
 # Tests get a Prefect home of their own, so they never touch the product's database.
 export PREFECT_HOME=${PREFECT_HOME:-$(mktemp -d /tmp/dapx-test-prefect.XXXXXX)}
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
-export DAPX_LAB_DIR=${DAPX_LAB_DIR:-/var/lib/dapx-lab-test}
 exec .venv/bin/python -m pytest tests -ra -p no:cacheprovider "$@"

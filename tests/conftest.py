@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import pytest
 
+# The lab fixtures (`lab`, `machine_before`) serve both the lab and the deploy tiers.
+pytest_plugins = ["tests.helpers.lab"]
+
 STRICT_TIERS = ("tests/lab/", "tests/deploy/")
 _strict_skips: list[str] = []
 

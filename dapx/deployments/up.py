@@ -27,10 +27,18 @@ def _want_lab(mode: str) -> bool:
     if mode in ("yes", "no"):
         return mode == "yes"
     from dapx.blocks.manage import list_nodes
-    from dapx.lab.estate import LAB_NODE_NAMES
+    from dapx.lab.common import SUBNET
+    import ipaddress
 
-    real = [n for n in list_nodes() if n["name"] not in LAB_NODE_NAMES]
-    return not real
+    lab_net = ipaddress.ip_network(SUBNET)
+
+    def in_lab(host: str) -> bool:
+        try:
+            return ipaddress.ip_address(host) in lab_net
+        except ValueError:
+            return False
+
+    return not [n for n in list_nodes() if not in_lab(n["host"] or "")]
 
 
 def run_product(*, port: int = server.DEFAULT_PORT, with_lab: str = "auto",

@@ -71,7 +71,7 @@ def _verify(sim, **params) -> dict:
 def test_verify_detects_corruption(sim):
     _backup(sim, 410)
     assert _verify(sim, **{"backup-type": "vm", "backup-id": "410"})["exitstatus"] == "OK"
-    store = sim["root"] / "mnt/datastore/store1/vm/410"
+    store = sim["root"] / "datastore/store1/vm/410"
     snapdir = sorted(store.iterdir())[-1]
     man = json.loads((snapdir / "index.json.blob").read_text())
     img = snapdir / "drive-scsi0.img.fidx"

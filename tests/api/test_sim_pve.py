@@ -35,7 +35,8 @@ def sim(tmp_path_factory):
     cfg_dir.mkdir(parents=True)
     node = {"node": "pve1", "kind": "pve", "address": "127.0.0.1", "cluster": None,
             "cluster_nodes": {"pve1": "127.0.0.1"}, "nodes": {"pve1": "127.0.0.1"},
-            "tokens": {"root@pam!dapx": SECRET}, "tls_cert": cert, "tls_key": key}
+            "tokens": {"root@pam!dapx": SECRET}, "tls_cert": cert, "tls_key": key,
+            "pbs": {"datastore": "store1", "path": "/datastore/store1"}}
     (cfg_dir / "node.json").write_text(json.dumps(node))
     pbs = pbsapi.make_server("127.0.0.1", 0)
     pve = pveapi.make_server("127.0.0.1", 0)

@@ -37,8 +37,9 @@ def datastores() -> dict[str, Path]:
                 out[name] = paths.sim_path(line.strip()[5:].strip())
     if not out:
         node = paths.node_config()
-        name = (node.get("pbs") or {}).get("datastore", "store1")
-        out[name] = paths.sim_path((node.get("pbs") or {}).get("path", f"/mnt/datastore/{name}"))
+        pbs = node.get("pbs") or {}
+        if pbs.get("path"):  # no silent default: a guessed path could land on the host's disk
+            out[pbs.get("datastore", "store1")] = paths.sim_path(pbs["path"])
     return out
 
 

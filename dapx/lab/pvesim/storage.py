@@ -135,6 +135,10 @@ def path(volid: str) -> Path:
     """Filesystem path of a volume: the raw image file, or the directory of a subvol."""
     sid, volname = split_volid(volid)
     st = get(sid)
+    if st.type == "pbs":  # backups have PBS names, not image names
+        from . import pbsclient
+        pbsclient.delete_backup(st, volname)
+        return
     vmid, name, subvol = parse_volname(volname)
     if st.type == "zfspool":
         mnt = _zfs_mountpoint(_zfs_ds(st, name))
@@ -186,9 +190,13 @@ def free(volid: str) -> None:
     """Destroy a volume and its snapshots."""
     sid, volname = split_volid(volid)
     st = get(sid)
+    if st.type == "pbs":  # backups have PBS names, not image names
+        from . import pbsclient
+        pbsclient.delete_backup(st, volname)
+        return
     vmid, name, subvol = parse_volname(volname)
     if st.type == "zfspool":
-        run(["zfs", "destroy", "-r", _zfs_ds(st, name)])
+        _zfs_destroy(_zfs_ds(st, name))
     elif st.type == "btrfs":
         sub = _btrfs_subvol(st, vmid, name)
         for snap in sorted(sub.parent.glob(name + "@*")):
@@ -202,8 +210,21 @@ def free(volid: str) -> None:
         else:
             p.unlink()
     else:
-        from . import pbsclient
-        pbsclient.delete_backup(st, volname)
+        raise StorageError(f"storage '{sid}' of type '{st.type}' cannot free volumes")
+
+
+def _zfs_destroy(dataset: str, attempts: int = 10) -> None:
+    """``zfs destroy -r``, retried while the dataset is busy (as PVE's ZFS plugin does: a
+    just-closed image can keep a zfs-fuse dataset busy for a moment)."""
+    import time
+    for attempt in range(attempts):
+        try:
+            run(["zfs", "destroy", "-r", dataset])
+            return
+        except Exception as exc:
+            if "busy" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
 
 
 def size_of(volid: str) -> int:
