@@ -6,7 +6,12 @@ tests fail and say why. This hook turns any skip in those tiers into a failed se
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# No telemetry or analytics from test servers: the machine has no route to them.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 # The lab fixtures (`lab`, `machine_before`) serve both the lab and the deploy tiers.
 pytest_plugins = ["tests.helpers.lab"]

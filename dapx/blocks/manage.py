@@ -1,0 +1,148 @@
+"""Create, list and remove node blocks; the orchestrator key; the lab's nodes as blocks.
+
+Called by `dapx node ...`, `dapx init` and `dapx lab register`. Every function raises
+``InputError`` for a user mistake (unknown node, bad host, unreadable key file) before it
+writes anything.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pydantic import SecretStr, ValidationError
+
+from dapx.blocks.node import ORCHESTRATOR_KEY_BLOCK, ProxmoxNode
+from dapx.errors import InputError
+
+
+def _validation_message(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first.get("loc", ())) or "value"
+    return f"{field}: {first['msg'].removeprefix('Value error, ')}"
+
+
+def load_node(name: str) -> ProxmoxNode:
+    """The node block ``name``; InputError naming the known nodes when there is none."""
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        return ProxmoxNode.load(name, validate=True)
+    except (ValueError, ObjectNotFound):
+        known = ", ".join(sorted(r["name"] for r in list_nodes())) or "none"
+        raise InputError(f"unknown node {name!r} (known nodes: {known}); "
+                         f"add it with `dapx node add {name} --host ...`") from None
+
+
+def _read_secret_file(path: str | None) -> SecretStr | None:
+    if not path:
+        return None
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    return SecretStr(text.strip()) if text.strip() else None
+
+
+def add_node(*, name: str, host: str, ssh_port: int = 22, ssh_user: str = "root",
+             key_file: str | None = None, kind: str = "pve", storage_kind: str = "zfs",
+             api_token_id: str | None = None, api_token_secret_file: str | None = None,
+             api_token_secret: str | None = None, ssh_host_key: str | None = None,
+             tls_fingerprint: str | None = None, ssh_private_key: str | None = None,
+             overwrite: bool = False) -> str:
+    """Validate and save a ``ProxmoxNode`` block named ``name``; return its name."""
+    key = _read_secret_file(key_file) or (SecretStr(ssh_private_key) if ssh_private_key else None)
+    secret = _read_secret_file(api_token_secret_file) or (
+        SecretStr(api_token_secret) if api_token_secret else None)
+    try:
+        node = ProxmoxNode(
+            name=name, host=host, ssh_port=ssh_port, ssh_user=ssh_user, ssh_private_key=key,
+            kind=kind, storage_kind=storage_kind, api_token_id=api_token_id,
+            api_token_secret=secret, ssh_host_key=ssh_host_key, tls_fingerprint=tls_fingerprint,
+        )
+    except ValidationError as exc:
+        raise InputError(f"node {name!r}: {_validation_message(exc)}") from None
+    if not overwrite and name in {r["name"] for r in list_nodes()}:
+        raise InputError(f"node {name!r} exists; pass --overwrite to replace it")
+    node.save(name, overwrite=True)
+    return name
+
+
+def list_nodes() -> list[dict]:
+    """Every saved node block as a dict without secrets."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import BlockDocumentFilter, BlockTypeFilter, BlockTypeFilterSlug
+
+    with get_client(sync_client=True) as client:
+        docs = client.read_block_documents(
+            block_type_filter=BlockTypeFilter(slug=BlockTypeFilterSlug(any_=["proxmox-node"])),
+            include_secrets=False,
+        ) if hasattr(client, "read_block_documents") else []
+    rows = []
+    for doc in docs:
+        data = doc.data
+        rows.append({
+            "name": doc.name, "host": data.get("host"), "ssh_port": data.get("ssh_port", 22),
+            "kind": data.get("kind"), "storage_kind": data.get("storage_kind"),
+            "pinned": "yes" if data.get("ssh_host_key") else "no",
+        })
+    return sorted(rows, key=lambda r: r["name"])
+
+
+def remove_node(name: str) -> None:
+    """Delete the node block ``name``; InputError when there is none."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    load_node(name)
+    with get_client(sync_client=True) as client:
+        try:
+            doc = client.read_block_document_by_name(name, block_type_slug="proxmox-node")
+            client.delete_block_document(doc.id)
+        except ObjectNotFound:
+            raise InputError(f"unknown node {name!r}") from None
+
+
+def test_node(name: str) -> str:
+    """Run the node-check flow (N2) on ``name``; return its readable summary."""
+    load_node(name)
+    from dapx.flows.nodes import run_node_check
+
+    return str(run_node_check(name))
+
+
+def init_orchestrator_key(*, overwrite: bool = False) -> str:
+    """Create the orchestrator's ed25519 key pair; save the private half in the Secret block
+    ``dapx-orchestrator-key``; return the public key line."""
+    import asyncssh
+    from prefect.blocks.system import Secret
+
+    try:
+        existing = Secret.load(ORCHESTRATOR_KEY_BLOCK).get()
+    except ValueError:
+        existing = None
+    if existing and not overwrite:
+        key = asyncssh.import_private_key(existing)
+    else:
+        key = asyncssh.generate_private_key("ssh-ed25519", comment="dapx-orchestrator")
+        Secret(value=key.export_private_key().decode()).save(ORCHESTRATOR_KEY_BLOCK, overwrite=True)
+    return key.export_public_key().decode().strip()
+
+
+def register_lab_nodes() -> list[str]:
+    """Save every running lab node as a node block (keys and fingerprints pinned); return names."""
+    from dapx.lab import estate
+
+    state = estate.load_state()
+    admin_key = Path(state["admin_key"]).read_text()
+    names = []
+    for node in state["nodes"].values():
+        add_node(
+            name=node["name"], host=node["address"], ssh_port=node.get("ssh_port", 22),
+            kind=node["kind"], storage_kind=node.get("storage_kind", "zfs"),
+            api_token_id=node.get("api_token_id"), api_token_secret=node.get("api_token_secret"),
+            ssh_host_key=node.get("ssh_host_key"), tls_fingerprint=node.get("tls_fingerprint"),
+            ssh_private_key=admin_key, overwrite=True,
+        )
+        names.append(node["name"])
+    return names

@@ -1,0 +1,389 @@
+"""Proxmox VE API client (proxmoxer, https backend): token auth, pinned TLS fingerprint, typed errors.
+
+``ApiClient`` holds what PVE and PBS share: the pinned-certificate HTTPS session, error mapping,
+and UPID task following. ``PveClient`` adds one thin method per operation the product needs.
+
+TLS: a node's certificate is usually self-signed, so instead of a CA chain the client checks
+the certificate's SHA-256 fingerprint against the one pinned in the node block
+(``PinnedCertAdapter``). A mismatch raises ``TLSFingerprintError`` naming both fingerprints.
+``fetch_tls_fingerprint`` reads the fingerprint a server presents, for the node test to record.
+
+Errors: 401 -> AuthError, 403 -> ApiError (PVE's permission text), other 4xx -> ApiError,
+5xx -> TransientApiError, connection trouble -> ConnectionLost, failed task -> TaskFailed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+import ssl
+import time
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
+
+import requests
+from proxmoxer import ProxmoxAPI
+from proxmoxer.core import ResourceException
+from pydantic import SecretStr
+from requests.adapters import HTTPAdapter
+
+from dapx.core.validate import validate_vmid
+from dapx.errors import (ApiError, AuthError, ConnectionLost, InputError, TaskFailed,
+                         TLSFingerprintError, TransientApiError)
+
+if TYPE_CHECKING:
+    from dapx.blocks.node import ProxmoxNode
+
+DEFAULT_TIMEOUT = 30.0
+"""Seconds for one HTTP request (proxmoxer's own default, 5 s, is too short for busy nodes)."""
+
+TASK_LOG_TAIL = 20
+
+GuestKind = Literal["qemu", "lxc"]
+
+_PATH_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@!=-]*$")
+
+
+# ----------------------------------------------------------------------------------------------
+# TLS pinning
+
+
+def format_fingerprint(der: bytes) -> str:
+    """SHA-256 of a DER certificate as upper-case colon hex (as ``pvenode cert info`` shows)."""
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+
+
+def fetch_tls_fingerprint(host: str, port: int, timeout: float = 10.0) -> str:
+    """Connect to ``host:port``, read the certificate the server presents, return its fingerprint.
+
+    Trust on first use, for the node test only: nothing is sent over this connection.
+    Raises ConnectionLost when the server cannot be reached or speaks no TLS.
+    """
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # we only read the certificate, to pin it
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            with context.wrap_socket(raw, server_hostname=host) as tls:
+                der = tls.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConnectionLost(f"cannot read the TLS certificate of {host}:{port}: {exc}") from None
+    if not der:
+        raise ConnectionLost(f"{host}:{port} presented no TLS certificate")
+    return format_fingerprint(der)
+
+
+class PinnedCertAdapter(HTTPAdapter):
+    """requests adapter that trusts exactly one certificate, by its SHA-256 fingerprint.
+
+    urllib3 checks ``assert_fingerprint`` right after the handshake, before any byte (and so
+    before the API token) is sent. The CA chain is not consulted: the pin replaces it.
+    """
+
+    def __init__(self, fingerprint: str) -> None:
+        self.fingerprint = fingerprint
+        super().__init__()
+
+    def build_connection_pool_key_attributes(self, request, verify, cert=None):  # noqa: ANN001
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, False, cert)
+        pool_kwargs["assert_fingerprint"] = self.fingerprint.replace(":", "").lower()
+        return host_params, pool_kwargs
+
+    def cert_verify(self, conn, url, verify, cert):  # noqa: ANN001
+        # The pin (assert_fingerprint above) is the verification; no CA bundle applies.
+        super().cert_verify(conn, url, False, cert)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared client
+
+
+def _part(value: object) -> str:
+    """A path component: refuses anything that could change the path (``/``, ``..``, spaces)."""
+    text = str(value)
+    if not _PATH_PART.match(text) or ".." in text:
+        raise InputError(f"{text!r} is not a valid name for an API path")
+    return text
+
+
+def check_vmid(vmid: int) -> int:
+    """VMIDs are 100..999999999 in PVE; InputError otherwise (``dapx.core.validate``)."""
+    return validate_vmid(vmid)
+
+
+class ApiClient:
+    """What the PVE and PBS clients share. Construct with ``from_node(block)``.
+
+    In: host, port, token id ``user@realm!name``, token secret, pinned fingerprint (required:
+    the node test records it first), timeout per request. ``name`` is used in messages.
+    """
+
+    service = "PVE"
+
+    def __init__(self, *, name: str, host: str, port: int, token_id: str, token_secret: SecretStr,
+                 fingerprint: Optional[str], timeout: float = DEFAULT_TIMEOUT) -> None:
+        if not fingerprint:
+            raise TLSFingerprintError(f"node {name} has no pinned TLS fingerprint: test the node first "
+                                      f"(dapx node test {name}) to record it")
+        if not token_id or "!" not in token_id or token_secret is None:
+            raise InputError(f"node {name} has no API token: set api_token_id (user@realm!name) "
+                             f"and api_token_secret")
+        self.name, self.host, self.port, self.fingerprint = name, host, port, fingerprint
+        user, _, token_name = token_id.partition("!")
+        self._api = ProxmoxAPI(host, port=port, user=user, token_name=token_name,
+                               token_value=token_secret.get_secret_value(), backend="https",
+                               service=self.service, verify_ssl=True, timeout=timeout)
+        # proxmoxer builds its own requests.Session; mount the pinning adapter on it.
+        self._api._store["session"].mount("https://", PinnedCertAdapter(fingerprint))
+
+    @classmethod
+    def from_node(cls, node: "ProxmoxNode", *, timeout: float = DEFAULT_TIMEOUT) -> "ApiClient":
+        """A client for the node block's API; raises TLSFingerprintError/InputError as ``__init__``."""
+        return cls(name=node.name, host=node.host, port=int(node.api_port or 0),
+                   token_id=node.api_token_id or "", token_secret=node.api_token_secret,
+                   fingerprint=node.tls_fingerprint, timeout=timeout)
+
+    def __repr__(self) -> str:  # never the token secret
+        return f"{type(self).__name__}({self.name} at {self.host}:{self.port})"
+
+    # -- raw calls -------------------------------------------------------------------------------
+
+    def get(self, *parts: object, **params: Any) -> Any:
+        return self._call("GET", parts, params)
+
+    def post(self, *parts: object, **data: Any) -> Any:
+        return self._call("POST", parts, data)
+
+    def put(self, *parts: object, **data: Any) -> Any:
+        return self._call("PUT", parts, data)
+
+    def delete(self, *parts: object, **params: Any) -> Any:
+        return self._call("DELETE", parts, params)
+
+    def _call(self, method: str, parts: tuple[object, ...], params: dict[str, Any]) -> Any:
+        """One API call; ``parts`` are path components (each checked). Raises the mapped errors."""
+        path = [_part(p) for p in parts]
+        resource = self._api(path)
+        try:
+            if method in ("GET", "DELETE"):
+                return resource._request(method, params=dict(params))
+            return resource._request(method, data=dict(params))
+        except ResourceException as exc:
+            raise self._api_error(method, "/".join(path), exc) from None
+        except requests.exceptions.SSLError as exc:
+            if "fingerprint" in str(exc).lower():
+                raise self._fingerprint_error() from None
+            raise ConnectionLost(f"TLS handshake with {self.name} ({self.host}:{self.port}) failed: "
+                                 f"{exc}") from None
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            raise ConnectionLost(f"cannot reach the API of {self.name} at {self.host}:{self.port}: "
+                                 f"{type(exc).__name__}") from None
+
+    def _api_error(self, method: str, path: str, exc: ResourceException) -> ApiError:
+        status = exc.status_code
+        text = _error_text(exc)
+        if status == 401:
+            return AuthError(f"API token refused by {self.name}: check token id/secret ({text})")
+        if status == 403:
+            return ApiError(f"{method} /{path} on {self.name}: permission denied: {text}", status=status)
+        if status >= 500:
+            return TransientApiError(f"{method} /{path} on {self.name} failed ({status}): {text}",
+                                     status=status)
+        return ApiError(f"{method} /{path} on {self.name} refused ({status}): {text}", status=status)
+
+    def _fingerprint_error(self) -> TLSFingerprintError:
+        try:
+            got = fetch_tls_fingerprint(self.host, self.port)
+        except ConnectionLost:
+            got = "unknown (cannot read it)"
+        return TLSFingerprintError(
+            f"TLS certificate of {self.name} ({self.host}:{self.port}) does not match the pinned "
+            f"fingerprint: expected {self.fingerprint}, got {got}. If the certificate was renewed on "
+            f"purpose, clear the node's tls_fingerprint and test it again")
+
+    # -- common operations -----------------------------------------------------------------------
+
+    def version(self) -> dict[str, Any]:
+        """GET /version: ``{"version": "9.0.10", "release": "9.0", ...}``."""
+        return self.get("version")
+
+    def task_node(self, upid: str) -> str:
+        """The node whose task list holds ``upid`` (PVE: the node named in the UPID)."""
+        fields = upid.split(":")
+        if len(fields) < 8 or fields[0] != "UPID":
+            raise InputError(f"{upid!r} is not a UPID")
+        return fields[1]
+
+    def task_status(self, upid: str) -> dict[str, Any]:
+        """GET /nodes/{node}/tasks/{upid}/status: ``status`` running|stopped, ``exitstatus``."""
+        return self.get("nodes", self.task_node(upid), "tasks", upid, "status")
+
+    def task_log(self, upid: str, tail: int = TASK_LOG_TAIL) -> list[str]:
+        """The last ``tail`` lines of a task's log."""
+        lines = self.get("nodes", self.task_node(upid), "tasks", upid, "log", start=0, limit=100000)
+        return [str(entry.get("t", "")) for entry in (lines or [])][-tail:]
+
+    def wait_task(self, upid: str, *, timeout: float = 3600.0, poll: float = 1.0,
+                  on_status: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Follow task ``upid`` until it stops; return its final status.
+
+        Polls every ``poll`` seconds (backing off to 10 s). Raises TaskFailed with the last log
+        lines when ``exitstatus`` is not ``OK``, TransientApiError when it outlives ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        delay = min(poll, 0.2)
+        while True:
+            status = self.task_status(upid)
+            if on_status is not None:
+                on_status(status)
+            if status.get("status") == "stopped":
+                break
+            if time.monotonic() > deadline:
+                raise TransientApiError(f"task {upid} on {self.name} still running after {timeout:g} s")
+            time.sleep(delay)
+            delay = min(max(delay * 2, poll), 10.0)
+        exitstatus = str(status.get("exitstatus", ""))
+        if exitstatus != "OK":
+            log = self.task_log(upid)
+            last = log[-1] if log else exitstatus
+            raise TaskFailed(f"task {status.get('type', '')} {status.get('id', '')} on {self.name} "
+                             f"failed: {exitstatus or 'no exit status'} ({last})",
+                             upid=upid, exitstatus=exitstatus, log_tail=log)
+        return status
+
+
+def _error_text(exc: ResourceException) -> str:
+    """PVE's own wording: the HTTP reason (PVE puts its message there) plus per-field errors."""
+    text = " ".join(str(exc.content or exc.status_message or "").split())
+    errors = exc.errors if isinstance(exc.errors, dict) else None
+    if errors and "errors" not in errors:
+        text += " (" + "; ".join(f"{k}: {' '.join(str(v).split())}" for k, v in errors.items()) + ")"
+    return text
+
+
+# ----------------------------------------------------------------------------------------------
+# PVE
+
+
+class PveClient(ApiClient):
+    """Proxmox VE API: one thin method per operation (paths as in the PVE API viewer)."""
+
+    service = "PVE"
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """GET /nodes: ``[{"node": "pve1", "status": "online", ...}]``."""
+        return self.get("nodes")
+
+    def guests(self) -> list[dict[str, Any]]:
+        """GET /cluster/resources?type=vm: every VM and container with node, vmid, type, status."""
+        return self.get("cluster", "resources", type="vm")
+
+    def guest_config(self, node: str, kind: GuestKind, vmid: int) -> dict[str, Any]:
+        """GET /nodes/{node}/{qemu|lxc}/{vmid}/config."""
+        return self.get("nodes", node, _kind(kind), check_vmid(vmid), "config")
+
+    def set_guest_config(self, node: str, kind: GuestKind, vmid: int, **options: Any) -> Any:
+        """PUT /nodes/{node}/{qemu|lxc}/{vmid}/config with the given options."""
+        return self.put("nodes", node, _kind(kind), check_vmid(vmid), "config", **options)
+
+    def storages(self, node: Optional[str] = None) -> list[dict[str, Any]]:
+        """GET /nodes/{node}/storage (status, space) or /storage (cluster config) without a node."""
+        return self.get("nodes", node, "storage") if node else self.get("storage")
+
+    def storage_content(self, node: str, storage: str, content: Optional[str] = None,
+                        vmid: Optional[int] = None) -> list[dict[str, Any]]:
+        """GET /nodes/{node}/storage/{storage}/content (volid, format, size, vmid, ctime...)."""
+        return self.get("nodes", node, "storage", storage, "content", content=content,
+                        vmid=check_vmid(vmid) if vmid is not None else None)
+
+    def network(self, node: str, type: Optional[str] = None) -> list[dict[str, Any]]:
+        """GET /nodes/{node}/network (bridges with ``type=bridge``)."""
+        return self.get("nodes", node, "network", type=type)
+
+    def vzdump(self, node: str, vmid: int, storage: str, *, mode: str = "snapshot",
+               compress: Optional[str] = None, **options: Any) -> str:
+        """POST /nodes/{node}/vzdump; returns the UPID to follow with ``wait_task``."""
+        return self.post("nodes", node, "vzdump", vmid=str(check_vmid(vmid)), storage=storage,
+                         mode=mode, compress=compress, **options)
+
+    def create_guest(self, node: str, kind: GuestKind, vmid: int, **options: Any) -> str:
+        """POST /nodes/{node}/{qemu|lxc}: create (or, with ``archive``, restore) a guest; UPID."""
+        return self.post("nodes", node, _kind(kind), vmid=check_vmid(vmid), **options)
+
+    def restore(self, node: str, kind: GuestKind, vmid: int, archive: str, storage: str,
+                *, force: bool = False, **options: Any) -> str:
+        """Restore a backup volume (``pbs:backup/vm/100/...`` or a vzdump file) as ``vmid``; UPID."""
+        key = "ostemplate" if kind == "lxc" else "archive"
+        extra = {"restore": 1} if kind == "lxc" else {}
+        return self.create_guest(node, kind, vmid, storage=storage, force=int(force) if force else None,
+                                 **{key: archive}, **extra, **options)
+
+    def snapshots(self, node: str, kind: GuestKind, vmid: int) -> list[dict[str, Any]]:
+        """GET .../snapshot: ``[{"name": ..., "snaptime": ..., "parent": ...}, {"name": "current"}]``."""
+        return self.get("nodes", node, _kind(kind), check_vmid(vmid), "snapshot")
+
+    def create_snapshot(self, node: str, kind: GuestKind, vmid: int, name: str,
+                        description: Optional[str] = None, vmstate: bool = False) -> str:
+        """POST .../snapshot; returns the UPID."""
+        extra = {"vmstate": 1} if vmstate and kind == "qemu" else {}
+        return self.post("nodes", node, _kind(kind), check_vmid(vmid), "snapshot", snapname=name,
+                         description=description, **extra)
+
+    def delete_snapshot(self, node: str, kind: GuestKind, vmid: int, name: str) -> str:
+        """DELETE .../snapshot/{name}; returns the UPID."""
+        return self.delete("nodes", node, _kind(kind), check_vmid(vmid), "snapshot", name)
+
+    def rollback_snapshot(self, node: str, kind: GuestKind, vmid: int, name: str) -> str:
+        """POST .../snapshot/{name}/rollback; returns the UPID."""
+        return self.post("nodes", node, _kind(kind), check_vmid(vmid), "snapshot", name, "rollback")
+
+    def guest_status(self, node: str, kind: GuestKind, vmid: int) -> dict[str, Any]:
+        """GET .../status/current."""
+        return self.get("nodes", node, _kind(kind), check_vmid(vmid), "status", "current")
+
+    def set_guest_power(self, node: str, kind: GuestKind, vmid: int,
+                        action: Literal["start", "stop", "shutdown", "reboot"]) -> str:
+        """POST .../status/{action}; returns the UPID."""
+        return self.post("nodes", node, _kind(kind), check_vmid(vmid), "status", action)
+
+    def migrate(self, node: str, kind: GuestKind, vmid: int, target: str, **options: Any) -> str:
+        """POST .../migrate to another node of the cluster; returns the UPID."""
+        return self.post("nodes", node, _kind(kind), check_vmid(vmid), "migrate", target=target, **options)
+
+    def tasks(self, node: str, **filters: Any) -> list[dict[str, Any]]:
+        """GET /nodes/{node}/tasks (recent tasks; filters as PVE: vmid, typefilter, limit...)."""
+        return self.get("nodes", node, "tasks", **filters)
+
+
+def _kind(kind: str) -> str:
+    if kind not in ("qemu", "lxc"):
+        raise InputError(f"guest kind {kind!r} must be qemu or lxc")
+    return kind
+
+
+# ----------------------------------------------------------------------------------------------
+# Prefect tasks (thin: load nothing, take the block, call one method)
+
+def _api_task(fn: Callable[..., Any]) -> Any:
+    """Decorate ``fn`` as a Prefect task retried on transient errors with exponential backoff."""
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+    from prefect.tasks import exponential_backoff
+
+    from dapx.errors import retry_if_transient
+
+    return task(fn, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
+                retry_jitter_factor=0.5, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+
+
+@_api_task
+def api_version(node: "ProxmoxNode") -> dict[str, Any]:
+    """Prefect task: the node API's /version answer."""
+    return node.api().version()
+
+
+@_api_task
+def follow_task(node: "ProxmoxNode", upid: str, timeout: float = 3600.0) -> dict[str, Any]:
+    """Prefect task: wait for ``upid`` on ``node`` to finish OK (raises TaskFailed otherwise)."""
+    return node.api().wait_task(upid, timeout=timeout)

@@ -1,0 +1,1 @@
+"""Test helpers: real servers the tests talk to (OpenSSH sshd on loopback)."""
