@@ -71,13 +71,13 @@ def add_node(*, name: str, host: str, ssh_port: int = 22, ssh_user: str = "root"
 def list_nodes() -> list[dict]:
     """Every saved node block as a dict without secrets."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import BlockDocumentFilter, BlockTypeFilter, BlockTypeFilterSlug
+    from prefect.exceptions import ObjectNotFound
 
     with get_client(sync_client=True) as client:
-        docs = client.read_block_documents(
-            block_type_filter=BlockTypeFilter(slug=BlockTypeFilterSlug(any_=["proxmox-node"])),
-            include_secrets=False,
-        ) if hasattr(client, "read_block_documents") else []
+        try:
+            docs = client.read_block_documents_by_type("proxmox-node", include_secrets=False)
+        except ObjectNotFound:  # block type not registered yet: no nodes
+            docs = []
     rows = []
     for doc in docs:
         data = doc.data
