@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import Callable, Sequence
 
@@ -184,6 +185,25 @@ def _add_job_parser(sub: argparse._SubParsersAction) -> None:
     add_job_parser(sub)
 
 
+class _NoUserErrorTraceback(logging.Filter):
+    """Drop the traceback from Prefect's log of a run that failed on a DapxError: the CLI
+    prints that error as one line; tracebacks stay for real bugs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], DapxError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _quiet_user_errors() -> None:
+    import prefect.logging  # noqa: F401 - configures Prefect's handlers first
+
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(_NoUserErrorTraceback())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `dapx` console script."""
     parser = build_parser()
@@ -192,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.command = args.command[1:]
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        _quiet_user_errors()
         return func(args)
     except DapxError as exc:
         print(f"dapx: error: {exc}", file=sys.stderr)

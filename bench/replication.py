@@ -1,0 +1,125 @@
+"""Replication speed on the lab: the product versus bare `zfs send | ssh | zfs recv`.
+
+Run as root: `.venv/bin/python bench/replication.py [--size-mib 1024]`. It brings the lab up,
+makes a guest (VM 777 on pve1) with one disk of random bytes, and measures, between the same
+two nodes (pve1 -> pve3) and in the same process:
+
+  full copy          bare pipeline vs the zfs-replica flow      (target ratio <= 1.10)
+  1 MiB increment    bare pipeline vs the zfs-replica flow
+  4 KiB increment    the flow's fixed cost per run over the bare pipeline (target < 2 s)
+
+Prints one line per measurement and the ratios. Never a timed test: numbers, not asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+from dapx.lab import estate
+
+SOURCE, DEST, DEST_ADDR = "pve1", "pve3", "198.18.213.13"
+VMID, DEST_VMID = 777, 7777
+DISK = f"rpool/data/vm-{VMID}-disk-0"
+BASE_TARGET = f"rpool/benchbase/vm-{VMID}-disk-0"
+KEY, KNOWN = "/root/.ssh/dapx_replication", "/root/.ssh/dapx_known_hosts"
+# The bare pipeline, as an administrator would type it; values arrive as positional args.
+PIPE = ('zfs send $4 "$1" | ssh -i "$5" -o UserKnownHostsFile="$6" -o StrictHostKeyChecking=yes '
+        '-o BatchMode=yes root@"$2" zfs recv -F "$3"')
+
+
+def on(node: str, *argv: str) -> str:
+    """Run argv inside a lab node; raise with its stderr on failure."""
+    result = estate.run(node, list(argv), timeout=1800)
+    if result.returncode != 0:
+        raise RuntimeError(f"{node}: {' '.join(argv)}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def make_guest(size_mib: int) -> None:
+    on(SOURCE, "zfs", "create", "-p", DISK)
+    on(SOURCE, "dd", "if=/dev/urandom", f"of=/{DISK}/disk.raw", "bs=1M", f"count={size_mib}",
+       "status=none")
+    on(SOURCE, "sh", "-c", 'printf "%s\\n" "$@" > "/etc/pve/nodes/pve1/qemu-server/777.conf"',
+       "sh", "name: bench", "memory: 512", f"scsi0: local-zfs:vm-{VMID}-disk-0,size={size_mib}M")
+
+
+def write_increment(nbytes: int, offset_mib: int) -> None:
+    on(SOURCE, "dd", "if=/dev/urandom", f"of=/{DISK}/disk.raw", f"bs={nbytes}", "count=1",
+       f"seek={offset_mib * 1024 * 1024 // nbytes}", "conv=notrunc", "status=none")
+
+
+def bare_send(snap: str, base: str | None) -> float:
+    extra = f"-i {DISK}@{base}" if base else ""
+    started = time.monotonic()
+    on(SOURCE, "sh", "-c", PIPE, "sh", f"{DISK}@{snap}", DEST_ADDR, BASE_TARGET, extra, KEY, KNOWN)
+    return time.monotonic() - started
+
+
+def product_run() -> float:
+    from dapx.core.jobspec import ReplicaJob
+    from dapx.flows.replica import zfs_replica
+
+    job = ReplicaJob(source=SOURCE, guest=VMID, destination=DEST, dest_vmid=DEST_VMID,
+                     keep=2, register_vm=True)
+    started = time.monotonic()
+    asyncio.run(zfs_replica(job))
+    return time.monotonic() - started
+
+
+def cleanup() -> None:
+    for node, argv in ((SOURCE, ["zfs", "destroy", "-r", DISK]),
+                       (DEST, ["zfs", "destroy", "-r", "rpool/benchbase"]),
+                       (DEST, ["zfs", "destroy", "-r", f"rpool/replica/vm-{DEST_VMID}-disk-0"]),
+                       (SOURCE, ["rm", "-f", "/etc/pve/nodes/pve1/qemu-server/777.conf"]),
+                       (DEST, ["rm", "-f", f"/etc/pve/nodes/pve3/qemu-server/{DEST_VMID}.conf"])):
+        estate.run(node, argv)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=1024, help="disk size (1024)")
+    args = parser.parse_args()
+    from prefect.testing.utilities import prefect_test_harness
+
+    from dapx.blocks.manage import register_lab_nodes
+    from dapx.flows.trust import trust_nodes
+
+    estate.up()
+    cleanup()
+    with prefect_test_harness(server_startup_timeout=120):
+        register_lab_nodes()
+        asyncio.run(trust_nodes(SOURCE, DEST))
+        make_guest(args.size_mib)
+        try:
+            # Bare pipeline first, then its copy is removed (the lab pools are 2 GiB).
+            on(DEST, "zfs", "create", "-p", "rpool/benchbase")
+            on(SOURCE, "zfs", "snapshot", f"{DISK}@b1")
+            bare_full = bare_send("b1", None)
+            write_increment(1024 * 1024, 7)
+            on(SOURCE, "zfs", "snapshot", f"{DISK}@b2")
+            bare_inc = bare_send("b2", "b1")
+            write_increment(4096, 9)
+            on(SOURCE, "zfs", "snapshot", f"{DISK}@b3")
+            bare_tiny = bare_send("b3", "b2")
+            on(DEST, "zfs", "destroy", "-r", "rpool/benchbase")
+
+            prod_full = product_run()
+            write_increment(1024 * 1024, 11)
+            prod_inc = product_run()
+            write_increment(4096, 13)
+            prod_tiny = product_run()
+        finally:
+            cleanup()
+    print(f"disk {args.size_mib} MiB, {SOURCE} -> {DEST}")
+    print(f"full copy      bare {bare_full:7.2f} s   product {prod_full:7.2f} s   "
+          f"ratio {prod_full / bare_full:5.2f}  (target <= 1.10)")
+    print(f"1 MiB incr.    bare {bare_inc:7.2f} s   product {prod_inc:7.2f} s   "
+          f"ratio {prod_inc / bare_inc:5.2f}")
+    print(f"4 KiB incr.    bare {bare_tiny:7.2f} s   product {prod_tiny:7.2f} s   "
+          f"fixed cost {prod_tiny - bare_tiny:+.2f} s  (target < 2 s)")
+
+
+if __name__ == "__main__":
+    main()
