@@ -13,13 +13,8 @@ from pathlib import Path
 from pydantic import SecretStr, ValidationError
 
 from dapx.blocks.node import ORCHESTRATOR_KEY_BLOCK, ProxmoxNode
+from dapx.core.types import validation_message
 from dapx.errors import InputError
-
-
-def _validation_message(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    field = ".".join(str(p) for p in first.get("loc", ())) or "value"
-    return f"{field}: {first['msg'].removeprefix('Value error, ')}"
 
 
 def load_node(name: str) -> ProxmoxNode:
@@ -61,7 +56,7 @@ def add_node(*, name: str, host: str, ssh_port: int = 22, ssh_user: str = "root"
             api_token_secret=secret, ssh_host_key=ssh_host_key, tls_fingerprint=tls_fingerprint,
         )
     except ValidationError as exc:
-        raise InputError(f"node {name!r}: {_validation_message(exc)}") from None
+        raise InputError(f"node {name!r}: {validation_message(exc)}") from None
     if not overwrite and name in {r["name"] for r in list_nodes()}:
         raise InputError(f"node {name!r} exists; pass --overwrite to replace it")
     node.save(name, overwrite=True)

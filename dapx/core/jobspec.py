@@ -12,9 +12,9 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dapx.core import validate
+from dapx.core.types import Bandwidth, BridgeName, NodeName, PoolName, SubFolder, Vmid
 from dapx.core.validate import Compression
 from dapx.errors import InputError
-from dapx.core.types import Bandwidth, BridgeName, NodeName, PoolName, SubFolder, Vmid
 
 NotifyMode = Literal["always", "failure", "daily", "never"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Callable
 
-from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 
 from dapx.core import cron, validate
 from dapx.errors import InputError
@@ -53,3 +53,11 @@ CronLine = Annotated[str, AfterValidator(_as_value_error(cron.validate_cron)),
                      Field(examples=["*/15 * * * *"])]
 Keep = Annotated[int, AfterValidator(_as_value_error(validate.validate_keep)),
                  Field(examples=[3])]
+
+
+def validation_message(exc: ValidationError) -> str:
+    """The first error of a pydantic ValidationError as one line: ``field: what is wrong``."""
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first.get("loc", ()))
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{field}: {msg}" if field else msg

@@ -7,14 +7,8 @@ import json
 
 from pydantic import ValidationError
 
+from dapx.core.types import validation_message
 from dapx.errors import InputError
-
-
-def _validation_message(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    field = ".".join(str(p) for p in first.get("loc", ()))
-    msg = first["msg"].removeprefix("Value error, ")
-    return f"{field}: {msg}" if field else msg
 
 
 def cmd_job(args: argparse.Namespace) -> int:
@@ -58,7 +52,7 @@ def _create(args: argparse.Namespace) -> int:
     try:
         spec = ReplicaJob(**{k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
-        raise InputError(_validation_message(exc)) from None
+        raise InputError(validation_message(exc)) from None
     method = args.method or _storage_kind(spec.source)
     if method not in ("zfs", "btrfs"):
         raise InputError(f"node {spec.source} keeps guests on {method!r} storage; "
