@@ -5,11 +5,14 @@ state and table artifact are visible through the Prefect API."""
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from tests.deploy.conftest import run_cli
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_node_add_shows_in_block_ls_and_bad_input_is_one_line(prefect_api: str) -> None:
@@ -33,13 +36,12 @@ def test_node_add_shows_in_block_ls_and_bad_input_is_one_line(prefect_api: str) 
     assert "edge-01" not in run_cli("prefect", "block", "ls").stdout
 
 
-def test_node_check_runs_from_its_deployment(prefect_api: str, lab: dict) -> None:
+def test_node_check_runs_from_its_deployment(prefect_api: str, lab: dict, monkeypatch) -> None:
+    monkeypatch.chdir(ROOT)
     run_cli("dapx", "lab", "register")
     assert "proxmox-node/pve1" in run_cli("prefect", "block", "ls").stdout
     run_cli("prefect", "work-pool", "create", "dapx", "--type", "process", check=False)
-    from dapx.deployments.builtin import deploy_builtin
-
-    assert "node-check/default" in deploy_builtin()
+    run_cli("prefect", "--no-prompt", "deploy", "--all")  # from prefect.yaml
     out = run_cli("prefect", "deployment", "run", "node-check/default",
                   "-p", "node=pve1").stdout
     run_id = uuid.UUID(out.split("flow-run/")[1].split()[0].strip())
@@ -53,3 +55,20 @@ def test_node_check_runs_from_its_deployment(prefect_api: str, lab: dict) -> Non
     tables = [a for a in artifacts if a.type == "table"]
     assert tables, "node-check left no table artifact"
     assert "pve1" in str(tables[0].data)
+
+
+def test_init_keeps_the_private_key_only_in_a_secret_block(prefect_api: str) -> None:
+    first = run_cli("dapx", "init").stdout
+    public = [line for line in first.splitlines() if line.startswith("ssh-ed25519 ")]
+    assert len(public) == 1 and "PRIVATE" not in first
+    again = run_cli("dapx", "init").stdout
+    assert public[0] in again, "a second init must keep the key"
+    assert "secret/dapx-orchestrator-key" in run_cli("prefect", "block", "ls").stdout
+    from prefect.blocks.system import Secret
+
+    private = Secret.load("dapx-orchestrator-key").get()
+    assert private.startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    import asyncssh
+
+    derived = asyncssh.import_private_key(private).export_public_key().decode().split()[1]
+    assert derived == public[0].split()[1]
