@@ -88,3 +88,18 @@ def test_vzdump_and_remote_migrate_accepted(px):
         **{"target-endpoint": "host=127.0.0.9,apitoken=PVEAPIToken=root@pam!dapx=x,fingerprint=" + "AA:" * 31 + "AA",
            "target-storage": "local-zfs", "target-bridge": "vmbr0", "target-vmid": 9100})
     assert upid.startswith("UPID:pve1:")
+
+
+def test_storage_config_create_list_delete(px):
+    """What register-vm does for a replica's destination storage: POST /storage (zfspool)."""
+    created = px.storage.post(storage="dapx-rpool-replica", type="zfspool", pool="rpool/replica",
+                              content="images,rootdir", sparse=1, nodes="pve1")
+    assert created is None or created.get("storage") == "dapx-rpool-replica"
+    listed = {s["storage"]: s for s in px.storage.get()}
+    assert listed["dapx-rpool-replica"]["pool"] == "rpool/replica"
+    assert px.storage("dapx-rpool-replica").get()["type"] == "zfspool"
+    assert status_of(lambda: px.storage.post(storage="dapx-rpool-replica", type="zfspool",
+                                             pool="rpool/other")) >= 400
+    assert status_of(lambda: px.storage.post(storage="bad;id", type="zfspool", pool="x")) == 400
+    px.storage("dapx-rpool-replica").delete()
+    assert "dapx-rpool-replica" not in {s["storage"] for s in px.storage.get()}

@@ -36,14 +36,21 @@ def _entry(st: storage.Storage) -> dict:
 
 
 def _list(req: Request) -> list[dict]:
-    require_node(req.match["node"])
+    node = req.match["node"]
+    require_node(node)
     p = check({"content": Param(), "storage": Param(format="pve-storage-id"), "enabled": BOOL,
                "format": BOOL, "target": Param()}, req.params)
     out = [_entry(st) for sid, st in sorted(storage.load().items())
-           if p.get("storage") in (None, sid)]
+           if p.get("storage") in (None, sid) and _on_node(st, node)]
     if p.get("content"):
         out = [e for e in out if set(p["content"].split(",")) & set(e["content"].split(","))]
     return out
+
+
+def _on_node(st: storage.Storage, node: str) -> bool:
+    """PVE lists a storage on a node only when its `nodes` option (if any) names the node."""
+    nodes = st.opts.get("nodes")
+    return not nodes or node in nodes.split(",")
 
 
 def _status(req: Request) -> dict:

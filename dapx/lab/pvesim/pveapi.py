@@ -17,11 +17,11 @@ PVE_VERSION = {"version": "9.0.3", "release": "9.0", "repoid": "025864202ebb6109
 
 def build_router() -> httpd.Router:
     """Every PVE route the simulator serves (handlers live in the api_* modules)."""
-    from . import api_cluster, api_guests, api_storage, api_tasks
+    from . import api_cluster, api_guests, api_storage, api_storage_config, api_tasks
 
     router = httpd.Router()
     router.add("GET", "/version", lambda req: dict(PVE_VERSION))
-    for module in (api_cluster, api_tasks, api_storage, api_guests):
+    for module in (api_cluster, api_tasks, api_storage, api_storage_config, api_guests):
         module.register(router)
     return router
 

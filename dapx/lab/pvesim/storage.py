@@ -74,6 +74,42 @@ def load() -> dict[str, Storage]:
     return out
 
 
+def config_digest() -> str:
+    """SHA-1 of storage.cfg, as PVE reports it in ``digest``."""
+    import hashlib
+    cfg = paths.pve_dir() / "storage.cfg"
+    return hashlib.sha1(cfg.read_bytes() if cfg.exists() else b"").hexdigest()
+
+
+def _section(st: Storage) -> str:
+    lines = [f"{st.type}: {st.sid}"] + [f"\t{k} {v}" for k, v in st.opts.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _write(storages: dict[str, Storage]) -> None:
+    cfg = paths.pve_dir() / "storage.cfg"
+    tmp = cfg.with_name(".storage.cfg.tmp")
+    tmp.write_text("\n".join(_section(st) for st in storages.values()), encoding="utf-8")
+    tmp.replace(cfg)
+
+
+def add(sid: str, stype: str, opts: dict[str, str]) -> None:
+    """Append a storage section; StorageError with PVE's wording when the id exists."""
+    storages = load()
+    if sid in storages:
+        raise StorageError(f"storage ID '{sid}' already defined")
+    storages[sid] = Storage(sid, stype, dict(opts))
+    _write(storages)
+
+
+def remove(sid: str) -> None:
+    """Remove a storage section (never its data, as PVE)."""
+    storages = load()
+    if storages.pop(sid, None) is None:
+        raise StorageError(f"storage '{sid}' does not exist")
+    _write(storages)
+
+
 def get(sid: str) -> Storage:
     """The storage named sid; raises StorageError with PVE's wording when absent."""
     st = load().get(sid)
