@@ -100,9 +100,14 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def retry_if_transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's signature
-    """Prefect ``retry_condition_fn``: retry only when the task failed with a transient error."""
+    """Prefect ``retry_condition_fn``: retry only when the task failed with a transient error.
+
+    Works for sync and async tasks: the exception is read from the state synchronously
+    (``_sync=True``), since in an async task the default would hand back a coroutine.
+    """
+    from prefect.states import get_state_exception
+
     try:
-        state.result()
-    except BaseException as exc:  # the failed state re-raises the task's exception
-        return is_retryable(exc)
-    return False
+        return is_retryable(get_state_exception(state, _sync=True))
+    except (TypeError, ValueError):  # not a failed state, or no exception attached
+        return False

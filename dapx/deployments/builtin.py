@@ -18,6 +18,10 @@ BUILTIN_FLOWS = (
     "dapx.flows.nodes.node_check",
     "dapx.flows.nodes.node_inventory",
     "dapx.flows.nodes.install_sanoid",
+    "dapx.flows.trust.trust_nodes",
+    "dapx.flows.register.register_vm",
+    "dapx.flows.replica.zfs_replica",
+    "dapx.flows.replica.btrfs_replica",
 )
 
 

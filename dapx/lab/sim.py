@@ -45,6 +45,7 @@ def write_tools(node: NodeSpec) -> None:
     for tool in tools:
         write_file(bindir / tool, _wrapper([py, "-m", "dapx.lab.pvesim.tools", tool]), 0o755)
     write_file(bindir / "systemctl", _wrapper([py, "-m", "dapx.lab.systemctl"]), 0o755)
+    write_file(bindir / "zfs", _wrapper([py, "-m", "dapx.lab.zfsshim"]), 0o755)
 
 
 def start_api(node: NodeSpec) -> bool:

@@ -1,0 +1,174 @@
+"""``register-vm``: make a replicated guest known to PVE on the destination (feature R3).
+
+The source config is rewritten by ``dapx.core.registration`` (new VMID, disks on the
+destination storage, bridges mapped, optional ``cpu: host``, no snapshots/PENDING/onboot)
+and written to ``/etc/pve/nodes/<dest>/{qemu-server,lxc}/<vmid>.conf``. The first
+description line marks it as ours (``#dapx-replica-of: pve1/100``): a re-run replaces our
+own config; a VMID that belongs to any other guest is refused.
+
+Destination storage (ZFS): PVE needs a storage whose pool is ``<dest_pool>/<subfolder>``.
+An existing zfspool storage with that pool is used; otherwise dapx adds one,
+``dapx-<pool>-<subfolder>``, restricted to the destination node. It is appended to
+``/etc/pve/storage.cfg`` over SSH: a documented, supported way on real PVE (the file is the
+cluster-wide storage config; ``pvesm add zfspool`` and ``POST /storage`` write the same
+section). The API would be preferable, but the lab's simulator has no ``POST /storage`` yet.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from prefect import flow
+from pydantic import BaseModel, Field
+
+from dapx.blocks.node import ProxmoxNode
+from dapx.core.guestconfig import list_disks, serialise
+from dapx.core.jobspec import ReplicaJob
+from dapx.core.registration import RegistrationOptions, rewrite_for_destination
+from dapx.core.validate import validate_storage_id
+from dapx.errors import ConflictError
+from dapx.flows.trust import load_nodes
+from dapx.tasks.guests import (STORAGE_CFG, SourceGuest, append_file, config_path, guest_task,
+                               is_replica_of, read_files, read_guest, replica_mark,
+                               storage_section, write_file)
+from dapx.tasks.ssh import node_sessions
+
+
+class Registration(BaseModel):
+    """The outcome of one registration."""
+
+    node: str = Field(description="Destination node.", examples=["pve3"])
+    vmid: int = Field(description="VMID on the destination.", examples=[9100])
+    kind: str = Field(description="qemu or lxc.", examples=["qemu"])
+    storage: str = Field(description="Destination storage id the disks point at.")
+    action: Literal["created", "updated", "unchanged"] = Field(description="What happened.")
+    storage_created: bool = Field(default=False, description="The storage was added now.")
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.kind} {self.vmid} on {self.node} (storage {self.storage})"
+
+
+def zfs_storage_id(pool: str, subfolder: str) -> str:
+    """``dapx-rpool-replica`` for the pool ``rpool/replica``."""
+    raw = "-".join(p for p in ("dapx", pool, subfolder) if p)
+    return validate_storage_id(re.sub(r"[^A-Za-z0-9-]+", "-", raw)[:64].rstrip("-"))
+
+
+def find_zfs_storage(storages: dict[str, dict[str, str]], pool: str) -> str | None:
+    """The id of a zfspool storage whose pool is ``pool``, if any."""
+    return next((sid for sid, opts in sorted(storages.items())
+                 if opts.get("type") == "zfspool" and opts.get("pool") == pool), None)
+
+
+def with_mark(text: str, source: str, vmid: int) -> str:
+    """The config text with our mark as its first description line."""
+    return replica_mark(source, vmid) + "\n" + text
+
+
+@guest_task
+async def ensure_zfs_storage(dest: ProxmoxNode, pool: str, subfolder: str) -> tuple[str, bool]:
+    """(storage id, created now) of the destination zfspool storage for ``pool/subfolder``."""
+    dataset = "/".join(p for p in (pool, subfolder) if p)
+    files = await read_files(dest, [STORAGE_CFG])
+    storages = files.storages()
+    found = find_zfs_storage(storages, dataset)
+    if found:
+        return found, False
+    sid = zfs_storage_id(pool, subfolder)
+    if sid in storages:
+        raise ConflictError(f"storage id {sid!r} on {dest.name} exists with pool "
+                            f"{storages[sid].get('pool')!r}, not {dataset!r}; rename it")
+    await append_file(dest, STORAGE_CFG, storage_section("zfspool", sid, {
+        "pool": dataset, "content": "images,rootdir", "sparse": "1", "nodes": dest.name}))
+    return sid, True
+
+
+@guest_task
+def vmid_owner(dest: ProxmoxNode, vmid: int) -> dict | None:
+    """The cluster resource using ``vmid`` as the destination's API lists it, or None."""
+    return next((g for g in dest.api().guests() if int(g.get("vmid", 0)) == vmid), None)
+
+
+async def existing_config(dest: ProxmoxNode, kind: str, vmid: int, source: str,
+                          source_vmid: int) -> str | None:
+    """Our earlier registration's text (None when the VMID is free on ``dest``).
+
+    Raises ConflictError when a config that is not our replica of ``source``/``source_vmid``
+    holds the VMID on ``dest``.
+    """
+    path = config_path(kind, vmid, dest.name)
+    other = config_path("lxc" if kind == "qemu" else "qemu", vmid, dest.name)
+    files = (await read_files(dest, [path, other])).files
+    existing = files.get(path)
+    if other in files or (existing is not None and not is_replica_of(existing, source,
+                                                                      source_vmid)):
+        raise ConflictError(f"VMID {vmid} on {dest.name} belongs to another guest, not to "
+                            f"the replica of {source}/{source_vmid}; choose another "
+                            "destination VMID")
+    return existing
+
+
+@guest_task
+async def check_vmid_available(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode,
+                               kind: str) -> None:
+    """Refuse, before any data moves, a destination VMID another guest uses."""
+    owner = vmid_owner(dest, job.target_vmid)
+    if owner is not None and owner.get("node") != dest.name:
+        raise ConflictError(f"VMID {job.target_vmid} is in use on node {owner.get('node')}; "
+                            "choose another destination VMID")
+    await existing_config(dest, kind, job.target_vmid, source.name, job.guest)
+
+
+@guest_task
+async def write_registration(dest: ProxmoxNode, guest: SourceGuest, vmid: int,
+                             text: str) -> Literal["created", "updated", "unchanged"]:
+    """Write the config unless a config that is not our replica holds the VMID."""
+    existing = await existing_config(dest, guest.kind, vmid, guest.node, guest.vmid)
+    path = config_path(guest.kind, vmid, dest.name)
+    if existing == text:
+        return "unchanged"
+    await write_file(dest, path, text)
+    return "updated" if existing is not None else "created"
+
+
+def registration_options(job: ReplicaJob, guest: SourceGuest, storage: str) -> RegistrationOptions:
+    """Every source storage the guest's disks use maps to ``storage``."""
+    storages = {d.storage for d in list_disks(guest.config) if d.storage}
+    return RegistrationOptions(new_vmid=job.target_vmid, storage_map={s: storage for s in storages},
+                               bridge_map=job.bridge_map, cpu_host=job.cpu_host)
+
+
+async def register_guest(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode,
+                         storage_kind: Literal["zfs", "btrfs"] = "zfs",
+                         storage: str | None = None) -> Registration:
+    """The registration steps, for use inside a flow that holds the node sessions.
+
+    ZFS: the destination storage for ``dest_pool/subfolder`` (created when missing).
+    BTRFS: ``storage`` (the destination's BTRFS storage id), default ``job.dest_pool``.
+    """
+    guest = await read_guest(source, job.guest)
+    if storage_kind == "zfs":
+        storage, created = await ensure_zfs_storage(dest, job.dest_pool, job.subfolder)
+    else:
+        storage, created = validate_storage_id(storage or job.dest_pool), False
+    owner = vmid_owner(dest, job.target_vmid)
+    if owner is not None and owner.get("node") != dest.name:
+        raise ConflictError(f"VMID {job.target_vmid} is in use on node {owner.get('node')}; "
+                            "choose another destination VMID")
+    config = rewrite_for_destination(guest.config, job.guest,
+                                     registration_options(job, guest, storage))
+    text = with_mark(serialise(config), job.source, job.guest)
+    action = await write_registration(dest, guest, job.target_vmid, text)
+    return Registration(node=dest.name, vmid=job.target_vmid, kind=guest.kind, storage=storage,
+                        action=action, storage_created=created)
+
+
+@flow(name="register-vm")
+async def register_vm(job: ReplicaJob, storage_kind: Literal["zfs", "btrfs"] = "zfs",
+                      storage: str | None = None) -> Registration:
+    """Register the replica of ``job.guest`` on ``job.destination`` (after a replication);
+    ``storage`` names the destination BTRFS storage for ``storage_kind="btrfs"``."""
+    source, dest = await load_nodes(job.source, job.destination)
+    async with node_sessions():
+        return await register_guest(job, source, dest, storage_kind, storage)

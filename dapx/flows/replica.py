@@ -1,0 +1,633 @@
+"""``zfs-replica`` and ``btrfs-replica``: copy a guest's disks to another node (R1, R2).
+
+Shape of a run (flows -> tasks -> core): load the node blocks; read the guest config and the
+source's storage.cfg in one round trip; map disks to datasets; check node trust; read both
+sides' snapshots (one ``zfs get`` per node); plan every disk with ``core.snapshots`` (any
+conflict stops the run before anything changes; ``force`` is explicit); a dry run publishes
+the plan and stops. Otherwise, under a global concurrency limit for guest+destination: one
+atomic snapshot of all disks, syncoid per disk ON THE SOURCE node pushing to the destination,
+retention on both sides for the disks that made it, registration, a result table. A failing
+disk does not hide the others: the run fails at the end naming every failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from prefect import flow
+from pydantic import BaseModel, Field
+
+from dapx.blocks.node import ProxmoxNode
+from dapx.core import snapshots as snapplan
+from dapx.core.guestconfig import list_disks
+from dapx.core.jobspec import ReplicaJob
+from dapx.core.registration import rename_volume
+from dapx.core.retention import select_for_deletion
+from dapx.core.snapnames import SNAPSHOT_PREFIX, job_prefix, new_snapshot_name
+from dapx.core.snapshots import FullSend, Plan, Snapshot
+from dapx.core.syncoid_argv import SyncoidOptions
+from dapx.core.volumes import destination_dataset, zfs_dataset
+from dapx.errors import ConflictError, DapxError, InputError, PermanentError
+from dapx.flows.register import check_vmid_available, register_vm
+from dapx.flows.trust import KNOWN_HOSTS, REPLICATION_KEY, check_trust, load_nodes
+from dapx.tasks import zfs
+from dapx.tasks.guests import SourceGuest, read_guest
+from dapx.tasks.locks import DEFAULT_WAIT, exclusive, replica_lock_name
+from dapx.tasks.ssh import node_sessions
+from dapx.tasks.syncoid import run_pipe, run_syncoid
+from dapx.ui_extensions.artifacts import (Progress, artifact_key, human_bytes, plan_markdown,
+                                          publish_markdown, publish_table)
+
+
+# -----------------------------------------------------------------------------------------------
+# Results
+
+
+class DiskResult(BaseModel):
+    """One disk of one run."""
+
+    disk: str = Field(description="Config key.", examples=["scsi0"])
+    source_dataset: str = Field(description="Dataset on the source.")
+    dest_dataset: str = Field(description="Dataset on the destination.")
+    plan: str = Field(description="What the plan said.")
+    bytes_sent: int = Field(default=0, description="Bytes pv counted on the wire.")
+    seconds: float = Field(default=0.0, description="Transfer time.")
+    common: str = Field(default="", description="Newest snapshot both sides now hold.")
+    pruned_source: list[str] = Field(default_factory=list, description="Snapshots destroyed.")
+    pruned_dest: list[str] = Field(default_factory=list, description="Snapshots destroyed.")
+    error: str = Field(default="", description="Why this disk failed, if it did.")
+
+
+class ReplicaResult(BaseModel):
+    """What one replication run did (returned by the flow, shown as a table)."""
+
+    source: str
+    guest: int
+    destination: str
+    dest_vmid: int
+    snapshot: str = Field(description="Snapshot this run took (planned, for a dry run).")
+    dry_run: bool = False
+    disks: list[DiskResult] = Field(default_factory=list)
+    registration: str = ""
+    seconds: float = 0.0
+
+    @property
+    def bytes_sent(self) -> int:
+        return sum(d.bytes_sent for d in self.disks)
+
+    @property
+    def failures(self) -> list[str]:
+        return [f"{d.disk}: {d.error}" for d in self.disks if d.error]
+
+
+# -----------------------------------------------------------------------------------------------
+# Pure steps
+
+
+@dataclass(frozen=True)
+class ZfsDisk:
+    """One guest disk and where its replica goes."""
+
+    key: str
+    volid: str
+    source: str
+    target: str
+
+
+def not_zfs_message(key: str, volid: str, vmid: int, kind: str) -> str:
+    return (f"disk {key} ({volid}) of guest {vmid} is on {kind} storage, not ZFS: zfs-replica "
+            "cannot copy it. Use btrfs-replica for BTRFS storage; for any other storage back "
+            "the guest up to PBS and restore it on the destination (backup/restore flows)")
+
+
+def zfs_disks(guest: SourceGuest, job: ReplicaJob) -> list[ZfsDisk]:
+    """Every disk as source/destination datasets. Raises InputError for a disk that is not
+    on a zfspool storage, a host path, or a guest without disks."""
+    disks = list_disks(guest.config)
+    if not disks:
+        raise InputError(f"guest {job.guest} on {job.source} has no disks to replicate")
+    found = []
+    for disk in disks:
+        if disk.storage is None:
+            raise InputError(f"disk {disk.key} of guest {job.guest} is the host path "
+                             f"{disk.volname}; it cannot be replicated, detach it first")
+        storage = guest.storages.get(disk.storage)
+        if storage is None:
+            raise InputError(f"disk {disk.key} uses storage {disk.storage!r}, which "
+                             f"{job.source}'s storage.cfg does not define")
+        if storage["type"] != "zfspool" or "pool" not in storage:
+            raise InputError(not_zfs_message(disk.key, disk.volid, job.guest, storage["type"]))
+        renamed = rename_volume(disk.volname, job.guest, job.target_vmid)
+        found.append(ZfsDisk(disk.key, disk.volid, zfs_dataset(storage["pool"], disk.volname),
+                             destination_dataset(job.dest_pool, job.subfolder, renamed)))
+    return found
+
+
+def job_tag(job: ReplicaJob) -> str:
+    """Snapshot tag of a job: ``pve3-9100`` (destination and target VMID)."""
+    return f"{job.destination}-{job.target_vmid}"
+
+
+def planned_snapshot(name: str, existing: list[Snapshot]) -> Snapshot:
+    """A stand-in for the snapshot this run will take, newer than every existing one."""
+    newest = max((s.createtxg for s in existing), default=0)
+    return Snapshot(name=name, guid=0, createtxg=newest + 1,
+                    creation=int(datetime.now(timezone.utc).timestamp()))
+
+
+def target_owned(state: zfs.DatasetState) -> bool:
+    """Ours when it carries the owner mark, or when every snapshot it has is a dapx one."""
+    return state.owner is not None or (bool(state.snapshots) and all(
+        s.name.startswith(SNAPSHOT_PREFIX) for s in state.snapshots))
+
+
+def plan_disk(disk: ZfsDisk, source: zfs.DatasetState, target: zfs.DatasetState, name: str,
+              *, force: bool, destination: str) -> Plan:
+    """The plan for one disk, as if ``name`` had been taken. Raises ConflictError."""
+    snaps = source.snapshots + [planned_snapshot(name, source.snapshots)]
+    return snapplan.plan_incremental(
+        snaps, target.snapshots if target.exists else None, target_written=target.written,
+        target_owned=target_owned(target), force=force,
+        dataset=f"{destination}:{disk.target}")
+
+
+def plan_all(disks: list[ZfsDisk], src: dict, dst: dict, name: str, *, force: bool,
+             destination: str) -> dict[str, Plan]:
+    """Plans for every disk; raises one ConflictError naming every conflicting disk."""
+    plans, conflicts = {}, []
+    for disk in disks:
+        try:
+            plans[disk.key] = plan_disk(disk, src[disk.source], dst[disk.target], name,
+                                        force=force, destination=destination)
+        except ConflictError as exc:
+            conflicts.append(f"{disk.key}: {exc}")
+    if conflicts:
+        raise ConflictError("; ".join(conflicts))
+    return plans
+
+
+def prune_list(state: zfs.DatasetState, job: ReplicaJob, protect: str,
+               extra: Snapshot | None = None) -> list[str]:
+    """Names retention destroys on one dataset (never ``protect``, only this job's own)."""
+    snaps = state.snapshots + ([extra] if extra else [])
+    victims = select_for_deletion(snaps, keep=job.keep, prefixes=(job_prefix(job_tag(job)),),
+                                  protect={protect})
+    return [s.name for s in victims]
+
+
+def syncoid_options(job: ReplicaJob, dest: ProxmoxNode, resume: bool) -> SyncoidOptions:
+    return SyncoidOptions(compression=job.compression, ssh_key=REPLICATION_KEY,
+                          known_hosts_file=KNOWN_HOSTS, ssh_port=dest.ssh_port,
+                          bandwidth_limit=job.bwlimit, resume=resume)
+
+
+# -----------------------------------------------------------------------------------------------
+# Dry run
+
+
+def plan_rows(disks: list[ZfsDisk], plans: dict[str, Plan], src: dict, dst: dict,
+              job: ReplicaJob, name: str) -> list[dict[str, Any]]:
+    rows = []
+    for disk in disks:
+        new = planned_snapshot(name, src[disk.source].snapshots)
+        rows.append({"disk": disk.key, "source": disk.source,
+                     "destination": disk.target, "plan": snapplan.describe(plans[disk.key]),
+                     "size": human_bytes(src[disk.source].referenced),
+                     "retention (source)": ", ".join(
+                         prune_list(src[disk.source], job, name, new)) or "nothing",
+                     "retention (destination)": ", ".join(
+                         prune_list(dst[disk.target], job, name, new)) or "nothing"})
+    return rows
+
+
+async def publish_plan(job: ReplicaJob, rows: list[dict[str, Any]], name: str) -> None:
+    facts = {"guest": f"{job.source}/{job.guest}", "destination":
+             f"{job.destination}/{job.target_vmid}", "snapshot to take": name,
+             "versions kept": job.keep, "compression": job.compression,
+             "bandwidth limit": job.bwlimit or "none"}
+    notes = ["dry run: nothing was changed"]
+    if job.register_vm:
+        notes.append(f"would register the guest as VMID {job.target_vmid} on "
+                     f"{job.destination} (bridges {job.bridge_map or 'unchanged'}"
+                     f"{', cpu host' if job.cpu_host else ''})")
+    await publish_markdown(artifact_key("replica-plan", job.source, job.guest, job.destination),
+                           plan_markdown(f"Replication plan: guest {job.guest}", facts, rows,
+                                         notes), "dapx replication plan (dry run)")
+
+
+# -----------------------------------------------------------------------------------------------
+# Transfer
+
+
+async def prepare_target(dest: ProxmoxNode, disk: ZfsDisk, plan: Plan) -> None:
+    """Carry out what a forced plan asks of the target before the send."""
+    if isinstance(plan, FullSend) and plan.replace_target:
+        await zfs.destroy_dataset(dest, disk.target)
+    elif getattr(plan, "rollback_to", None) is not None:
+        await zfs.rollback(dest, disk.target, plan.rollback_to.name)
+
+
+def direct_pipe(job: ReplicaJob, dest: ProxmoxNode, disk: ZfsDisk, plan: Plan) -> list[str]:
+    """The send pipeline for nodes where syncoid cannot list remote snapshots."""
+    base = plan.base.name if isinstance(plan, snapplan.Incremental) else None
+    return zfs.pipe_argv(disk.source, base, plan.to.name, dest.host, disk.target,
+                         key=REPLICATION_KEY, known_hosts=KNOWN_HOSTS, port=dest.ssh_port,
+                         rate=job.bwlimit)
+
+
+async def send_disk(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode, disk: ZfsDisk,
+                    plan: Plan, options: SyncoidOptions | None, progress: "TransferProgress",
+                    result: DiskResult) -> None:
+    """Prepare the target, send (syncoid, or the direct pipe when ``options`` is None) on the
+    source node, mark the target ours."""
+    await prepare_target(dest, disk, plan)
+    if options is not None:
+        sync = await run_syncoid(source, disk.source, dest.host, disk.target, options,
+                                 on_bytes=progress.on_bytes)
+    else:
+        sync = await run_pipe(source, direct_pipe(job, dest, disk, plan),
+                              f"zfs send {disk.source} -> {dest.name}:{disk.target}",
+                              on_bytes=progress.on_bytes)
+    result.bytes_sent, result.seconds = sync.bytes_sent, round(sync.seconds, 3)
+    await zfs.mark_owned(dest, disk.target, f"{job.source}/{job.guest}")
+
+
+class TransferProgress:
+    """Feeds the progress artifact from pv's byte counts (called on the SSH I/O thread)."""
+
+    def __init__(self, progress: Progress, total_disks: int) -> None:
+        self.progress, self.total = progress, max(total_disks, 1)
+        self.done, self.expected, self.bytes = 0, 0, 0
+
+    def on_bytes(self, count: int) -> None:
+        self.bytes = count
+
+    def start_disk(self, expected: int) -> None:
+        self.expected, self.bytes = expected, 0
+
+    @property
+    def percent(self) -> float:
+        part = min(self.bytes / self.expected, 0.99) if self.expected else 0.0
+        return 100.0 * (self.done + part) / self.total
+
+    async def follow(self) -> None:
+        """Update the artifact every second until cancelled."""
+        while True:
+            await self.progress.update(self.percent)
+            await asyncio.sleep(1.0)
+
+
+async def choose_transport(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode,
+                           disks: list[ZfsDisk]) -> SyncoidOptions | None:
+    """syncoid options, or None for the direct pipe where syncoid 2.1 cannot work."""
+    usable = await asyncio.gather(zfs.syncoid_can_list(source, disks[0].source.split("/")[0]),
+                                  zfs.syncoid_can_list(dest, job.dest_pool))
+    if not all(usable):
+        return None
+    return syncoid_options(job, dest, await zfs.supports_resume(dest, job.dest_pool))
+
+
+async def transfer_all(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode,
+                       disks: list[ZfsDisk], plans: dict[str, Plan], src: dict,
+                       results: dict[str, DiskResult]) -> None:
+    """syncoid every disk in turn; a failing disk is recorded and the next one still runs."""
+    options = await choose_transport(job, source, dest, disks)
+    progress = Progress(artifact_key("replica-progress", job.source, job.guest, job.destination),
+                        f"guest {job.guest}: {job.source} -> {job.destination}")
+    await progress.start()
+    tracker = TransferProgress(progress, len(disks))
+    follower = asyncio.create_task(tracker.follow())
+    try:
+        for disk in disks:
+            full = isinstance(plans[disk.key], FullSend)
+            tracker.start_disk(src[disk.source].referenced if full else 0)
+            try:
+                await send_disk(job, source, dest, disk, plans[disk.key], options, tracker,
+                                results[disk.key])
+            except DapxError as exc:
+                results[disk.key].error = str(exc)
+            tracker.done += 1
+    finally:
+        follower.cancel()
+    await progress.update(100.0, force=True)
+
+
+async def retention(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode,
+                    disks: list[ZfsDisk], results: dict[str, DiskResult], name: str) -> None:
+    """Prune both sides of the disks that made it; never the snapshot now common."""
+    ok = [d for d in disks if not results[d.key].error]
+    if not ok:
+        return
+    src, dst = await asyncio.gather(zfs.dataset_states(source, [d.source for d in ok]),
+                                    zfs.dataset_states(dest, [d.target for d in ok]))
+    for disk in ok:
+        result = results[disk.key]
+        common = snapplan.newest_common(src[disk.source].snapshots, dst[disk.target].snapshots)
+        if common is None or common.name != name:
+            result.error = f"after the transfer {disk.target} does not hold {name}"
+            continue
+        result.common = common.name
+        result.pruned_source = await zfs.destroy_snapshots(
+            source, disk.source, prune_list(src[disk.source], job, name))
+        result.pruned_dest = await zfs.destroy_snapshots(
+            dest, disk.target, prune_list(dst[disk.target], job, name))
+
+
+# -----------------------------------------------------------------------------------------------
+# The flow
+
+
+async def _read_and_plan(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode, force: bool,
+                         name: str):  # noqa: ANN202
+    guest = await read_guest(source, job.guest)
+    disks = zfs_disks(guest, job)
+    await check_trust(source, dest)
+    if job.register_vm:
+        await check_vmid_available(job, source, dest, guest.kind)
+    src, dst = await asyncio.gather(zfs.dataset_states(source, [d.source for d in disks]),
+                                    zfs.dataset_states(dest, [d.target for d in disks]))
+    missing = [d.source for d in disks if not src[d.source].exists]
+    if missing:
+        raise PermanentError(f"source datasets missing on {job.source}: {', '.join(missing)}")
+    plans = plan_all(disks, src, dst, name, force=force, destination=job.destination)
+    return disks, src, dst, plans
+
+
+async def _replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode, dry_run: bool,
+                     force: bool, result: ReplicaResult) -> None:
+    name = result.snapshot
+    disks, src, dst, plans = await _read_and_plan(job, source, dest, force, name)
+    results = {d.key: DiskResult(disk=d.key, source_dataset=d.source, dest_dataset=d.target,
+                                 plan=snapplan.describe(plans[d.key])) for d in disks}
+    result.disks = list(results.values())
+    if dry_run:
+        await publish_plan(job, plan_rows(disks, plans, src, dst, job, name), name)
+        return
+    await zfs.take_snapshots(source, [d.source for d in disks], name)
+    parent = destination_dataset(job.dest_pool, job.subfolder, "x").rsplit("/", 1)[0]
+    await zfs.create_parents(dest, parent)
+    await transfer_all(job, source, dest, disks, plans, src, results)
+    await retention(job, source, dest, disks, results, name)
+    if job.register_vm and not result.failures:
+        result.registration = str(await register_vm(job, "zfs"))
+
+
+@flow(name="zfs-replica", log_prints=False)
+async def zfs_replica(job: ReplicaJob, dry_run: bool = False, force: bool = False,
+                      lock_wait: float = DEFAULT_WAIT) -> ReplicaResult:
+    """Replicate guest ``job.guest`` from ``job.source`` to ``job.destination`` with syncoid.
+
+    ``dry_run`` publishes the plan and changes nothing; ``force`` lets the plan roll back a
+    diverged target or replace one that shares nothing with the source; ``lock_wait`` is how
+    long to wait for another run of the same guest and destination. Raises InputError for bad
+    input, ConflictError for a conflict, LockTimeout, PermanentError naming failed disks.
+    """
+    started = time.monotonic()
+    source, dest = await load_nodes(job.source, job.destination)
+    result = ReplicaResult(source=job.source, guest=job.guest, destination=job.destination,
+                           dest_vmid=job.target_vmid, dry_run=dry_run,
+                           snapshot=new_snapshot_name(job_tag(job), datetime.now(timezone.utc)))
+    what = f"replicating guest {job.guest} from {job.source} to {job.destination}"
+    async with node_sessions():
+        if dry_run:
+            await _replicate(job, source, dest, True, force, result)
+        else:
+            async with exclusive(replica_lock_name(job.source, job.guest, job.destination),
+                                 what, lock_wait):
+                await _replicate(job, source, dest, False, force, result)
+    result.seconds = round(time.monotonic() - started, 3)
+    if not dry_run:
+        await publish_result(result)
+    if result.failures:
+        raise PermanentError(f"replication of guest {job.guest} to {job.destination} failed "
+                             f"for {len(result.failures)} disk(s): {'; '.join(result.failures)}")
+    return result
+
+
+async def publish_result(result: ReplicaResult) -> None:
+    rows = [{"disk": d.disk, "destination": d.dest_dataset, "plan": d.plan,
+             "bytes sent": d.bytes_sent, "size": human_bytes(d.bytes_sent),
+             "seconds": d.seconds, "common snapshot": d.common or "-",
+             "pruned": len(d.pruned_source) + len(d.pruned_dest),
+             "registration": result.registration or "-", "error": d.error or "-"}
+            for d in result.disks]
+    await publish_table(artifact_key("replica-result", result.source, result.guest,
+                                     result.destination), rows,
+                        f"guest {result.guest}: {result.source} -> {result.destination}/"
+                        f"{result.dest_vmid} in {result.seconds:g} s")
+
+
+# -----------------------------------------------------------------------------------------------
+# btrfs-replica: read-only snapshots beside each disk subvolume on the source, received into
+# <storage>/<subfolder>/<source>-<vmid>/ on the destination, and a writable snapshot of the
+# newest one at PVE's path (images/<new vmid>/vm-<new vmid>-disk-N) for the registered guest.
+
+
+@dataclass(frozen=True)
+class BtrfsDisk:
+    """One guest disk on BTRFS: paths on both sides (``*_rel`` relative to the fs top)."""
+
+    key: str
+    source: str
+    source_rel: str
+    receive_dir: str
+    received_rel: str
+    writable: str
+    dest_mount: str
+
+    @property
+    def writable_rel(self) -> str:
+        return self.writable[len(self.dest_mount) + 1:]
+
+
+def btrfs_storage(storages: dict[str, dict[str, str]], wanted: str, node: str) -> str:
+    """The destination BTRFS storage: ``wanted`` if it is one, else the only one there."""
+    found = sorted(sid for sid, o in storages.items() if o.get("type") == "btrfs" and "path" in o)
+    if wanted in found:
+        return wanted
+    if len(found) == 1:
+        return found[0]
+    raise InputError(f"dest_pool {wanted!r} is not a BTRFS storage of {node}; use one of "
+                     f"{', '.join(found) or 'none (the node has no BTRFS storage)'}")
+
+
+def btrfs_disks(guest: SourceGuest, job: ReplicaJob, dest_storages: dict[str, dict[str, str]],
+                dest_sid: str) -> list[BtrfsDisk]:
+    """Every disk's paths on both sides. Raises InputError for a disk not on BTRFS."""
+    from dapx.core.volumes import btrfs_subvolume
+
+    disks = list_disks(guest.config)
+    if not disks:
+        raise InputError(f"guest {job.guest} on {job.source} has no disks to replicate")
+    dest_path = dest_storages[dest_sid]["path"].rstrip("/")
+    receive_dir = f"{dest_path}/{job.subfolder or 'replica'}/{job.source}-{job.guest}"
+    found = []
+    for disk in disks:
+        storage = guest.storages.get(disk.storage or "", {})
+        if storage.get("type") != "btrfs" or "path" not in storage:
+            raise InputError(not_zfs_message(disk.key, disk.volid, job.guest,
+                                             storage.get("type", "unknown")).replace(
+                "not ZFS: zfs-replica", "not BTRFS: btrfs-replica").replace(
+                "Use btrfs-replica for BTRFS storage", "Use zfs-replica for ZFS storage"))
+        path = storage["path"].rstrip("/")
+        source = btrfs_subvolume(path, disk.volname)
+        base = source.rsplit("/", 1)[1]
+        writable = btrfs_subvolume(dest_path, rename_volume(disk.volname, job.guest,
+                                                            job.target_vmid))
+        found.append(BtrfsDisk(disk.key, source, source[len(path) + 1:], receive_dir,
+                               f"{receive_dir[len(dest_path) + 1:]}/{base}", writable,
+                               dest_path))
+    return found
+
+
+def btrfs_plans(disks: list[BtrfsDisk], src: list, dst: list, name: str, *, force: bool,
+                destination: str) -> dict[str, Plan]:
+    """Plans for every disk from both sides' subvolume lists; one ConflictError for all."""
+    from dapx.core.btrfs_argv import snapshots_of
+
+    plans, conflicts = {}, []
+    for disk in disks:
+        source = snapshots_of(src, disk.source_rel)
+        target = snapshots_of(dst, disk.received_rel, received=True)
+        try:
+            plans[disk.key] = snapplan.plan_incremental(
+                source + [planned_snapshot(name, source)], target or None, force=force,
+                dataset=f"{destination}:{disk.receive_dir}")
+        except ConflictError as exc:
+            conflicts.append(f"{disk.key}: {exc}")
+    if conflicts:
+        raise ConflictError("; ".join(conflicts))
+    return plans
+
+
+def btrfs_prune(subvolumes: list, rel: str, job: ReplicaJob, protect: str,
+                received: bool) -> list[str]:
+    from dapx.core.btrfs_argv import snapshots_of
+
+    snaps = snapshots_of(subvolumes, rel, received=received)
+    return [s.name for s in select_for_deletion(
+        snaps, keep=job.keep, prefixes=(job_prefix(job_tag(job)),), protect={protect})]
+
+
+async def btrfs_send_disk(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode,
+                          disk: BtrfsDisk, plan: Plan, name: str, dst: list,
+                          tracker: TransferProgress, result: DiskResult) -> None:
+    """Clean up, send, and refresh the writable disk of one BTRFS disk."""
+    from dapx.core.btrfs_argv import interrupted_receives, snapshots_of
+    from dapx.tasks import btrfs
+
+    received = f"{disk.dest_mount}/{disk.received_rel}"
+    stale = [f"{disk.dest_mount}/{p}" for p in interrupted_receives(dst, disk.received_rel)]
+    if isinstance(plan, FullSend) and plan.replace_target:
+        stale += [f"{received}@{s.name}"
+                  for s in snapshots_of(dst, disk.received_rel, received=True)]
+    stale += [f"{received}@{n}" for n in getattr(plan, "destroys", ())]
+    await btrfs.delete_subvolumes(dest, stale)
+    parent = f"{disk.source}@{plan.base.name}" if isinstance(plan, snapplan.Incremental) else None
+    argv = btrfs.pipe_argv(parent, f"{disk.source}@{name}", dest.host, disk.receive_dir,
+                           key=REPLICATION_KEY, known_hosts=KNOWN_HOSTS, port=dest.ssh_port,
+                           rate=job.bwlimit)
+    sync = await run_pipe(source, argv, f"btrfs send {disk.source} -> {dest.name}",
+                          on_bytes=tracker.on_bytes)
+    result.bytes_sent, result.seconds = sync.bytes_sent, round(sync.seconds, 3)
+    exists = any(s.path == disk.writable_rel for s in dst)
+    await btrfs.replace_writable(dest, f"{disk.dest_mount}/{disk.received_rel}@{name}",
+                                 disk.writable, exists)
+
+
+async def btrfs_retention(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode,
+                          disks: list[BtrfsDisk], results: dict[str, DiskResult], name: str,
+                          src_mount: str) -> None:
+    """Prune both sides of the disks that made it; never the snapshot now common."""
+    from dapx.tasks import btrfs
+
+    ok = [d for d in disks if not results[d.key].error]
+    if not ok:
+        return
+    src, dst = await asyncio.gather(btrfs.list_subvolumes(source, src_mount),
+                                    btrfs.list_subvolumes(dest, ok[0].dest_mount))
+    for disk in ok:
+        result = results[disk.key]
+        result.common = name
+        result.pruned_source = await btrfs.delete_subvolumes(source, [
+            f"{disk.source}@{n}" for n in btrfs_prune(src, disk.source_rel, job, name, False)])
+        result.pruned_dest = await btrfs.delete_subvolumes(dest, [
+            f"{disk.dest_mount}/{disk.received_rel}@{n}"
+            for n in btrfs_prune(dst, disk.received_rel, job, name, True)])
+
+
+async def _btrfs_replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode,
+                           dry_run: bool, force: bool, result: ReplicaResult) -> None:
+    from dapx.tasks import btrfs
+    from dapx.tasks.guests import STORAGE_CFG, read_files
+
+    name = result.snapshot
+    guest = await read_guest(source, job.guest)
+    dest_storages = (await read_files(dest, [STORAGE_CFG])).storages()
+    dest_sid = btrfs_storage(dest_storages, job.dest_pool, job.destination)
+    disks = btrfs_disks(guest, job, dest_storages, dest_sid)
+    src_mount = disks[0].source[: -len(disks[0].source_rel) - 1]
+    await check_trust(source, dest)
+    if job.register_vm:
+        await check_vmid_available(job, source, dest, guest.kind)
+    src, dst = await asyncio.gather(btrfs.list_subvolumes(source, src_mount),
+                                    btrfs.list_subvolumes(dest, disks[0].dest_mount))
+    plans = btrfs_plans(disks, src, dst, name, force=force, destination=job.destination)
+    results = {d.key: DiskResult(disk=d.key, source_dataset=d.source, dest_dataset=d.writable,
+                                 plan=snapplan.describe(plans[d.key])) for d in disks}
+    result.disks = list(results.values())
+    if dry_run:
+        rows = [{"disk": d.key, "source": d.source, "receive into": d.receive_dir,
+                 "disk on destination": d.writable, "plan": results[d.key].plan} for d in disks]
+        await publish_plan(job, rows, name)
+        return
+    await btrfs.snapshot_readonly(source, [d.source for d in disks], name)
+    await btrfs.make_dirs(dest, sorted({d.receive_dir for d in disks} |
+                                       {d.writable.rsplit("/", 1)[0] for d in disks}))
+    progress = Progress(artifact_key("replica-progress", job.source, job.guest, job.destination),
+                        f"guest {job.guest}: {job.source} -> {job.destination}")
+    await progress.start()
+    tracker = TransferProgress(progress, len(disks))
+    for disk in disks:
+        try:
+            await btrfs_send_disk(job, source, dest, disk, plans[disk.key], name, dst, tracker,
+                                  results[disk.key])
+        except DapxError as exc:
+            results[disk.key].error = str(exc)
+        tracker.done += 1
+        await progress.update(tracker.percent, force=True)
+    await btrfs_retention(job, source, dest, disks, results, name, src_mount)
+    if job.register_vm and not result.failures:
+        result.registration = str(await register_vm(job, "btrfs", dest_sid))
+
+
+@flow(name="btrfs-replica", log_prints=False)
+async def btrfs_replica(job: ReplicaJob, dry_run: bool = False, force: bool = False,
+                        lock_wait: float = DEFAULT_WAIT) -> ReplicaResult:
+    """Replicate a guest whose disks are on BTRFS (``btrfs send -p`` from the newest
+    snapshot both sides hold). Parameters and errors as ``zfs_replica``; ``job.dest_pool``
+    names the destination's BTRFS storage (the only one is used when it names none)."""
+    started = time.monotonic()
+    source, dest = await load_nodes(job.source, job.destination)
+    result = ReplicaResult(source=job.source, guest=job.guest, destination=job.destination,
+                           dest_vmid=job.target_vmid, dry_run=dry_run,
+                           snapshot=new_snapshot_name(job_tag(job), datetime.now(timezone.utc)))
+    what = f"replicating guest {job.guest} from {job.source} to {job.destination}"
+    async with node_sessions():
+        if dry_run:
+            await _btrfs_replicate(job, source, dest, True, force, result)
+        else:
+            async with exclusive(replica_lock_name(job.source, job.guest, job.destination),
+                                 what, lock_wait):
+                await _btrfs_replicate(job, source, dest, False, force, result)
+    result.seconds = round(time.monotonic() - started, 3)
+    if not dry_run:
+        await publish_result(result)
+    if result.failures:
+        raise PermanentError(f"replication of guest {job.guest} to {job.destination} failed "
+                             f"for {len(result.failures)} disk(s): {'; '.join(result.failures)}")
+    return result

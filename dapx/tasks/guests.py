@@ -1,0 +1,168 @@
+"""Guest configs and storage.cfg on PVE nodes, read and written over SSH.
+
+Reading takes one round trip: ``grep -H "" FILE...`` prints every line of several files
+prefixed with its path (a missing file only makes grep exit 2), so the guest config (qemu or
+lxc) and ``storage.cfg`` arrive together. Writes replace a file atomically (temporary file in
+the same directory, then rename), the way PVE's own ``file_set_contents`` does on pmxcfs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from dapx.core.guestconfig import GuestConfig, GuestKind, parse_guest_config
+from dapx.core.validate import validate_node_name, validate_storage_id, validate_vmid
+from dapx.errors import CommandError, InputError
+
+if TYPE_CHECKING:
+    from dapx.blocks.node import ProxmoxNode
+
+STORAGE_CFG = "/etc/pve/storage.cfg"
+CONFIG_DIRS: dict[str, str] = {"qemu": "qemu-server", "lxc": "lxc"}
+REPLICA_MARK = "#dapx-replica-of: "
+"""First description line of every config dapx registers: ``#dapx-replica-of: pve1/100``."""
+
+# Constant scripts; values only ever arrive as positional arguments ("$1"), never inside them.
+_REPLACE_FILE = 'tmp="$1.tmp.$$"; cat > "$tmp" && mv -f "$tmp" "$1"'
+_APPEND_FILE = 'cat >> "$1"'
+
+
+@dataclass
+class NodeFiles:
+    """Files read from one node: path -> text (missing files are absent)."""
+
+    files: dict[str, str] = field(default_factory=dict)
+
+    def storages(self) -> dict[str, dict[str, str]]:
+        """``storage.cfg`` sections: id -> {"type": ..., option: value}."""
+        return parse_storage_cfg(self.files.get(STORAGE_CFG, ""))
+
+
+@dataclass
+class SourceGuest:
+    """A guest's config as found on its node, and that node's storages."""
+
+    node: str
+    vmid: int
+    kind: GuestKind
+    text: str
+    storages: dict[str, dict[str, str]]
+
+    @property
+    def config(self) -> GuestConfig:
+        return parse_guest_config(self.text, self.kind)
+
+
+def config_path(kind: str, vmid: int, node: str | None = None) -> str:
+    """``/etc/pve/qemu-server/100.conf`` (this node) or ``/etc/pve/nodes/<node>/...``."""
+    base = f"/etc/pve/nodes/{validate_node_name(node)}" if node else "/etc/pve"
+    return f"{base}/{CONFIG_DIRS[kind]}/{validate_vmid(vmid)}.conf"
+
+
+def parse_grep_files(output: str, paths: list[str]) -> dict[str, str]:
+    """``grep -H "" PATH...`` output -> {path: text}; a path is matched as ``<path>:``."""
+    found: dict[str, list[str]] = {}
+    for line in output.splitlines():
+        for path in paths:
+            if line.startswith(path + ":"):
+                found.setdefault(path, []).append(line[len(path) + 1:])
+                break
+    return {p: "\n".join(lines) + "\n" for p, lines in found.items()}
+
+
+def parse_storage_cfg(text: str) -> dict[str, dict[str, str]]:
+    """PVE ``storage.cfg`` (``type: id`` then indented ``key value``) -> {id: options+type}."""
+    storages: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if not line[0].isspace() and ":" in line:
+            kind, _, sid = line.partition(":")
+            current = storages.setdefault(sid.strip(), {"type": kind.strip()})
+        elif current is not None:
+            key, _, value = line.strip().partition(" ")
+            current[key] = value.strip()
+    return storages
+
+
+def storage_section(kind: str, sid: str, options: dict[str, str]) -> str:
+    """A storage.cfg section, with the blank line PVE's parser needs before it."""
+    body = "".join(f"\t{k} {v}\n" for k, v in options.items())
+    return f"\n{kind}: {validate_storage_id(sid)}\n{body}"
+
+
+async def read_files(node: "ProxmoxNode", paths: list[str], *, timeout: float = 60.0) -> NodeFiles:
+    """Read several text files in one round trip; missing files are left out.
+
+    Raises CommandError when grep fails for another reason than a missing file.
+    """
+    from dapx.tasks.ssh import get_session
+
+    session = await get_session(node)
+    result = await session.run(["grep", "-H", "", "--", *paths], check=False, timeout=timeout)
+    if result.exit_status not in (0, 1, 2) or (result.exit_status == 2 and any(
+            "No such file" not in ln for ln in result.stderr.strip().splitlines())):
+        raise CommandError(f"cannot read {', '.join(paths)} on node {node.name}: "
+                           f"{result.stderr.strip()[-300:]}", exit_status=result.exit_status)
+    return NodeFiles(parse_grep_files(result.stdout, paths))
+
+
+async def read_source_guest(node: "ProxmoxNode", vmid: int) -> SourceGuest:
+    """The config of guest ``vmid`` on ``node`` (qemu or lxc) and the node's storage.cfg.
+
+    Raises InputError when the guest is not on that node.
+    """
+    paths = {kind: config_path(kind, vmid) for kind in CONFIG_DIRS}
+    files = await read_files(node, [*paths.values(), STORAGE_CFG])
+    kinds = [k for k, p in paths.items() if p in files.files]
+    if not kinds:
+        raise InputError(f"guest {vmid} is not on node {node.name} (no {paths['qemu']} or "
+                         f"{paths['lxc']}); check the VMID and the source node")
+    kind = kinds[0]
+    return SourceGuest(node.name, vmid, kind, files.files[paths[kind]],  # type: ignore[arg-type]
+                       files.storages())
+
+
+async def write_file(node: "ProxmoxNode", path: str, text: str) -> None:
+    """Replace ``path`` on ``node`` with ``text`` atomically. Raises CommandError."""
+    from dapx.tasks.ssh import get_session
+
+    session = await get_session(node)
+    await session.run(["sh", "-c", _REPLACE_FILE, "sh", path], input=text)
+
+
+async def append_file(node: "ProxmoxNode", path: str, text: str) -> None:
+    """Append ``text`` to ``path`` on ``node``. Raises CommandError."""
+    from dapx.tasks.ssh import get_session
+
+    session = await get_session(node)
+    await session.run(["sh", "-c", _APPEND_FILE, "sh", path], input=text)
+
+
+def replica_mark(source: str, vmid: int) -> str:
+    """The description line that marks a config as dapx's replica of ``source``/``vmid``."""
+    return f"{REPLICA_MARK}{validate_node_name(source)}/{validate_vmid(vmid)}"
+
+
+def is_replica_of(text: str, source: str, vmid: int) -> bool:
+    """True when a config's description carries our mark for this source guest."""
+    mark = replica_mark(source, vmid)
+    return any(line.strip() == mark for line in text.splitlines() if line.startswith("#"))
+
+
+def guest_task(fn: Callable[..., Any]) -> Any:
+    """Prefect task retried on transient errors only, with exponential backoff."""
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+    from prefect.tasks import exponential_backoff
+
+    from dapx.errors import retry_if_transient
+
+    return task(fn, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
+                retry_jitter_factor=0.5, retry_condition_fn=retry_if_transient,
+                cache_policy=NO_CACHE)
+
+
+read_guest = guest_task(read_source_guest)

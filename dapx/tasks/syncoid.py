@@ -1,0 +1,120 @@
+"""syncoid on the source node, pushing one dataset to the destination.
+
+The argv comes from ``dapx.core.syncoid_argv``; here we add pv's numeric output so the bytes
+moved can be counted and reported while they move: ``--pv-options=-f -n -b -i 1`` makes pv
+print the running byte count, one number per line. syncoid writes pv's output and its own
+messages to stderr, so the command runs under a constant ``sh -c 'exec 2>&1; exec "$@"'``
+(the argv passed positionally, never inside the script) to stream both as lines.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from dapx.core.syncoid_argv import SyncoidOptions, syncoid_argv
+from dapx.errors import CommandError, TransientCommandError
+from dapx.tasks.guests import guest_task
+
+if TYPE_CHECKING:
+    from dapx.blocks.node import ProxmoxNode
+
+PV_OPTIONS = "--pv-options=-f -n -b -i 1"
+_MERGE_STDERR = 'exec 2>&1; exec "$@"'
+TRANSFER_TIMEOUT = 24 * 3600.0
+TRANSIENT_OUTPUT = ("connection reset", "broken pipe", "connection closed", "timed out",
+                    "connection refused", "dataset is busy")
+
+
+@dataclass
+class ByteCounter:
+    """Sums pv's running counts; a count going down means syncoid started another send."""
+
+    done: int = 0
+    current: int = 0
+
+    def feed(self, line: str) -> bool:
+        """Take one output line; True when it was a pv count."""
+        text = line.strip()
+        if not text.isdigit():
+            return False
+        value = int(text)
+        if value < self.current:
+            self.done += self.current
+        self.current = value
+        return True
+
+    @property
+    def total(self) -> int:
+        return self.done + self.current
+
+
+@dataclass
+class SyncResult:
+    """One finished transfer: bytes pv counted, seconds taken, syncoid's last messages."""
+
+    bytes_sent: int
+    seconds: float
+    messages: list[str]
+
+
+def transfer_argv(source_dataset: str, target_host: str, target_dataset: str,
+                  options: SyncoidOptions) -> list[str]:
+    """``sh -c <merge stderr> sh syncoid ... --pv-options=... SRC root@HOST:DST``."""
+    argv = syncoid_argv(source_dataset, target_host, target_dataset, options)
+    argv = argv[:-2] + [PV_OPTIONS] + argv[-2:]
+    return ["sh", "-c", _MERGE_STDERR, "sh", *argv]
+
+
+def classify_output(output: str) -> type[CommandError]:
+    """A cut connection may work next time; anything else (refused key, diverged) will not."""
+    lowered = output.lower()
+    return TransientCommandError if any(t in lowered for t in TRANSIENT_OUTPUT) else CommandError
+
+
+@guest_task
+async def run_syncoid(node: "ProxmoxNode", source_dataset: str, target_host: str,
+                      target_dataset: str, options: SyncoidOptions,
+                      on_bytes: Callable[[int], None] | None = None) -> SyncResult:
+    """Run syncoid on ``node`` (the source) and stream its output.
+
+    ``on_bytes(total)`` is called (on the SSH I/O thread) for each pv count. Out: SyncResult.
+    Raises CommandError/TransientCommandError with syncoid's last lines when it fails.
+    """
+    argv = transfer_argv(source_dataset, target_host, target_dataset, options)
+    return await stream_transfer(node, argv, f"syncoid {source_dataset} -> "
+                                 f"{target_host}:{target_dataset}", on_bytes)
+
+
+@guest_task
+async def run_pipe(node: "ProxmoxNode", argv: list[str], what: str,
+                   on_bytes: Callable[[int], None] | None = None) -> SyncResult:
+    """Run a prepared send pipeline (``dapx.tasks.zfs.pipe_argv``) on the source node."""
+    return await stream_transfer(node, argv, what, on_bytes)
+
+
+async def stream_transfer(node: "ProxmoxNode", argv: list[str], what: str,
+                          on_bytes: Callable[[int], None] | None) -> SyncResult:
+    """Run a transfer whose output (stderr merged) carries pv's numeric counts."""
+    from dapx.tasks.ssh import get_session
+
+    counter, messages = ByteCounter(), []
+
+    def on_line(line: str) -> None:
+        if counter.feed(line):
+            if on_bytes is not None:
+                on_bytes(counter.total)
+        elif line.strip():
+            messages.append(line.strip())
+
+    started = time.monotonic()
+    session = await get_session(node)
+    result = await session.stream(argv, on_line, timeout=TRANSFER_TIMEOUT, check=False)
+    if result.exit_status != 0:
+        tail = "\n".join(messages[-20:])
+        last = messages[-1] if messages else "no output"
+        raise classify_output(tail)(
+            f"{what} failed on node {node.name} (exit status {result.exit_status}): {last}",
+            exit_status=result.exit_status, stderr_tail=tail)
+    return SyncResult(counter.total, time.monotonic() - started, messages[-20:])

@@ -1,0 +1,102 @@
+"""What replication shows in the Prefect UI: the plan (markdown), progress while bytes move,
+and a result table per guest. Builders are pure (rows/markdown in, text out); the publish
+helpers are thin wrappers around Prefect's artifact API and never raise into a flow: an
+artifact that cannot be written must not fail a replication.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+_KEY = re.compile(r"[^a-z0-9-]+")
+log = logging.getLogger("dapx.artifacts")
+
+
+def artifact_key(*parts: object) -> str:
+    """An artifact key (lower-case letters, digits, dashes) from ``parts``."""
+    return _KEY.sub("-", "-".join(str(p) for p in parts).lower()).strip("-")[:100]
+
+
+def human_bytes(count: int) -> str:
+    """``33554432`` -> ``32.0 MiB``."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{count} B"  # pragma: no cover
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """A GitHub-style markdown table of ``rows`` (columns from the first row)."""
+    if not rows:
+        return "_nothing_\n"
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plan_markdown(title: str, facts: dict[str, Any], rows: list[dict[str, Any]],
+                  notes: list[str]) -> str:
+    """The dry-run page: a title, key facts, one row per disk, and notes."""
+    head = [f"# {title}", ""] + [f"- **{k}**: {_cell(v)}" for k, v in facts.items()] + [""]
+    tail = ["", "## Notes", ""] + [f"- {n}" for n in notes] if notes else []
+    return "\n".join(head) + markdown_table(rows) + "\n".join(tail) + "\n"
+
+
+async def publish_markdown(key: str, markdown: str, description: str) -> None:
+    """Create a markdown artifact; logs and carries on when Prefect refuses it."""
+    from prefect.artifacts import acreate_markdown_artifact
+
+    try:
+        await acreate_markdown_artifact(markdown=markdown, key=key, description=description)
+    except Exception as exc:  # an artifact must never fail the run
+        log.warning("could not create artifact %s: %s", key, exc)
+
+
+async def publish_table(key: str, rows: list[dict[str, Any]], description: str) -> None:
+    """Create a table artifact; logs and carries on when Prefect refuses it."""
+    from prefect.artifacts import acreate_table_artifact
+
+    try:
+        await acreate_table_artifact(table=rows, key=key, description=description)
+    except Exception as exc:  # an artifact must never fail the run
+        log.warning("could not create artifact %s: %s", key, exc)
+
+
+class Progress:
+    """A progress artifact (0..100) for one guest's transfer; updates are throttled."""
+
+    def __init__(self, key: str, description: str) -> None:
+        self.key, self.description = key, description
+        self.artifact_id: Any = None
+        self.shown = -1.0
+
+    async def start(self) -> None:
+        from prefect.artifacts import acreate_progress_artifact
+
+        try:
+            self.artifact_id = await acreate_progress_artifact(
+                progress=0.0, key=self.key, description=self.description)
+        except Exception as exc:  # an artifact must never fail the run
+            log.warning("could not create progress artifact %s: %s", self.key, exc)
+
+    async def update(self, percent: float, *, force: bool = False) -> None:
+        """Show ``percent`` when it moved by at least 2 points (or ``force``)."""
+        from prefect.artifacts import aupdate_progress_artifact
+
+        percent = max(0.0, min(100.0, percent))
+        if self.artifact_id is None or (not force and percent - self.shown < 2.0):
+            return
+        try:
+            await aupdate_progress_artifact(artifact_id=self.artifact_id, progress=percent)
+            self.shown = percent
+        except Exception as exc:  # an artifact must never fail the run
+            log.warning("could not update progress artifact %s: %s", self.key, exc)

@@ -1,0 +1,83 @@
+"""Deploy tier, replication: a replica job created with `dapx job create` is a scheduled
+Prefect deployment; `prefect deployment run` starts it, a process worker executes it, and its
+state and artifacts are visible through the Prefect API; the replica's bytes equal the source's."""
+
+from __future__ import annotations
+
+import uuid
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+from dapx.lab import estate
+from tests.deploy.conftest import run_cli
+
+JOB = "vm100-to-pve2"
+
+
+def _run_deployment_through_worker(name: str, *params: str) -> uuid.UUID:
+    argv = ["prefect", "deployment", "run", name]
+    for param in params:
+        argv += ["-p", param]
+    run_id = uuid.UUID(run_cli(*argv).stdout.split("flow-run/")[1].split()[0].strip())
+    run_cli("prefect", "worker", "start", "--pool", "dapx", "--type", "process", "--run-once")
+    return run_id
+
+
+def _sha256(node: str, path: str) -> str:
+    result = estate.run(node, ["sha256sum", path])
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()[0]
+
+
+def test_bad_job_input_is_refused_before_anything_is_written(prefect_api: str, lab: dict) -> None:
+    run_cli("dapx", "lab", "register")
+    for argv, expected in (
+        (["--schedule", "61 * * * *"], "minute"),
+        (["--dest-vmid", "99"], "VMID 99"),
+        (["--bridge-map", "vmbr0=$(reboot)"], "bridge name"),
+        (["--subfolder", "../etc"], "'..'"),
+    ):
+        result = run_cli("dapx", "job", "create", "replica", "--source", "pve1", "--guest",
+                         "100", "--dest", "pve2", "--name", "bad-job", *argv, check=False)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert expected in result.stderr and "Traceback" not in result.stderr
+    unknown = run_cli("dapx", "job", "create", "replica", "--source", "pve1", "--guest", "100",
+                      "--dest", "nowhere", check=False)
+    assert unknown.returncode == 2 and "unknown node 'nowhere'" in unknown.stderr
+    assert "bad-job" not in run_cli("dapx", "job", "list").stdout
+
+
+def test_replica_job_runs_from_prefect_deployment_run(prefect_api: str, lab: dict) -> None:
+    run_cli("dapx", "lab", "register")
+    run_cli("prefect", "work-pool", "create", "dapx", "--type", "process", check=False)
+    from dapx.deployments.builtin import deploy_builtin
+
+    assert "trust-nodes/default" in deploy_builtin()
+    trust = _run_deployment_through_worker("trust-nodes/default", "source=pve1",
+                                           "destination=pve2")
+
+    run_cli("dapx", "job", "create", "replica", "--source", "pve1", "--guest", "100",
+            "--dest", "pve2", "--dest-vmid", "8100", "--name", JOB,
+            "--schedule", "0 3 1 1 *", "--keep", "2")
+    listed = run_cli("dapx", "job", "list").stdout
+    assert JOB in listed and "zfs-replica" in listed and "0 3 1 1 *" in listed
+
+    run_id = _run_deployment_through_worker(f"zfs-replica/{JOB}")
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(trust).state.is_completed()
+        flow_run = client.read_flow_run(run_id)
+        assert flow_run.state.is_completed(), flow_run.state
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+    assert any(a.type == "table" and "vm-8100-disk-0" in str(a.data) for a in artifacts)
+
+    for disk in ("scsi0", "scsi1"):
+        seeded = lab["guests"]["100"]["disks"][disk]
+        replica = seeded["dataset"].replace("rpool/data/vm-100", "rpool/replica/vm-8100")
+        assert _sha256("pve2", f"/{replica}/disk.raw") == seeded["sha256"]
+    config = estate.run("pve2", ["cat", "/etc/pve/nodes/pve2/qemu-server/8100.conf"]).stdout
+    assert "vm-8100-disk-0" in config and "vm-100-disk" not in config
+
+    run_cli("dapx", "job", "remove", JOB)
+    assert JOB not in run_cli("dapx", "job", "list").stdout

@@ -1,0 +1,56 @@
+"""Task retries follow the error's type: a transient error is retried, a permanent one is not,
+in sync and in async tasks alike (retry_if_transient is every DAPX task's retry condition)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prefect import flow, task
+from prefect.testing.utilities import prefect_test_harness
+
+from dapx.errors import CommandError, ConnectionLost, TransientCommandError, retry_if_transient
+
+RETRY = dict(retries=2, retry_delay_seconds=0, retry_condition_fn=retry_if_transient)
+
+
+def test_transient_errors_are_retried_permanent_ones_are_not() -> None:
+    calls = {"async transient": 0, "async permanent": 0, "sync transient": 0, "busy": 0}
+
+    @task(**RETRY)
+    async def async_transient() -> None:
+        calls["async transient"] += 1
+        raise ConnectionLost("connection to pve1 lost")
+
+    @task(**RETRY)
+    async def async_permanent() -> None:
+        calls["async permanent"] += 1
+        raise CommandError("cannot open 'rpool/x': dataset does not exist")
+
+    @task(**RETRY)
+    def sync_transient() -> None:
+        calls["sync transient"] += 1
+        raise ConnectionLost("connection to pve1 lost")
+
+    @task(**RETRY)
+    async def busy_then_ok() -> str:
+        calls["busy"] += 1
+        if calls["busy"] < 2:
+            raise TransientCommandError("cannot destroy: dataset is busy")
+        return "done"
+
+    @flow
+    async def run_all() -> str:
+        for coro in (async_transient, async_permanent):
+            try:
+                await coro()
+            except Exception:
+                pass
+        try:
+            sync_transient()
+        except ConnectionLost:
+            pass
+        return await busy_then_ok()
+
+    with prefect_test_harness():
+        assert asyncio.run(run_all()) == "done"
+    assert calls == {"async transient": 3, "async permanent": 1, "sync transient": 3, "busy": 2}
