@@ -11,6 +11,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 
 from dapx.lab import estate
 from tests.deploy.conftest import run_cli
+from tests.lab.test_replica_helpers import sha256
 
 JOB = "vm100-to-pve2"
 
@@ -22,12 +23,6 @@ def _run_deployment_through_worker(name: str, *params: str) -> uuid.UUID:
     run_id = uuid.UUID(run_cli(*argv).stdout.split("flow-run/")[1].split()[0].strip())
     run_cli("prefect", "worker", "start", "--pool", "dapx", "--type", "process", "--run-once")
     return run_id
-
-
-def _sha256(node: str, path: str) -> str:
-    result = estate.run(node, ["sha256sum", path])
-    assert result.returncode == 0, result.stderr
-    return result.stdout.split()[0]
 
 
 def test_bad_job_input_is_refused_before_anything_is_written(prefect_api: str, lab: dict) -> None:
@@ -72,10 +67,10 @@ def test_replica_job_runs_from_prefect_deployment_run(prefect_api: str, lab: dic
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
     assert any(a.type == "table" and "vm-8100-disk-0" in str(a.data) for a in artifacts)
 
-    for disk in ("scsi0", "scsi1"):
-        seeded = lab["guests"]["100"]["disks"][disk]
-        replica = seeded["dataset"].replace("rpool/data/vm-100", "rpool/replica/vm-8100")
-        assert _sha256("pve2", f"/{replica}/disk.raw") == seeded["sha256"]
+    for disk in ("vm-100-disk-0", "vm-100-disk-1"):  # the source may have changed since seeding
+        replica = disk.replace("vm-100", "vm-8100")
+        assert sha256("pve2", f"/rpool/replica/{replica}/disk.raw") == \
+            sha256("pve1", f"/rpool/data/{disk}/disk.raw")
     config = estate.run("pve2", ["cat", "/etc/pve/nodes/pve2/qemu-server/8100.conf"]).stdout
     assert "vm-8100-disk-0" in config and "vm-100-disk" not in config
 

@@ -19,7 +19,7 @@ from dapx.lab import estate
 from dapx.lab import preflight as preflight_mod
 from dapx.lab.common import LabPreflightError
 from dapx.lab.tls import fingerprint_of_der
-from tests.lab.conftest import lab_processes, machine_snapshot
+from tests.helpers.lab import lab_processes, machine_snapshot
 
 pytestmark = pytest.mark.lab
 NODES = ["pve1", "pve2", "pve3", "pbs1"]
