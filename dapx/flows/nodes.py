@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from dapx.blocks.node import ProxmoxNode, host_key_fingerprint
 from dapx.core.guestconfig import list_disks, parse_guest_config
+from dapx.core.storagecfg import parse_storage_cfg
 from dapx.errors import CommandError, InputError, retry_if_transient
 from dapx.tasks.pve import fetch_tls_fingerprint
 from dapx.tasks.ssh import NodeSession, Result, get_session, node_sessions
@@ -85,21 +86,6 @@ def parse_datasets(text: str) -> list[dict[str, str]]:
 def parse_subvolumes(text: str) -> list[str]:
     """``btrfs subvolume list MOUNT`` -> subvolume paths (relative to the filesystem top)."""
     return [line.split(" path ", 1)[1] for line in text.splitlines() if " path " in line]
-
-
-def parse_storage_cfg(text: str) -> list[dict[str, str]]:
-    """PVE ``storage.cfg`` (``type: id`` then indented ``key value`` lines) -> list of dicts."""
-    storages: list[dict[str, str]] = []
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        if not line[0].isspace() and ":" in line:
-            kind, _, storage_id = line.partition(":")
-            storages.append({"id": storage_id.strip(), "type": kind.strip()})
-        elif storages:
-            key, _, value = line.strip().partition(" ")
-            storages[-1][key] = value.strip()
-    return storages
 
 
 def parse_guest_configs(text: str) -> list["Guest"]:
@@ -345,7 +331,8 @@ async def read_inventory(block: ProxmoxNode, name: str) -> NodeInventory:
         node=name, hostname=_fact(results, "hostname", notes).strip(),
         datasets=parse_datasets(_fact(results, "datasets", notes)), btrfs=btrfs,
         bridges=parse_bridges(_fact(results, "bridges", notes)),
-        storages=parse_storage_cfg(_fact(results, "storage_cfg", notes)) if block.kind == "pve" else [],
+        storages=[{"id": sid, **opts} for sid, opts in parse_storage_cfg(
+            _fact(results, "storage_cfg", notes)).items()] if block.kind == "pve" else [],
         guests=parse_guest_configs(_fact(results, "guest_configs", notes, ok=(0, 1)))
         if block.kind == "pve" else [],
         notes=notes)

@@ -8,10 +8,8 @@ own config; a VMID that belongs to any other guest is refused.
 
 Destination storage (ZFS): PVE needs a storage whose pool is ``<dest_pool>/<subfolder>``.
 An existing zfspool storage with that pool is used; otherwise dapx adds one,
-``dapx-<pool>-<subfolder>``, restricted to the destination node. It is appended to
-``/etc/pve/storage.cfg`` over SSH: a documented, supported way on real PVE (the file is the
-cluster-wide storage config; ``pvesm add zfspool`` and ``POST /storage`` write the same
-section). The API would be preferable, but the lab's simulator has no ``POST /storage`` yet.
+``dapx-<pool>-<subfolder>``, restricted to the destination node, through the PVE API
+(``POST /storage``, what ``pvesm add zfspool`` does).
 """
 
 from __future__ import annotations
@@ -29,9 +27,8 @@ from dapx.core.registration import RegistrationOptions, rewrite_for_destination
 from dapx.core.validate import validate_storage_id
 from dapx.errors import ConflictError
 from dapx.flows.trust import load_nodes
-from dapx.tasks.guests import (STORAGE_CFG, SourceGuest, append_file, config_path, guest_task,
-                               is_replica_of, read_files, read_guest, replica_mark,
-                               storage_section, write_file)
+from dapx.tasks.guests import (SourceGuest, config_path, guest_task, is_replica_of, read_files,
+                               read_guest, replica_mark, write_file)
 from dapx.tasks.ssh import node_sessions
 
 
@@ -67,11 +64,14 @@ def with_mark(text: str, source: str, vmid: int) -> str:
 
 
 @guest_task
-async def ensure_zfs_storage(dest: ProxmoxNode, pool: str, subfolder: str) -> tuple[str, bool]:
-    """(storage id, created now) of the destination zfspool storage for ``pool/subfolder``."""
+def ensure_zfs_storage(dest: ProxmoxNode, pool: str, subfolder: str) -> tuple[str, bool]:
+    """(storage id, created now) of the destination zfspool storage for ``pool/subfolder``.
+
+    Reads and adds storages through the PVE API (``GET/POST /storage``), as `pvesm add` does.
+    """
     dataset = "/".join(p for p in (pool, subfolder) if p)
-    files = await read_files(dest, [STORAGE_CFG])
-    storages = files.storages()
+    api = dest.api()
+    storages = {s["storage"]: s for s in api.get("storage")}
     found = find_zfs_storage(storages, dataset)
     if found:
         return found, False
@@ -79,8 +79,8 @@ async def ensure_zfs_storage(dest: ProxmoxNode, pool: str, subfolder: str) -> tu
     if sid in storages:
         raise ConflictError(f"storage id {sid!r} on {dest.name} exists with pool "
                             f"{storages[sid].get('pool')!r}, not {dataset!r}; rename it")
-    await append_file(dest, STORAGE_CFG, storage_section("zfspool", sid, {
-        "pool": dataset, "content": "images,rootdir", "sparse": "1", "nodes": dest.name}))
+    api.post("storage", storage=sid, type="zfspool", pool=dataset, content="images,rootdir",
+             sparse=1, nodes=dest.name)
     return sid, True
 
 
@@ -149,7 +149,7 @@ async def register_guest(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode
     """
     guest = await read_guest(source, job.guest)
     if storage_kind == "zfs":
-        storage, created = await ensure_zfs_storage(dest, job.dest_pool, job.subfolder)
+        storage, created = ensure_zfs_storage(dest, job.dest_pool, job.subfolder)
     else:
         storage, created = validate_storage_id(storage or job.dest_pool), False
     owner = vmid_owner(dest, job.target_vmid)

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from dapx.core.guestconfig import GuestConfig, GuestKind, parse_guest_config
-from dapx.core.validate import validate_node_name, validate_storage_id, validate_vmid
+from dapx.core.storagecfg import parse_storage_cfg
+from dapx.core.validate import validate_node_name, validate_vmid
 from dapx.errors import CommandError, InputError
 
 if TYPE_CHECKING:
@@ -69,28 +70,6 @@ def parse_grep_files(output: str, paths: list[str]) -> dict[str, str]:
                 found.setdefault(path, []).append(line[len(path) + 1:])
                 break
     return {p: "\n".join(lines) + "\n" for p, lines in found.items()}
-
-
-def parse_storage_cfg(text: str) -> dict[str, dict[str, str]]:
-    """PVE ``storage.cfg`` (``type: id`` then indented ``key value``) -> {id: options+type}."""
-    storages: dict[str, dict[str, str]] = {}
-    current: dict[str, str] | None = None
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        if not line[0].isspace() and ":" in line:
-            kind, _, sid = line.partition(":")
-            current = storages.setdefault(sid.strip(), {"type": kind.strip()})
-        elif current is not None:
-            key, _, value = line.strip().partition(" ")
-            current[key] = value.strip()
-    return storages
-
-
-def storage_section(kind: str, sid: str, options: dict[str, str]) -> str:
-    """A storage.cfg section, with the blank line PVE's parser needs before it."""
-    body = "".join(f"\t{k} {v}\n" for k, v in options.items())
-    return f"\n{kind}: {validate_storage_id(sid)}\n{body}"
 
 
 async def read_files(node: "ProxmoxNode", paths: list[str], *, timeout: float = 60.0) -> NodeFiles:

@@ -9,6 +9,7 @@ import pytest
 
 from dapx.core.jobspec import ReplicaJob
 from dapx.core.snapshots import Snapshot
+from dapx.core.storagecfg import parse_storage_cfg
 from dapx.errors import ConflictError, InputError
 from dapx.flows import register, replica, trust
 from dapx.tasks import btrfs, guests, locks, syncoid, zfs
@@ -34,7 +35,7 @@ ide2: none,media=cdrom
 
 
 def guest(text: str = VM100, vmid: int = 100) -> guests.SourceGuest:
-    return guests.SourceGuest("pve1", vmid, "qemu", text, guests.parse_storage_cfg(STORAGE_CFG))
+    return guests.SourceGuest("pve1", vmid, "qemu", text, parse_storage_cfg(STORAGE_CFG))
 
 
 def job(**changes) -> ReplicaJob:
@@ -61,7 +62,7 @@ def test_disk_on_dir_storage_is_refused_pointing_to_pbs() -> None:
 
 def test_btrfs_disks_paths_on_both_sides() -> None:
     text = "scsi0: local-btrfs:200/vm-200-disk-0.raw,size=32M\n"
-    storages = guests.parse_storage_cfg(STORAGE_CFG)
+    storages = parse_storage_cfg(STORAGE_CFG)
     (disk,) = replica.btrfs_disks(guest(text, 200), job(guest=200, dest_vmid=9200), storages,
                                   "local-btrfs")
     assert disk.source == "/var/lib/pve/local-btrfs/images/200/vm-200-disk-0"
@@ -144,11 +145,10 @@ def test_grep_output_splits_into_files() -> None:
 
 def test_registration_helpers() -> None:
     assert register.zfs_storage_id("rpool", "replica/site-b") == "dapx-rpool-replica-site-b"
-    storages = guests.parse_storage_cfg(STORAGE_CFG + "\nzfspool: mine\n\tpool rpool/replica\n")
+    storages = parse_storage_cfg(STORAGE_CFG + "\nzfspool: mine\n\tpool rpool/replica\n")
     assert register.find_zfs_storage(storages, "rpool/replica") == "mine"
     text = register.with_mark("cores: 2\n", "pve1", 100)
     assert guests.is_replica_of(text, "pve1", 100) and not guests.is_replica_of(text, "pve2", 100)
-    assert guests.storage_section("zfspool", "xy", {"pool": "p"}) == "\nzfspool: xy\n\tpool p\n"
 
 
 def test_trust_and_lock_names() -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dapx.core.storagecfg import parse_storage_cfg
 from dapx.flows.nodes import (parse_bridges, parse_btrfs_mounts, parse_datasets, parse_guest_configs,
-                              parse_storage_cfg, parse_subvolumes, parse_zpools)
+                              parse_subvolumes, parse_zpools)
 
 GREP = """\
 /etc/pve/qemu-server/100.conf:boot: order=scsi0
@@ -30,9 +31,9 @@ def test_guest_configs_give_guests_with_their_disks():
 def test_storage_cfg():
     text = ("zfspool: local-zfs\n\tpool rpool/data\n\tcontent images,rootdir\n\tsparse 1\n\n"
             "dir: local\n\tpath /var/lib/vz\n\tcontent iso,vztmpl,backup\n")
-    assert parse_storage_cfg(text) == [
-        {"id": "local-zfs", "type": "zfspool", "pool": "rpool/data", "content": "images,rootdir", "sparse": "1"},
-        {"id": "local", "type": "dir", "path": "/var/lib/vz", "content": "iso,vztmpl,backup"}]
+    assert parse_storage_cfg(text + "# comment\n") == {
+        "local-zfs": {"type": "zfspool", "pool": "rpool/data", "content": "images,rootdir", "sparse": "1"},
+        "local": {"type": "dir", "path": "/var/lib/vz", "content": "iso,vztmpl,backup"}}
 
 
 def test_zfs_btrfs_and_bridges():
