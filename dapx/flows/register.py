@@ -141,13 +141,15 @@ def registration_options(job: ReplicaJob, guest: SourceGuest, storage: str) -> R
 
 async def register_guest(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode,
                          storage_kind: Literal["zfs", "btrfs"] = "zfs",
-                         storage: str | None = None) -> Registration:
+                         storage: str | None = None,
+                         guest: SourceGuest | None = None) -> Registration:
     """The registration steps, for use inside a flow that holds the node sessions.
 
     ZFS: the destination storage for ``dest_pool/subfolder`` (created when missing).
     BTRFS: ``storage`` (the destination's BTRFS storage id), default ``job.dest_pool``.
+    ``guest``: the source guest when the caller has read it already.
     """
-    guest = await read_guest(source, job.guest)
+    guest = guest or await read_guest(source, job.guest)
     if storage_kind == "zfs":
         storage, created = ensure_zfs_storage(dest, job.dest_pool, job.subfolder)
     else:

@@ -32,7 +32,7 @@ from dapx.core.snapshots import FullSend, Plan, Snapshot
 from dapx.core.syncoid_argv import SyncoidOptions
 from dapx.core.volumes import destination_dataset, zfs_dataset
 from dapx.errors import ConflictError, DapxError, InputError, PermanentError
-from dapx.flows.register import check_vmid_available, register_vm
+from dapx.flows.register import check_vmid_available, register_guest
 from dapx.flows.trust import KNOWN_HOSTS, REPLICATION_KEY, check_trust, load_nodes
 from dapx.tasks import zfs
 from dapx.tasks.guests import SourceGuest, read_guest
@@ -293,9 +293,9 @@ async def choose_transport(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNo
 
 async def transfer_all(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode,
                        disks: list[ZfsDisk], plans: dict[str, Plan], src: dict,
-                       results: dict[str, DiskResult]) -> None:
-    """syncoid every disk in turn; a failing disk is recorded and the next one still runs."""
-    options = await choose_transport(job, source, dest, disks)
+                       results: dict[str, DiskResult], options: SyncoidOptions | None) -> None:
+    """Send every disk in turn (syncoid with ``options``, else the direct pipe); a failing
+    disk is recorded and the next one still runs."""
     progress = Progress(artifact_key("replica-progress", job.source, job.guest, job.destination),
                         f"guest {job.guest}: {job.source} -> {job.destination}")
     await progress.start()
@@ -345,35 +345,38 @@ async def _read_and_plan(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode
                          name: str):  # noqa: ANN202
     guest = await read_guest(source, job.guest)
     disks = zfs_disks(guest, job)
-    await check_trust(source, dest)
+    # Independent reads and checks at once: each is a round trip to a node.
+    checks = [zfs.dataset_states(source, [d.source for d in disks]),
+              zfs.dataset_states(dest, [d.target for d in disks]),
+              choose_transport(job, source, dest, disks), check_trust(source, dest)]
     if job.register_vm:
-        await check_vmid_available(job, source, dest, guest.kind)
-    src, dst = await asyncio.gather(zfs.dataset_states(source, [d.source for d in disks]),
-                                    zfs.dataset_states(dest, [d.target for d in disks]))
+        checks.append(check_vmid_available(job, source, dest, guest.kind))
+    src, dst, options, *_ = await asyncio.gather(*checks)
     missing = [d.source for d in disks if not src[d.source].exists]
     if missing:
         raise PermanentError(f"source datasets missing on {job.source}: {', '.join(missing)}")
     plans = plan_all(disks, src, dst, name, force=force, destination=job.destination)
-    return disks, src, dst, plans
+    return guest, disks, src, dst, plans, options
 
 
 async def _replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode, dry_run: bool,
                      force: bool, result: ReplicaResult) -> None:
     name = result.snapshot
-    disks, src, dst, plans = await _read_and_plan(job, source, dest, force, name)
+    guest, disks, src, dst, plans, options = await _read_and_plan(job, source, dest, force,
+                                                                  name)
     results = {d.key: DiskResult(disk=d.key, source_dataset=d.source, dest_dataset=d.target,
                                  plan=snapplan.describe(plans[d.key])) for d in disks}
     result.disks = list(results.values())
     if dry_run:
         await publish_plan(job, plan_rows(disks, plans, src, dst, job, name), name)
         return
-    await zfs.take_snapshots(source, [d.source for d in disks], name)
     parent = destination_dataset(job.dest_pool, job.subfolder, "x").rsplit("/", 1)[0]
-    await zfs.create_parents(dest, parent)
-    await transfer_all(job, source, dest, disks, plans, src, results)
+    await asyncio.gather(zfs.take_snapshots(source, [d.source for d in disks], name),
+                         zfs.create_parents(dest, parent))
+    await transfer_all(job, source, dest, disks, plans, src, results, options)
     await retention(job, source, dest, disks, results, name)
     if job.register_vm and not result.failures:
-        result.registration = str(await register_vm(job, "zfs"))
+        result.registration = str(await register_guest(job, source, dest, "zfs", guest=guest))
 
 
 @flow(name="zfs-replica", log_prints=False)
@@ -566,16 +569,17 @@ async def _btrfs_replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNo
     from dapx.tasks.guests import STORAGE_CFG, read_files
 
     name = result.snapshot
-    guest = await read_guest(source, job.guest)
-    dest_storages = (await read_files(dest, [STORAGE_CFG])).storages()
+    guest, dest_files = await asyncio.gather(read_guest(source, job.guest),
+                                             read_files(dest, [STORAGE_CFG]))
+    dest_storages = dest_files.storages()
     dest_sid = btrfs_storage(dest_storages, job.dest_pool, job.destination)
     disks = btrfs_disks(guest, job, dest_storages, dest_sid)
     src_mount = disks[0].source[: -len(disks[0].source_rel) - 1]
-    await check_trust(source, dest)
+    checks = [btrfs.list_subvolumes(source, src_mount),
+              btrfs.list_subvolumes(dest, disks[0].dest_mount), check_trust(source, dest)]
     if job.register_vm:
-        await check_vmid_available(job, source, dest, guest.kind)
-    src, dst = await asyncio.gather(btrfs.list_subvolumes(source, src_mount),
-                                    btrfs.list_subvolumes(dest, disks[0].dest_mount))
+        checks.append(check_vmid_available(job, source, dest, guest.kind))
+    src, dst, *_ = await asyncio.gather(*checks)
     plans = btrfs_plans(disks, src, dst, name, force=force, destination=job.destination)
     results = {d.key: DiskResult(disk=d.key, source_dataset=d.source, dest_dataset=d.writable,
                                  plan=snapplan.describe(plans[d.key])) for d in disks}
@@ -602,7 +606,8 @@ async def _btrfs_replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNo
         await progress.update(tracker.percent, force=True)
     await btrfs_retention(job, source, dest, disks, results, name, src_mount)
     if job.register_vm and not result.failures:
-        result.registration = str(await register_vm(job, "btrfs", dest_sid))
+        result.registration = str(await register_guest(job, source, dest, "btrfs", dest_sid,
+                                                       guest=guest))
 
 
 @flow(name="btrfs-replica", log_prints=False)
