@@ -26,6 +26,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
 fi
 
+# Machines behind a TLS-inspecting proxy keep its CA in the system bundle: let uv use it.
+if [ -z "${SSL_CERT_FILE:-}" ] && [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+  export SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+fi
+
 # uv, from PyPI, in a small bootstrap venv of its own (works where system pip is locked, PEP 668).
 UV=$(command -v uv || true)
 if [ -z "$UV" ]; then
