@@ -12,7 +12,8 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dapx.core import validate
-from dapx.core.types import Bandwidth, BridgeName, NodeName, PoolName, SubFolder, Vmid
+from dapx.core.types import (Bandwidth, BridgeName, DatasetName, NodeName, PoolName, SubFolder,
+                             Vmid)
 from dapx.core.validate import Compression
 from dapx.errors import InputError
 
@@ -76,3 +77,60 @@ class ReplicaJob(BaseModel):
     def target_vmid(self) -> int:
         """VMID the replica gets on the destination."""
         return self.dest_vmid or self.guest
+
+
+class DatasetJob(BaseModel):
+    """A plain dataset (not a guest) replicated to another node (plain dataset mode, R1):
+    ``pool/ds`` on the source to ``pool/ds`` on the destination, children too when
+    ``recursive``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: NodeName = Field(description="Node that holds the dataset (a node block name).",
+                             examples=["pve1"])
+    dataset: DatasetName = Field(description="Dataset to replicate on the source.",
+                                 examples=["rpool/data/share"])
+    destination: NodeName = Field(description="Node that receives the replica.",
+                                  examples=["pve3"])
+    dest_dataset: DatasetName = Field(
+        description="Dataset on the destination that receives it (below a pool, never the "
+        "pool itself; created by the first run).", examples=["rpool/backup/share"])
+    recursive: bool = Field(default=False, description="Also replicate every child dataset.",
+                            examples=[True])
+    compression: Compression = Field(default="lz4", description="Compression on the wire.",
+                                     examples=["lz4"])
+    keep: int = Field(default=3, ge=1, le=1000,
+                      description="Replica snapshots (versions) to keep on each side.",
+                      examples=[3])
+    bwlimit: Optional[Bandwidth] = Field(default=None,
+                                         description="Bandwidth limit, e.g. 10M (bytes/s).",
+                                         examples=["50M"])
+    notify: NotifyMode = Field(default="failure", description="When to send a notification.",
+                               examples=["failure"])
+
+    @model_validator(mode="after")
+    def _safe_target(self) -> "DatasetJob":
+        if self.source == self.destination:
+            raise ValueError(f"source and destination are both {self.source!r}; "
+                             "a replica needs another node")
+        if "/" not in self.dest_dataset:
+            raise ValueError(f"dest_dataset {self.dest_dataset!r} is a whole pool; a receive "
+                             "there would overwrite it, name a dataset below it "
+                             f"(e.g. {self.dest_dataset}/backup)")
+        return self
+
+    @classmethod
+    def from_input(cls, **fields: object) -> "DatasetJob":
+        """Build from user input (CLI, API); raises InputError with a one-line message."""
+        return _from_input(cls, fields)
+
+
+def _from_input(model: type[BaseModel], fields: dict[str, object]):  # noqa: ANN202
+    from pydantic import ValidationError
+
+    from dapx.core.types import validation_message
+
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        raise InputError(validation_message(exc)) from None

@@ -98,6 +98,37 @@ class ZfsDisk:
     target: str
 
 
+@dataclass(frozen=True)
+class ZfsRun:
+    """What the shared ZFS steps (plan rows, transfer, retention) need from a job, so guest
+    replication (``ReplicaJob``) and plain dataset mode (``DatasetJob``) run the same code."""
+
+    source: str
+    destination: str
+    subject: str
+    """What moves, for messages and artifacts: ``guest 100``, ``dataset rpool/data/share``."""
+    key: str
+    """Artifact key part naming the subject: ``100``, ``rpool-data-share``."""
+    owner: str
+    """``dapx:owner`` value marking the targets: ``pve1/100``."""
+    tag: str
+    """Snapshot tag (``dapx_<tag>_...``); retention only prunes this tag's snapshots."""
+    keep: int
+    compression: str
+    bwlimit: str | None
+    dest_pool: str
+    recursive: bool = False
+    """One ``syncoid --recursive`` for the first dataset and its children (dataset mode)."""
+
+
+def guest_run(job: ReplicaJob) -> ZfsRun:
+    """The shared-step view of a guest replication job."""
+    return ZfsRun(source=job.source, destination=job.destination, subject=f"guest {job.guest}",
+                  key=str(job.guest), owner=f"{job.source}/{job.guest}", tag=job_tag(job),
+                  keep=job.keep, compression=job.compression, bwlimit=job.bwlimit,
+                  dest_pool=job.dest_pool)
+
+
 def not_zfs_message(key: str, volid: str, vmid: int, kind: str) -> str:
     return (f"disk {key} ({volid}) of guest {vmid} is on {kind} storage, not ZFS: zfs-replica "
             "cannot copy it. Use btrfs-replica for BTRFS storage; for any other storage back "
@@ -170,19 +201,19 @@ def plan_all(disks: list[ZfsDisk], src: dict, dst: dict, name: str, *, force: bo
     return plans
 
 
-def prune_list(state: zfs.DatasetState, job: ReplicaJob, protect: str,
+def prune_list(state: zfs.DatasetState, run: ZfsRun, protect: str,
                extra: Snapshot | None = None) -> list[str]:
     """Names retention destroys on one dataset (never ``protect``, only this job's own)."""
     snaps = state.snapshots + ([extra] if extra else [])
-    victims = select_for_deletion(snaps, keep=job.keep, prefixes=(job_prefix(job_tag(job)),),
+    victims = select_for_deletion(snaps, keep=run.keep, prefixes=(job_prefix(run.tag),),
                                   protect={protect})
     return [s.name for s in victims]
 
 
-def syncoid_options(job: ReplicaJob, dest: ProxmoxNode, resume: bool) -> SyncoidOptions:
-    return SyncoidOptions(compression=job.compression, ssh_key=REPLICATION_KEY,
+def syncoid_options(run: ZfsRun, dest: ProxmoxNode, resume: bool) -> SyncoidOptions:
+    return SyncoidOptions(compression=run.compression, ssh_key=REPLICATION_KEY,
                           known_hosts_file=KNOWN_HOSTS, ssh_port=dest.ssh_port,
-                          bandwidth_limit=job.bwlimit, resume=resume)
+                          bandwidth_limit=run.bwlimit, resume=resume, recursive=run.recursive)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -190,7 +221,7 @@ def syncoid_options(job: ReplicaJob, dest: ProxmoxNode, resume: bool) -> Syncoid
 
 
 def plan_rows(disks: list[ZfsDisk], plans: dict[str, Plan], src: dict, dst: dict,
-              job: ReplicaJob, name: str) -> list[dict[str, Any]]:
+              run: ZfsRun, name: str) -> list[dict[str, Any]]:
     rows = []
     for disk in disks:
         new = planned_snapshot(name, src[disk.source].snapshots)
@@ -198,25 +229,32 @@ def plan_rows(disks: list[ZfsDisk], plans: dict[str, Plan], src: dict, dst: dict
                      "destination": disk.target, "plan": snapplan.describe(plans[disk.key]),
                      "size": human_bytes(src[disk.source].referenced),
                      "retention (source)": ", ".join(
-                         prune_list(src[disk.source], job, name, new)) or "nothing",
+                         prune_list(src[disk.source], run, name, new)) or "nothing",
                      "retention (destination)": ", ".join(
-                         prune_list(dst[disk.target], job, name, new)) or "nothing"})
+                         prune_list(dst[disk.target], run, name, new)) or "nothing"})
     return rows
 
 
 async def publish_plan(job: ReplicaJob, rows: list[dict[str, Any]], name: str) -> None:
     facts = {"guest": f"{job.source}/{job.guest}", "destination":
-             f"{job.destination}/{job.target_vmid}", "snapshot to take": name,
-             "versions kept": job.keep, "compression": job.compression,
-             "bandwidth limit": job.bwlimit or "none"}
-    notes = ["dry run: nothing was changed"]
+             f"{job.destination}/{job.target_vmid}"}
+    notes = []
     if job.register_vm:
         notes.append(f"would register the guest as VMID {job.target_vmid} on "
                      f"{job.destination} (bridges {job.bridge_map or 'unchanged'}"
                      f"{', cpu host' if job.cpu_host else ''})")
-    await publish_markdown(artifact_key("replica-plan", job.source, job.guest, job.destination),
-                           plan_markdown(f"Replication plan: guest {job.guest}", facts, rows,
-                                         notes), "dapx replication plan (dry run)")
+    await publish_run_plan(guest_run(job), facts, rows, name, notes)
+
+
+async def publish_run_plan(run: ZfsRun, facts: dict[str, Any], rows: list[dict[str, Any]],
+                           name: str, notes: list[str] | None = None) -> None:
+    """The dry-run artifact: ``facts`` about the job, then the run's common facts and rows."""
+    facts = facts | {"snapshot to take": name, "versions kept": run.keep,
+                     "compression": run.compression, "bandwidth limit": run.bwlimit or "none"}
+    await publish_markdown(artifact_key("replica-plan", run.source, run.key, run.destination),
+                           plan_markdown(f"Replication plan: {run.subject}", facts, rows,
+                                         ["dry run: nothing was changed", *(notes or [])]),
+                           "dapx replication plan (dry run)")
 
 
 # -----------------------------------------------------------------------------------------------
@@ -231,15 +269,15 @@ async def prepare_target(dest: ProxmoxNode, disk: ZfsDisk, plan: Plan) -> None:
         await zfs.rollback(dest, disk.target, plan.rollback_to.name)
 
 
-def direct_pipe(job: ReplicaJob, dest: ProxmoxNode, disk: ZfsDisk, plan: Plan) -> list[str]:
+def direct_pipe(run: ZfsRun, dest: ProxmoxNode, disk: ZfsDisk, plan: Plan) -> list[str]:
     """The send pipeline for nodes where syncoid cannot list remote snapshots."""
     base = plan.base.name if isinstance(plan, snapplan.Incremental) else None
     return zfs.pipe_argv(disk.source, base, plan.to.name, dest.host, disk.target,
                          key=REPLICATION_KEY, known_hosts=KNOWN_HOSTS, port=dest.ssh_port,
-                         rate=job.bwlimit)
+                         rate=run.bwlimit)
 
 
-async def send_disk(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode, disk: ZfsDisk,
+async def send_disk(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode, disk: ZfsDisk,
                     plan: Plan, options: SyncoidOptions | None, progress: "TransferProgress",
                     result: DiskResult) -> None:
     """Prepare the target, send (syncoid, or the direct pipe when ``options`` is None) on the
@@ -249,11 +287,11 @@ async def send_disk(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode, dis
         sync = await run_syncoid(source, disk.source, dest.host, disk.target, options,
                                  on_bytes=progress.on_bytes)
     else:
-        sync = await run_pipe(source, direct_pipe(job, dest, disk, plan),
+        sync = await run_pipe(source, direct_pipe(run, dest, disk, plan),
                               f"zfs send {disk.source} -> {dest.name}:{disk.target}",
                               on_bytes=progress.on_bytes)
     result.bytes_sent, result.seconds = sync.bytes_sent, round(sync.seconds, 3)
-    await zfs.mark_owned(dest, disk.target, f"{job.source}/{job.guest}")
+    await zfs.mark_owned(dest, disk.target, run.owner)
 
 
 class TransferProgress:
@@ -281,42 +319,71 @@ class TransferProgress:
             await asyncio.sleep(1.0)
 
 
-async def choose_transport(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode,
+async def choose_transport(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
                            disks: list[ZfsDisk]) -> SyncoidOptions | None:
     """syncoid options, or None for the direct pipe where syncoid 2.1 cannot work."""
     usable = await asyncio.gather(zfs.syncoid_can_list(source, disks[0].source.split("/")[0]),
-                                  zfs.syncoid_can_list(dest, job.dest_pool))
+                                  zfs.syncoid_can_list(dest, run.dest_pool))
     if not all(usable):
         return None
-    return syncoid_options(job, dest, await zfs.supports_resume(dest, job.dest_pool))
+    return syncoid_options(run, dest, await zfs.supports_resume(dest, run.dest_pool))
 
 
-async def transfer_all(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode,
+async def transfer_all(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
                        disks: list[ZfsDisk], plans: dict[str, Plan], src: dict,
                        results: dict[str, DiskResult], options: SyncoidOptions | None) -> None:
     """Send every disk in turn (syncoid with ``options``, else the direct pipe); a failing
-    disk is recorded and the next one still runs."""
-    progress = Progress(artifact_key("replica-progress", job.source, job.guest, job.destination),
-                        f"guest {job.guest}: {job.source} -> {job.destination}")
+    disk is recorded and the next one still runs. With ``options.recursive`` one syncoid
+    run sends the first dataset and its children (``disks`` lists them, parent first)."""
+    progress = Progress(artifact_key("replica-progress", run.source, run.key, run.destination),
+                        f"{run.subject}: {run.source} -> {run.destination}")
     await progress.start()
     tracker = TransferProgress(progress, len(disks))
     follower = asyncio.create_task(tracker.follow())
     try:
-        for disk in disks:
-            full = isinstance(plans[disk.key], FullSend)
-            tracker.start_disk(src[disk.source].referenced if full else 0)
-            try:
-                await send_disk(job, source, dest, disk, plans[disk.key], options, tracker,
-                                results[disk.key])
-            except DapxError as exc:
-                results[disk.key].error = str(exc)
-            tracker.done += 1
+        if options is not None and options.recursive:
+            await send_recursive(run, source, dest, disks, plans, src, results, options, tracker)
+        else:
+            for disk in disks:
+                full = isinstance(plans[disk.key], FullSend)
+                tracker.start_disk(src[disk.source].referenced if full else 0)
+                try:
+                    await send_disk(run, source, dest, disk, plans[disk.key], options, tracker,
+                                    results[disk.key])
+                except DapxError as exc:
+                    results[disk.key].error = str(exc)
+                tracker.done += 1
     finally:
         follower.cancel()
     await progress.update(100.0, force=True)
 
 
-async def retention(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode,
+async def send_recursive(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
+                         disks: list[ZfsDisk], plans: dict[str, Plan], src: dict,
+                         results: dict[str, DiskResult], options: SyncoidOptions,
+                         tracker: TransferProgress) -> None:
+    """``syncoid --recursive`` for ``disks[0]`` and its children: prepare every target, one
+    transfer (its bytes are reported on the first row), mark every target ours. A failure
+    is recorded on every dataset: syncoid does not say which child it stopped at."""
+    root = disks[0]
+    tracker.start_disk(sum(src[d.source].referenced for d in disks
+                           if isinstance(plans[d.key], FullSend)))
+    try:
+        for disk in disks:
+            await prepare_target(dest, disk, plans[disk.key])
+        sync = await run_syncoid(source, root.source, dest.host, root.target, options,
+                                 on_bytes=tracker.on_bytes)
+        results[root.key].bytes_sent = sync.bytes_sent
+        results[root.key].seconds = round(sync.seconds, 3)
+        for disk in disks:
+            await zfs.mark_owned(dest, disk.target, run.owner)
+    except DapxError as exc:
+        for disk in disks:
+            results[disk.key].error = str(exc)
+    tracker.done = len(disks)
+
+
+async def retention(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
                     disks: list[ZfsDisk], results: dict[str, DiskResult], name: str) -> None:
     """Prune both sides of the disks that made it; never the snapshot now common."""
     ok = [d for d in disks if not results[d.key].error]
@@ -332,49 +399,74 @@ async def retention(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode,
             continue
         result.common = common.name
         result.pruned_source = await zfs.destroy_snapshots(
-            source, disk.source, prune_list(src[disk.source], job, name))
+            source, disk.source, prune_list(src[disk.source], run, name))
         result.pruned_dest = await zfs.destroy_snapshots(
-            dest, disk.target, prune_list(dst[disk.target], job, name))
+            dest, disk.target, prune_list(dst[disk.target], run, name))
 
 
 # -----------------------------------------------------------------------------------------------
-# The flow
+# The flow (the shared ZFS steps, then the guest-specific ones)
 
 
-async def _read_and_plan(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode, force: bool,
-                         name: str):  # noqa: ANN202
-    guest = await read_guest(source, job.guest)
-    disks = zfs_disks(guest, job)
-    # Independent reads and checks at once: each is a round trip to a node.
-    checks = [zfs.dataset_states(source, [d.source for d in disks]),
-              zfs.dataset_states(dest, [d.target for d in disks]),
-              choose_transport(job, source, dest, disks), check_trust(source, dest)]
-    if job.register_vm:
-        checks.append(check_vmid_available(job, source, dest, guest.kind))
-    src, dst, options, *_ = await asyncio.gather(*checks)
+@dataclass
+class ZfsPlan:
+    """Everything read and planned before anything changes."""
+
+    disks: list[ZfsDisk]
+    src: dict[str, zfs.DatasetState]
+    dst: dict[str, zfs.DatasetState]
+    plans: dict[str, Plan]
+    options: SyncoidOptions | None
+
+    def results(self) -> dict[str, DiskResult]:
+        return {d.key: DiskResult(disk=d.key, source_dataset=d.source, dest_dataset=d.target,
+                                  plan=snapplan.describe(self.plans[d.key])) for d in self.disks}
+
+
+async def read_and_plan(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
+                        disks: list[ZfsDisk], name: str, *, force: bool,
+                        checks: tuple = ()) -> ZfsPlan:
+    """Both sides' states, the transport, node trust and the caller's ``checks`` (awaitables)
+    at once (each is a round trip), then the plans. Raises PermanentError for a missing
+    source dataset, ConflictError naming every conflict, and whatever a check raises."""
+    src, dst, options, *_ = await asyncio.gather(
+        zfs.dataset_states(source, [d.source for d in disks]),
+        zfs.dataset_states(dest, [d.target for d in disks]),
+        choose_transport(run, source, dest, disks), check_trust(source, dest), *checks)
     missing = [d.source for d in disks if not src[d.source].exists]
     if missing:
-        raise PermanentError(f"source datasets missing on {job.source}: {', '.join(missing)}")
-    plans = plan_all(disks, src, dst, name, force=force, destination=job.destination)
-    return guest, disks, src, dst, plans, options
+        raise PermanentError(f"source datasets missing on {run.source}: {', '.join(missing)}")
+    plans = plan_all(disks, src, dst, name, force=force, destination=run.destination)
+    return ZfsPlan(disks, src, dst, plans, options)
+
+
+async def replicate_datasets(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
+                             plan: ZfsPlan, results: dict[str, DiskResult], name: str,
+                             parent: str) -> None:
+    """Snapshot every source dataset atomically (creating ``parent`` on the destination
+    meanwhile), transfer, prune both sides. Failures are recorded in ``results``."""
+    await asyncio.gather(zfs.take_snapshots(source, [d.source for d in plan.disks], name),
+                         zfs.create_parents(dest, parent))
+    await transfer_all(run, source, dest, plan.disks, plan.plans, plan.src, results,
+                       plan.options)
+    await retention(run, source, dest, plan.disks, results, name)
 
 
 async def _replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode, dry_run: bool,
                      force: bool, result: ReplicaResult) -> None:
-    name = result.snapshot
-    guest, disks, src, dst, plans, options = await _read_and_plan(job, source, dest, force,
-                                                                  name)
-    results = {d.key: DiskResult(disk=d.key, source_dataset=d.source, dest_dataset=d.target,
-                                 plan=snapplan.describe(plans[d.key])) for d in disks}
+    name, run = result.snapshot, guest_run(job)
+    guest = await read_guest(source, job.guest)
+    disks = zfs_disks(guest, job)
+    checks = (check_vmid_available(job, source, dest, guest.kind),) if job.register_vm else ()
+    plan = await read_and_plan(run, source, dest, disks, name, force=force, checks=checks)
+    results = plan.results()
     result.disks = list(results.values())
     if dry_run:
-        await publish_plan(job, plan_rows(disks, plans, src, dst, job, name), name)
+        await publish_plan(job, plan_rows(disks, plan.plans, plan.src, plan.dst, run, name),
+                           name)
         return
     parent = destination_dataset(job.dest_pool, job.subfolder, "x").rsplit("/", 1)[0]
-    await asyncio.gather(zfs.take_snapshots(source, [d.source for d in disks], name),
-                         zfs.create_parents(dest, parent))
-    await transfer_all(job, source, dest, disks, plans, src, results, options)
-    await retention(job, source, dest, disks, results, name)
+    await replicate_datasets(run, source, dest, plan, results, name, parent)
     if job.register_vm and not result.failures:
         result.registration = str(await register_guest(job, source, dest, "zfs", guest=guest))
 
@@ -411,13 +503,17 @@ async def zfs_replica(job: ReplicaJob, dry_run: bool = False, force: bool = Fals
     return result
 
 
-async def publish_result(result: ReplicaResult) -> None:
-    rows = [{"disk": d.disk, "destination": d.dest_dataset, "plan": d.plan,
+def result_rows(disks: list[DiskResult], registration: str = "") -> list[dict[str, Any]]:
+    """The result table's rows, one per disk (or dataset)."""
+    return [{"disk": d.disk, "destination": d.dest_dataset, "plan": d.plan,
              "bytes sent": d.bytes_sent, "size": human_bytes(d.bytes_sent),
              "seconds": d.seconds, "common snapshot": d.common or "-",
              "pruned": len(d.pruned_source) + len(d.pruned_dest),
-             "registration": result.registration or "-", "error": d.error or "-"}
-            for d in result.disks]
+             "registration": registration or "-", "error": d.error or "-"} for d in disks]
+
+
+async def publish_result(result: ReplicaResult) -> None:
+    rows = result_rows(result.disks, result.registration)
     await publish_table(artifact_key("replica-result", result.source, result.guest,
                                      result.destination), rows,
                         f"guest {result.guest}: {result.source} -> {result.destination}/"

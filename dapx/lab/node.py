@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from dapx.errors import InputError
@@ -29,7 +30,6 @@ COMMON_BINDS = [
     ("etc-network", "/etc/network"),
     ("var-lib-zfs", "/var/lib/zfs"),
     ("var-log-pve", "/var/log/pve"),
-    ("tmp", "/tmp"),
     ("bin", "/usr/local/sbin"),
     # zfs-fuse mounts rpool here; a private directory below keeps a failed or late mount
     # from writing into the host's /rpool, which every node would share.
@@ -199,14 +199,16 @@ def create_namespaces(node: NodeSpec) -> None:
 
 
 def check_lab_dir_visible() -> None:
-    """InputError if $DAPX_LAB_DIR lies under a directory the nodes mount over (e.g. /tmp):
-    nodes need to see it (pool images, sshd config, host keys)."""
+    """InputError if $DAPX_LAB_DIR, or the Python environment and DAPX code the nodes run,
+    lie under a directory the nodes mount over (e.g. /run): nodes must see them."""
     targets = {t for n in NODES.values() for _, t in binds(n)} | {"/run"}
-    root = str(lab_dir())
-    for t in sorted(targets):
-        if root == t or root.startswith(t.rstrip("/") + "/"):
-            raise InputError(f"DAPX_LAB_DIR={root} is under {t}, which every lab node mounts "
-                             "over; choose another directory (default /var/lib/dapx-lab)")
+    needed = {"DAPX_LAB_DIR": str(lab_dir()), "the Python environment": sys.prefix,
+              "the dapx package": str(Path(__file__).resolve().parents[1])}
+    for what, path in needed.items():
+        for t in sorted(targets):
+            if path == t or path.startswith(t.rstrip("/") + "/"):
+                raise InputError(f"{what} ({path}) is under {t}, which every lab node mounts "
+                                 "over; move it elsewhere (the lab's default is /var/lib/dapx-lab)")
 
 
 def ns_alive(node: NodeSpec) -> bool:

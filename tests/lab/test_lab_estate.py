@@ -180,7 +180,7 @@ def test_cluster_members_trust_each_other(lab: dict) -> None:
 
 def test_other_nodes_do_not_trust_each_other(lab: dict) -> None:
     for src, dst in (("pve1", "pve3"), ("pve3", "pve1"), ("pve1", "pbs1")):
-        known = "/tmp/lab_test_known"
+        known = "/root/.ssh/lab_test_known"  # node-private
         line = f"{lab['nodes'][dst]['address']} {lab['nodes'][dst]['ssh_host_key']}\n"
         in_node(src, ["tee", known], input=line)
         cp = _ssh_between(src, dst, lab, known)
