@@ -7,7 +7,9 @@ They make each operation runnable from the Prefect UI ("Run" with a parameter fo
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 
 from dapx.deployments.server import WORK_POOL
 
@@ -22,6 +24,7 @@ BUILTIN_FLOWS = (
     "dapx.flows.register.register_vm",
     "dapx.flows.replica.zfs_replica",
     "dapx.flows.replica.btrfs_replica",
+    "dapx.flows.dataset.dataset_replica",
 )
 
 
@@ -47,8 +50,9 @@ def deploy_flow(path: str, name: str = DEFAULT_DEPLOYMENT, *, cron: str | None =
         description=description, paused=paused,
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
-    deploy(deployment, work_pool_name=WORK_POOL, build=False, push=False,
-           print_next_steps_message=False, ignore_warnings=True)
+    with contextlib.redirect_stdout(io.StringIO()):  # deploy() prints a table per call
+        deploy(deployment, work_pool_name=WORK_POOL, build=False, push=False,
+               print_next_steps_message=False, ignore_warnings=True)
     return f"{flow.name}/{name}"
 
 

@@ -14,6 +14,8 @@ import subprocess
 from contextlib import ExitStack
 from pathlib import Path
 
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
 from dapx.deployments import server
 
 
@@ -51,7 +53,10 @@ def run_product(*, port: int = server.DEFAULT_PORT, with_lab: str = "auto",
         else:
             api_url = stack.enter_context(
                 server.prefect_server(port, log_path=_log_dir() / "server.log"))
-            os.environ["PREFECT_API_URL"] = api_url
+        # Subprocesses read the environment; this process's Prefect settings were loaded at
+        # import, so point them at the server too (else the client starts its own).
+        os.environ["PREFECT_API_URL"] = api_url
+        stack.enter_context(temporary_settings(updates={PREFECT_API_URL: api_url}))
         print(f"dapx: Prefect server and UI at {api_url.removesuffix('/api')}")
         server.register_blocks()
         server.ensure_work_pool()
