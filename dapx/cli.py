@@ -204,10 +204,35 @@ def _quiet_user_errors() -> None:
             handler.addFilter(_NoUserErrorTraceback())
 
 
+def _use_running_server() -> None:
+    """With no Prefect API configured, talk to the server `dapx up` runs on 127.0.0.1:4200
+    when it answers, instead of Prefect's in-process server on the same SQLite file."""
+    import os
+
+    from prefect.settings import PREFECT_API_URL
+
+    if os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value():
+        return
+    from dapx.deployments.server import DEFAULT_PORT, is_healthy
+
+    url = f"http://127.0.0.1:{DEFAULT_PORT}/api"
+    if is_healthy(url):
+        os.environ["PREFECT_API_URL"] = url
+        from prefect.settings import temporary_settings
+
+        temporary_settings(updates={PREFECT_API_URL: url}).__enter__()  # for this process
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `dapx` console script."""
+    import os
+
+    # Prefect's server would send usage telemetry out; DAPX sends nothing anywhere unasked.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.cmd not in ("up", "lab"):
+        _use_running_server()
     if getattr(args, "command", None) and args.command[:1] == ["--"]:
         args.command = args.command[1:]
     func: Callable[[argparse.Namespace], int] = args.func

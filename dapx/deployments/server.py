@@ -26,15 +26,20 @@ def prefect_bin() -> str:
     return str(Path(sys.executable).with_name("prefect"))
 
 
+def is_healthy(api_url: str) -> bool:
+    """True when a Prefect server answers ``api_url``/health."""
+    try:
+        return httpx.get(f"{api_url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def wait_healthy(api_url: str, timeout: float = 90.0) -> None:
     """Wait until ``api_url``/health answers; raise DapxError after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
+        if is_healthy(api_url):
+            return
         time.sleep(0.5)
     raise DapxError(f"Prefect server at {api_url} did not become healthy in {timeout:.0f} s")
 
