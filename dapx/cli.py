@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -44,8 +45,6 @@ def cmd_lab(args: argparse.Namespace) -> int:
         _print_lab_status(estate.status(), as_json=args.json)
         return 0
     if args.lab_cmd == "ssh":
-        import os
-
         argv = estate.ssh_argv(args.node, list(args.command) or None)
         os.execvp(argv[0], argv)
     if args.lab_cmd == "register":
@@ -225,8 +224,6 @@ def _use_running_server() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `dapx` console script."""
-    import os
-
     # Prefect's server would send usage telemetry out; DAPX sends nothing anywhere unasked.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     parser = build_parser()

@@ -72,6 +72,27 @@ def dataset_exists(dataset: str) -> list[str]:
     return ["zfs", "list", "-H", "-o", "name", validate_dataset_name(dataset)]
 
 
+def list_tree(dataset: str) -> list[str]:
+    """``zfs list -H -o name -r <ds>``: the dataset and every descendant (zfs-fuse has no
+    ``-t`` filter worth relying on; snapshots are filtered out by ``parse_tree``)."""
+    return ["zfs", "list", "-H", "-o", "name", "-r", validate_dataset_name(dataset)]
+
+
+def parse_tree(output: str, dataset: str) -> list[str]:
+    """``list_tree`` output -> the dataset and its descendants, parents before children.
+
+    Raises InputError when a descendant's name is one dapx refuses (a space, a leading
+    ``-``...): it would reach syncoid's shell strings. PermanentError when ``dataset`` is
+    not in the output.
+    """
+    names = [ln.strip() for ln in output.splitlines() if ln.strip() and "@" not in ln]
+    tree = sorted(validate_dataset_name(n) for n in names
+                  if n == dataset or n.startswith(dataset + "/"))
+    if not tree or tree[0] != dataset:
+        raise PermanentError(f"'zfs list' did not list {dataset}")
+    return tree
+
+
 def create_parents(dataset: str) -> list[str]:
     """``zfs create -p <ds>``: the parent datasets a receive needs (idempotent)."""
     return ["zfs", "create", "-p", validate_dataset_name(dataset)]

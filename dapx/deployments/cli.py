@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 from pydantic import ValidationError
 
@@ -39,9 +40,51 @@ def cmd_job(args: argparse.Namespace) -> int:
 
 
 def _create(args: argparse.Namespace) -> int:
+    if args.kind == "dataset":
+        return _create_dataset(args)
+    return _create_replica(args)
+
+
+def _require(args: argparse.Namespace, kind: str, *names: str) -> None:
+    """argparse cannot make options required per kind: InputError naming the missing ones."""
+    missing = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) is None]
+    if missing:
+        raise InputError(f"job create {kind} needs {', '.join(missing)}")
+
+
+def _refuse(args: argparse.Namespace, kind: str, *names: str) -> None:
+    """Options of the other kind are refused, not silently ignored."""
+    given = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) not in (None, False)]
+    if given:
+        raise InputError(f"job create {kind} does not take {', '.join(given)}")
+
+
+def _create_dataset(args: argparse.Namespace) -> int:
+    from dapx.core.jobspec import DatasetJob
+    from dapx.deployments import jobs
+
+    _require(args, "dataset", "dataset", "dest_dataset")
+    _refuse(args, "dataset", "guest", "method", "pool", "subfolder", "dest_vmid",
+            "no_register", "cpu_host", "bridge_map")
+    fields = {"source": args.source, "dataset": args.dataset, "destination": args.dest,
+              "dest_dataset": args.dest_dataset, "recursive": args.recursive,
+              "compression": args.compress, "keep": args.keep, "bwlimit": args.bwlimit,
+              "notify": args.notify}
+    spec = DatasetJob.from_input(**{k: v for k, v in fields.items() if v is not None})
+    default = re.sub(r"[^a-z0-9-]+", "-", f"ds-{spec.dataset}-to-{spec.destination}".lower())
+    name = args.name or default.strip("-")[:63].rstrip("-")
+    full = jobs.create_job(name, "dataset-replica", spec, schedule=args.schedule,
+                           paused=args.paused)
+    print(f"job {full} saved" + (f", schedule {args.schedule}" if args.schedule else ""))
+    return 0
+
+
+def _create_replica(args: argparse.Namespace) -> int:
     from dapx.core.jobspec import ReplicaJob
     from dapx.deployments import jobs
 
+    _require(args, "replica", "guest")
+    _refuse(args, "replica", "dataset", "dest_dataset", "recursive")
     fields = {
         "source": args.source, "guest": args.guest, "destination": args.dest,
         "dest_pool": args.pool, "subfolder": args.subfolder, "dest_vmid": args.dest_vmid,
@@ -76,11 +119,18 @@ def add_job_parser(sub: argparse._SubParsersAction) -> None:
     jsub = job.add_subparsers(dest="job_cmd", required=True)
 
     create = jsub.add_parser("create", help="create or update a job")
-    create.add_argument("kind", choices=["replica"], help="what the job does")
-    create.add_argument("--name", help="job name (default vm<guest>-to-<dest>)")
+    create.add_argument("kind", choices=["replica", "dataset"],
+                        help="replica: a guest's disks; dataset: a plain ZFS dataset")
+    create.add_argument("--name", help="job name (default vm<guest>-to-<dest>, "
+                        "ds-<dataset>-to-<dest>)")
     create.add_argument("--source", required=True, help="source node")
-    create.add_argument("--guest", required=True, type=int, help="VMID to replicate")
+    create.add_argument("--guest", type=int, help="replica: VMID to replicate")
+    create.add_argument("--dataset", help="dataset: the dataset on the source (rpool/data/share)")
     create.add_argument("--dest", required=True, help="destination node")
+    create.add_argument("--dest-dataset",
+                        help="dataset: the dataset on the destination (rpool/backup/share)")
+    create.add_argument("--recursive", action="store_true",
+                        help="dataset: also replicate every child dataset")
     create.add_argument("--method", choices=["zfs", "btrfs"],
                         help="default: the source node's storage kind")
     create.add_argument("--pool", help="destination pool (rpool)")

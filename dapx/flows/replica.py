@@ -442,11 +442,14 @@ async def read_and_plan(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
 
 async def replicate_datasets(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
                              plan: ZfsPlan, results: dict[str, DiskResult], name: str,
-                             parent: str) -> None:
+                             parent: str | None) -> None:
     """Snapshot every source dataset atomically (creating ``parent`` on the destination
-    meanwhile), transfer, prune both sides. Failures are recorded in ``results``."""
-    await asyncio.gather(zfs.take_snapshots(source, [d.source for d in plan.disks], name),
-                         zfs.create_parents(dest, parent))
+    meanwhile, unless None: a pool), transfer, prune both sides. Failures are recorded in
+    ``results``."""
+    steps = [zfs.take_snapshots(source, [d.source for d in plan.disks], name)]
+    if parent:
+        steps.append(zfs.create_parents(dest, parent))
+    await asyncio.gather(*steps)
     await transfer_all(run, source, dest, plan.disks, plan.plans, plan.src, results,
                        plan.options)
     await retention(run, source, dest, plan.disks, results, name)

@@ -31,6 +31,21 @@ def replica_lock_name(source: str, vmid: int, destination: str) -> str:
     return name
 
 
+def dataset_lock_name(source: str, dataset: str, destination: str) -> str:
+    """``dapx-dataset-pve1-rpool-data-share-to-pve3-1a2b3c4d``: one dataset replicated to
+    one node. Dataset names may hold capitals, ``_`` and ``:``, which limit names may not:
+    they are folded to dashes and a hash of the exact names keeps different datasets apart."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{source}\0{dataset}\0{destination}".encode()).hexdigest()[:8]
+    folded = re.sub(r"[^a-z0-9.-]+", "-", dataset.lower())[:120]
+    name = f"dapx-dataset-{source}-{folded}-to-{destination}-{digest}"
+    if not _NAME.fullmatch(name):
+        raise InputError(f"cannot build a lock name from {source!r}, {dataset!r}, "
+                         f"{destination!r}")
+    return name
+
+
 async def ensure_limit(name: str, limit: int = 1) -> None:
     """Create the global concurrency limit ``name`` (limit 1) unless it exists already."""
     from prefect.client.orchestration import get_client

@@ -13,7 +13,7 @@ from dapx.core import zfs_argv
 from dapx.core.snapnames import OWNER_PROPERTY
 from dapx.core.snapshots import Snapshot
 from dapx.core.validate import snapshot_path, validate_dataset_name
-from dapx.errors import CommandError
+from dapx.errors import CommandError, InputError
 from dapx.tasks.guests import guest_task
 
 if TYPE_CHECKING:
@@ -114,6 +114,24 @@ async def dataset_states(node: "ProxmoxNode", datasets: list[str]) -> dict[str, 
         raise CommandError(f"zfs get failed on node {node.name}: {other[-1]}",
                            exit_status=result.exit_status, stderr_tail="\n".join(other[-20:]))
     return parse_states(result.stdout, datasets)
+
+
+@guest_task
+async def dataset_tree(node: "ProxmoxNode", dataset: str) -> list[str]:
+    """``dataset`` and its descendants on ``node``, parents first.
+
+    Raises InputError when the dataset does not exist or a descendant has a name dapx
+    refuses; CommandError for any other zfs failure.
+    """
+    result = await _run(node, zfs_argv.list_tree(dataset), check=False, timeout=120)
+    if result.exit_status != 0:
+        if "does not exist" in result.stderr:
+            raise InputError(f"dataset {dataset} does not exist on node {node.name}; check "
+                             "the name (zfs list) and the source node")
+        raise CommandError(f"zfs list failed on node {node.name}: "
+                           f"{(result.stderr.strip().splitlines() or ['?'])[-1]}",
+                           exit_status=result.exit_status)
+    return zfs_argv.parse_tree(result.stdout, dataset)
 
 
 @guest_task
