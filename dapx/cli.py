@@ -206,8 +206,6 @@ def _quiet_user_errors() -> None:
 def _use_running_server() -> None:
     """With no Prefect API configured, talk to the server `dapx up` runs on 127.0.0.1:4200
     when it answers, instead of Prefect's in-process server on the same SQLite file."""
-    import os
-
     from prefect.settings import PREFECT_API_URL
 
     if os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value():
