@@ -23,7 +23,7 @@ BUILTIN_FLOWS = (
     "dapx.flows.trust.trust_nodes",
     "dapx.flows.register.register_vm",
     "dapx.flows.replica.zfs_replica",
-    "dapx.flows.replica.btrfs_replica",
+    "dapx.flows.btrfs_replica.btrfs_replica",
     "dapx.flows.dataset.dataset_replica",
 )
 

@@ -19,7 +19,7 @@ from dapx.errors import InputError
 JOB_TAG = "dapx-job"
 JOB_FLOWS = {
     "zfs-replica": "dapx.flows.replica.zfs_replica",
-    "btrfs-replica": "dapx.flows.replica.btrfs_replica",
+    "btrfs-replica": "dapx.flows.btrfs_replica.btrfs_replica",
     "dataset-replica": "dapx.flows.dataset.dataset_replica",
 }
 _JOB_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")

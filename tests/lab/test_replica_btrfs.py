@@ -66,7 +66,7 @@ def prefect_lab(request: pytest.FixtureRequest):
 
 
 async def test_refuses_a_guest_not_on_btrfs_and_needs_trust() -> None:
-    from dapx.flows.replica import btrfs_replica
+    from dapx.flows.btrfs_replica import btrfs_replica
 
     with pytest.raises(InputError, match="not BTRFS"):
         await btrfs_replica(job=ReplicaJob(source="pve1", guest=100, destination="pve3",
@@ -77,7 +77,7 @@ async def test_refuses_a_guest_not_on_btrfs_and_needs_trust() -> None:
 
 async def test_dry_run_then_full_copy_registers_the_vm() -> None:
     from dapx.blocks.node import ProxmoxNode
-    from dapx.flows.replica import btrfs_replica
+    from dapx.flows.btrfs_replica import btrfs_replica
     from dapx.flows.trust import trust_nodes
 
     await trust_nodes(SRC, DST)
@@ -93,7 +93,7 @@ async def test_dry_run_then_full_copy_registers_the_vm() -> None:
 
 
 async def test_incremental_and_versions_kept() -> None:
-    from dapx.flows.replica import btrfs_replica
+    from dapx.flows.btrfs_replica import btrfs_replica
 
     for _ in range(2):
         write_random(SRC, f"{SRC_DISK}/disk.raw", 1, offset_mib=3)
@@ -106,7 +106,7 @@ async def test_incremental_and_versions_kept() -> None:
 
 
 async def test_cut_off_transfer_recovers_on_the_next_run() -> None:
-    from dapx.flows.replica import btrfs_replica
+    from dapx.flows.btrfs_replica import btrfs_replica
 
     before = ours(DST, f"{RECEIVED}/vm-200-disk-0")
     write_random(SRC, f"{SRC_DISK}/disk.raw", 8)

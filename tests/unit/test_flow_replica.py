@@ -11,7 +11,7 @@ from dapx.core.jobspec import ReplicaJob
 from dapx.core.snapshots import Snapshot
 from dapx.core.storagecfg import parse_storage_cfg
 from dapx.errors import ConflictError, InputError
-from dapx.flows import register, replica, trust
+from dapx.flows import btrfs_replica, register, replica, trust
 from dapx.tasks import btrfs, guests, locks, syncoid, zfs
 
 STORAGE_CFG = """dir: local
@@ -63,7 +63,7 @@ def test_disk_on_dir_storage_is_refused_pointing_to_pbs() -> None:
 def test_btrfs_disks_paths_on_both_sides() -> None:
     text = "scsi0: local-btrfs:200/vm-200-disk-0.raw,size=32M\n"
     storages = parse_storage_cfg(STORAGE_CFG)
-    (disk,) = replica.btrfs_disks(guest(text, 200), job(guest=200, dest_vmid=9200), storages,
+    (disk,) = btrfs_replica.btrfs_disks(guest(text, 200), job(guest=200, dest_vmid=9200), storages,
                                   "local-btrfs")
     assert disk.source == "/var/lib/pve/local-btrfs/images/200/vm-200-disk-0"
     assert disk.source_rel == "images/200/vm-200-disk-0"
