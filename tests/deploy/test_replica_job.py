@@ -51,6 +51,8 @@ def test_replica_job_runs_from_prefect_deployment_run(prefect_api: str, lab: dic
     assert "trust-nodes/default" in deploy_builtin()
     trust = _run_deployment_through_worker("trust-nodes/default", "source=pve1",
                                            "destination=pve2")
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(trust).state.is_completed()
 
     run_cli("dapx", "job", "create", "replica", "--source", "pve1", "--guest", "100",
             "--dest", "pve2", "--dest-vmid", "8100", "--name", JOB,
@@ -58,9 +60,19 @@ def test_replica_job_runs_from_prefect_deployment_run(prefect_api: str, lab: dic
     listed = run_cli("dapx", "job", "list").stdout
     assert JOB in listed and "zfs-replica" in listed and "0 3 1 1 *" in listed
 
+    try:
+        _run_replica_job_and_check_it()
+    finally:  # leave the shared lab as the lab tier expects it
+        estate.run("pve2", ["rm", "-f", "/etc/pve/nodes/pve2/qemu-server/8100.conf"])
+        for disk in ("vm-8100-disk-0", "vm-8100-disk-1"):
+            estate.run("pve2", ["zfs", "destroy", "-r", f"rpool/replica/{disk}"])
+    run_cli("dapx", "job", "remove", JOB)
+    assert JOB not in run_cli("dapx", "job", "list").stdout
+
+
+def _run_replica_job_and_check_it() -> None:
     run_id = _run_deployment_through_worker(f"zfs-replica/{JOB}")
     with get_client(sync_client=True) as client:
-        assert client.read_flow_run(trust).state.is_completed()
         flow_run = client.read_flow_run(run_id)
         assert flow_run.state.is_completed(), flow_run.state
         artifacts = client.read_artifacts(
@@ -73,6 +85,3 @@ def test_replica_job_runs_from_prefect_deployment_run(prefect_api: str, lab: dic
             sha256("pve1", f"/rpool/data/{disk}/disk.raw")
     config = estate.run("pve2", ["cat", "/etc/pve/nodes/pve2/qemu-server/8100.conf"]).stdout
     assert "vm-8100-disk-0" in config and "vm-100-disk" not in config
-
-    run_cli("dapx", "job", "remove", JOB)
-    assert JOB not in run_cli("dapx", "job", "list").stdout

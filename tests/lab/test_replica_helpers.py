@@ -16,9 +16,11 @@ from dapx.lab import estate
 def lab_state(request: pytest.FixtureRequest) -> dict:
     """The lab: the session fixture from conftest (brings it up, takes it down), or, when
     DAPX_LAB_RUNNING=1, the lab someone else already runs (never taken down here)."""
-    if os.environ.get("DAPX_LAB_RUNNING") == "1":
-        return estate.load_state()
-    return request.getfixturevalue("lab")
+    if os.environ.get("DAPX_LAB_RUNNING") != "1":
+        request.getfixturevalue("lab")
+    # Read state.json now, not the session's copy: a rebuild earlier in the session (the
+    # lab tests kill and repair nodes) seeds the guests again, with new bytes and checksums.
+    return estate.load_state()
 
 
 def sh(node: str, argv: list[str], check: bool = True, input: bytes | str | None = None) -> str:
