@@ -14,19 +14,38 @@ from pydantic import SecretStr, ValidationError
 
 from dapx.blocks.node import ORCHESTRATOR_KEY_BLOCK, ProxmoxNode
 from dapx.core.types import validation_message
+from dapx.core.validate import validate_node_name
 from dapx.errors import InputError
+
+
+def _unknown_node(name: str, known: str = "") -> InputError:
+    listed = f" (known nodes: {known})" if known else ""
+    return InputError(f"unknown node {name!r}{listed}; add it with `dapx node add {name} "
+                      "--host ...`")
 
 
 def load_node(name: str) -> ProxmoxNode:
     """The node block ``name``; InputError naming the known nodes when there is none."""
     from prefect.exceptions import ObjectNotFound
 
+    validate_node_name(name)
     try:
         return ProxmoxNode.load(name, validate=True)
     except (ValueError, ObjectNotFound):
         known = ", ".join(sorted(r["name"] for r in list_nodes())) or "none"
-        raise InputError(f"unknown node {name!r} (known nodes: {known}); "
-                         f"add it with `dapx node add {name} --host ...`") from None
+        raise _unknown_node(name, known) from None
+
+
+async def aload_nodes(*names: str) -> list[ProxmoxNode]:
+    """The node blocks ``names``, for flows; InputError for the first unknown one."""
+    nodes = []
+    for name in names:
+        validate_node_name(name)
+        try:
+            nodes.append(await ProxmoxNode.aload(name))
+        except ValueError:
+            raise _unknown_node(name) from None
+    return nodes
 
 
 def _read_secret_file(path: str | None) -> SecretStr | None:

@@ -20,13 +20,21 @@ from datetime import datetime, timezone
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from dapx.blocks.manage import aload_nodes
 from dapx.blocks.node import ProxmoxNode
 from dapx.core.jobspec import DatasetJob
 from dapx.core.snapnames import new_snapshot_name
 from dapx.errors import PermanentError
-from dapx.flows.replica import (DiskResult, ZfsDisk, ZfsRun, plan_rows, publish_run_plan,
-                                read_and_plan, replicate_datasets, result_rows)
-from dapx.flows.trust import load_nodes
+from dapx.flows.replica import (
+    DiskResult,
+    ZfsDisk,
+    ZfsRun,
+    plan_rows,
+    publish_run_plan,
+    read_and_plan,
+    replicate_datasets,
+    result_rows,
+)
 from dapx.tasks import zfs
 from dapx.tasks.locks import DEFAULT_WAIT, dataset_lock_name, exclusive
 from dapx.tasks.ssh import node_sessions
@@ -114,7 +122,7 @@ async def dataset_replica(job: DatasetJob, dry_run: bool = False, force: bool = 
     refuses), ConflictError for a conflict, LockTimeout, PermanentError naming failed datasets.
     """
     started = time.monotonic()
-    source, dest = await load_nodes(job.source, job.destination)
+    source, dest = await aload_nodes(job.source, job.destination)
     result = DatasetResult(source=job.source, dataset=job.dataset, destination=job.destination,
                            dest_dataset=job.dest_dataset, dry_run=dry_run,
                            snapshot=new_snapshot_name(dataset_tag(job),

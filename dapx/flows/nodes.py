@@ -22,10 +22,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, Field
 
+from dapx.blocks.manage import aload_nodes
 from dapx.blocks.node import ProxmoxNode, host_key_fingerprint
 from dapx.core.guestconfig import list_disks, parse_guest_config
 from dapx.core.storagecfg import parse_storage_cfg
-from dapx.errors import CommandError, InputError, retry_if_transient
+from dapx.errors import CommandError, retry_if_transient
 from dapx.tasks.pve import fetch_tls_fingerprint
 from dapx.tasks.ssh import NodeSession, Result, get_session, node_sessions
 
@@ -201,14 +202,6 @@ class SanoidInstall(BaseModel):
 # Helpers
 
 
-async def load_node(name: str) -> ProxmoxNode:
-    """The node block ``name``; InputError when no such block exists."""
-    try:
-        return await ProxmoxNode.aload(name)
-    except ValueError:
-        raise InputError(f"unknown node {name!r}: add it with `dapx node add {name} --host ...`") from None
-
-
 async def run_many(session: NodeSession, commands: dict[str, list[str]],
                    timeout: float = 60.0) -> dict[str, Result]:
     """Run several argv commands at once over one connection (one channel each, unchecked)."""
@@ -293,7 +286,7 @@ async def node_check(node: str) -> NodeCheckResult:
     On first success the host key and TLS fingerprint are pinned into the block. Raises a
     DapxError (HostKeyError, AuthError, TLSFingerprintError, ConnectionLost, ...) when a check fails.
     """
-    block = await load_node(node)
+    (block,) = await aload_nodes(node)
     host_key, facts, notes = await check_ssh(block)
     fingerprint, version, storages = check_api(block, facts["hostname"])
     key_recorded = block.ssh_host_key is None
@@ -342,7 +335,7 @@ async def read_inventory(block: ProxmoxNode, name: str) -> NodeInventory:
 async def node_inventory(node: str) -> NodeInventory:
     """N3: inventory of node ``node`` (block name): ZFS datasets, BTRFS subvolumes, bridges,
     storages, VMs and containers with their disks. Leaves a table artifact of the guests."""
-    block = await load_node(node)
+    (block,) = await aload_nodes(node)
     async with node_sessions():
         inventory = await read_inventory(block, node)
     rows = [{"vmid": str(g.vmid), "kind": g.kind, "name": g.name,
@@ -409,7 +402,7 @@ async def install_sanoid(node: str) -> SanoidInstall:
 
     Raises CommandError with a clear message when the node cannot reach a package mirror.
     """
-    block = await load_node(node)
+    (block,) = await aload_nodes(node)
     async with node_sessions():
         installed_now = await ensure_sanoid_package(block, node)
         enabled, version = await enable_sanoid_timer(block)

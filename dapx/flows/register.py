@@ -20,15 +20,23 @@ from typing import Literal
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from dapx.blocks.manage import aload_nodes
 from dapx.blocks.node import ProxmoxNode
 from dapx.core.guestconfig import list_disks, serialise
 from dapx.core.jobspec import ReplicaJob
 from dapx.core.registration import RegistrationOptions, rewrite_for_destination
 from dapx.core.validate import validate_storage_id
 from dapx.errors import ConflictError
-from dapx.flows.trust import load_nodes
-from dapx.tasks.guests import (SourceGuest, config_path, guest_task, is_replica_of, read_files,
-                               read_guest, replica_mark, write_file)
+from dapx.tasks.guests import (
+    SourceGuest,
+    config_path,
+    guest_task,
+    is_replica_of,
+    read_files,
+    read_guest,
+    replica_mark,
+    write_file,
+)
 from dapx.tasks.ssh import node_sessions
 
 
@@ -171,6 +179,6 @@ async def register_vm(job: ReplicaJob, storage_kind: Literal["zfs", "btrfs"] = "
                       storage: str | None = None) -> Registration:
     """Register the replica of ``job.guest`` on ``job.destination`` (after a replication);
     ``storage`` names the destination BTRFS storage for ``storage_kind="btrfs"``."""
-    source, dest = await load_nodes(job.source, job.destination)
+    source, dest = await aload_nodes(job.source, job.destination)
     async with node_sessions():
         return await register_guest(job, source, dest, storage_kind, storage)

@@ -21,6 +21,7 @@ from typing import Any, Awaitable, Callable
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from dapx.blocks.manage import aload_nodes
 from dapx.blocks.node import ProxmoxNode
 from dapx.core import snapshots as snapplan
 from dapx.core.guestconfig import list_disks
@@ -33,7 +34,7 @@ from dapx.core.syncoid_argv import SyncoidOptions
 from dapx.core.volumes import destination_dataset, zfs_dataset
 from dapx.errors import ConflictError, DapxError, InputError, PermanentError
 from dapx.flows.register import check_vmid_available, register_guest
-from dapx.flows.trust import KNOWN_HOSTS, REPLICATION_KEY, check_trust, load_nodes
+from dapx.flows.trust import KNOWN_HOSTS, REPLICATION_KEY, check_trust
 from dapx.tasks import zfs
 from dapx.tasks.guests import SourceGuest, read_guest
 from dapx.tasks.locks import DEFAULT_WAIT, exclusive, replica_lock_name
@@ -485,7 +486,7 @@ async def run_guest_replica(job: ReplicaJob, dry_run: bool, force: bool, lock_wa
     result)``: load the nodes, hold the guest+destination lock (not for a dry run), publish
     the result table, and fail at the end naming every disk that failed."""
     started = time.monotonic()
-    source, dest = await load_nodes(job.source, job.destination)
+    source, dest = await aload_nodes(job.source, job.destination)
     result = ReplicaResult(source=job.source, guest=job.guest, destination=job.destination,
                            dest_vmid=job.target_vmid, dry_run=dry_run,
                            snapshot=new_snapshot_name(job_tag(job), datetime.now(timezone.utc)))

@@ -12,9 +12,9 @@ from __future__ import annotations
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from dapx.blocks.manage import aload_nodes
 from dapx.blocks.node import ProxmoxNode
 from dapx.core.syncoid_argv import ssh_options
-from dapx.core.validate import validate_node_name
 from dapx.errors import HostKeyError, InputError, PermanentError
 from dapx.tasks.guests import append_file, guest_task
 from dapx.tasks.ssh import get_session, node_sessions
@@ -44,19 +44,6 @@ def known_hosts_line(node: ProxmoxNode) -> str:
                            f"(dapx node test {node.name})")
     host = node.host if node.ssh_port == 22 else f"[{node.host}]:{node.ssh_port}"
     return f"{host} {node.ssh_host_key}"
-
-
-async def load_nodes(*names: str) -> list[ProxmoxNode]:
-    """The node blocks ``names``; InputError naming the first unknown one."""
-    nodes = []
-    for name in names:
-        validate_node_name(name)
-        try:
-            nodes.append(await ProxmoxNode.aload(name))
-        except ValueError:
-            raise InputError(f"unknown node {name!r}: add it with `dapx node add {name} "
-                             "--host ...`") from None
-    return nodes
 
 
 async def _has_line(node: ProxmoxNode, path: str, line: str) -> bool:
@@ -130,7 +117,7 @@ async def trust_nodes(source: str, destination: str) -> TrustResult:
     """Let ``source`` push replicas to ``destination`` (both node block names)."""
     if source == destination:
         raise InputError(f"source and destination are both {source!r}; name two nodes")
-    src, dst = await load_nodes(source, destination)
+    src, dst = await aload_nodes(source, destination)
     async with node_sessions():
         public, created = await ensure_replication_key(src)
         authorised = await authorise_key(dst, public)
