@@ -46,3 +46,18 @@ def test_zfs_btrfs_and_bridges():
         "images/100/vm-100-disk-0"]
     assert parse_bridges('[{"ifindex":3,"ifname":"vmbr0"},{"ifindex":4,"ifname":"dapx-br0"}]') == [
         "dapx-br0", "vmbr0"]
+
+
+def test_install_sanoid_says_when_the_node_cannot_reach_a_mirror():
+    from dapx.errors import CommandError
+    from dapx.flows.nodes import _mirror_error
+
+    apt = CommandError("apt-get failed", argv=["apt-get", "install", "-y", "sanoid"], exit_status=100,
+                       stderr_tail="Err:1 http://deb.debian.org/debian bookworm InRelease\n"
+                                   "  Temporary failure resolving 'deb.debian.org'\n"
+                                   "E: Unable to locate package sanoid")
+    err = _mirror_error("pve9", apt)
+    assert "node pve9 cannot install sanoid: it cannot reach a Debian package mirror" in str(err)
+    assert "Unable to locate package sanoid" in str(err) and err.exit_status == 100
+    other = CommandError("dpkg failed", stderr_tail="dpkg: error: dpkg status database is locked")
+    assert _mirror_error("pve9", other) is other
