@@ -82,6 +82,11 @@ def build() -> dict:
     return make_state(secret, fps, guests)
 
 
+# The main guest storage each node's block declares (pve2 keeps VM 200 on BTRFS), so that
+# `dapx job create replica` picks btrfs-replica for it; pbs1's is its datastore's "other".
+STORAGE_KINDS = {"pve2": "btrfs", "pbs1": "other"}
+
+
 def make_state(secret: str, fps: dict[str, str], guests: dict) -> dict:
     """state.json content per the lab contract, plus guests and file locations."""
     from dapx.lab.common import BRIDGE, HOST_ADDRESS, SUBNET, TOKEN_ID
@@ -89,7 +94,7 @@ def make_state(secret: str, fps: dict[str, str], guests: dict) -> dict:
     for name, n in NODES.items():
         nodes[name] = {
             "name": name, "kind": n.kind, "address": n.address, "ssh_port": 22,
-            "ssh_host_key": sshd.public(sshd.host_key(n)), "storage_kind": "zfs",
+            "ssh_host_key": sshd.public(sshd.host_key(n)), "storage_kind": STORAGE_KINDS.get(name, "zfs"),
             "cluster": n.cluster, "api_url": n.api_url, "api_token_id": TOKEN_ID,
             "api_token_secret": secret, "tls_fingerprint": fps[name], "state": "running",
             "root_public_key": sshd.public(sshd.root_key(n)),

@@ -85,3 +85,15 @@ def _run_replica_job_and_check_it() -> None:
             sha256("pve1", f"/rpool/data/{disk}/disk.raw")
     config = estate.run("pve2", ["cat", "/etc/pve/nodes/pve2/qemu-server/8100.conf"]).stdout
     assert "vm-8100-disk-0" in config and "vm-100-disk" not in config
+
+
+def test_job_method_follows_the_source_nodes_storage(prefect_api: str, lab: dict) -> None:
+    run_cli("dapx", "lab", "register")
+    run_cli("prefect", "work-pool", "create", "dapx", "--type", "process", check=False)
+    out = run_cli("dapx", "job", "create", "replica", "--source", "pve2", "--guest", "200",
+                  "--dest", "pve3", "--paused").stdout
+    assert "btrfs-replica/vm200-to-pve3" in out
+    refused = run_cli("dapx", "job", "create", "replica", "--source", "pbs1", "--guest", "300",
+                      "--dest", "pve3", check=False)
+    assert refused.returncode == 2 and "PBS" in refused.stderr
+    run_cli("dapx", "job", "remove", "vm200-to-pve3")
