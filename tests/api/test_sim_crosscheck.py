@@ -17,13 +17,17 @@ def px(request, sim):
         client = api(sim)
         if 100 not in [v["vmid"] for v in client.nodes("pve1").qemu.get()]:
             wait(client, client.nodes("pve1").qemu.post(vmid=100, name="seeded", memory=512))
+        client.__dict__["ca_file"] = sim["ca"]  # for tests that open a second client
         return client
     fake = request.getfixturevalue("fakepve")
     fake.apitokens["root@pam!dapx"] = SECRET
     fake.add_vm(100, "seeded", node="pve1")
     host, port = fake.url.split("//")[1].rsplit(":", 1)
-    return ProxmoxAPI(host, port=int(port), user="root@pam", token_name="dapx", token_value=SECRET,
-                      verify_ssl=request.getfixturevalue("fakepve_cafile"), backend="https", timeout=30)
+    client = ProxmoxAPI(host, port=int(port), user="root@pam", token_name="dapx",
+                        token_value=SECRET, verify_ssl=request.getfixturevalue("fakepve_cafile"),
+                        backend="https", timeout=30)
+    client.__dict__["ca_file"] = request.getfixturevalue("fakepve_cafile")
+    return client
 
 
 def status_of(call) -> int:
@@ -72,11 +76,13 @@ def test_rejected_alike(px, call, status, field):
 
 
 def test_wrong_token_401(px):
+    """A wrong token secret: 401 from both, over a verified TLS connection."""
+    store = px._store
+    host, port = store["base_url"].split("//")[1].split("/")[0].rsplit(":", 1)
+    wrong = ProxmoxAPI(host, port=int(port), user="root@pam", token_name="dapx",
+                       token_value="wrong", verify_ssl=px.__dict__["ca_file"], backend="https")
     with pytest.raises(ResourceException) as exc:
-        px.version.get(**{}) if False else ProxmoxAPI(
-            px._store["base_url"].split("//")[1].split(":")[0], port=int(px._store["base_url"].split(":")[2].split("/")[0]),
-            user="root@pam", token_name="dapx", token_value="wrong", verify_ssl=False,  # test-only: status check
-            backend="https").version.get()
+        wrong.version.get()
     assert exc.value.status_code == 401
 
 
