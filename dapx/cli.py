@@ -232,7 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.command = args.command[1:]
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        _quiet_user_errors()
+        if args.cmd != "lab":  # the lab commands never import Prefect (2-3 s saved)
+            _quiet_user_errors()
         return func(args)
     except DapxError as exc:
         print(f"dapx: error: {exc}", file=sys.stderr)
