@@ -151,6 +151,11 @@ def test_vzdump_to_pbs_and_restore_same_bytes(sim):
     restored = sim["root"] / "var/lib/vz/images/311/vm-311-disk-0.raw"
     assert hashlib.sha256(restored.read_bytes()).hexdigest() == hashlib.sha256(DISK).hexdigest()
     assert px.nodes("pve1").qemu(311).config.get()["scsi0"].startswith("local:311/vm-311-disk-0.raw")
+    # Asking for a backup's path is refused, and the backup is still there afterwards.
+    from dapx.lab.pvesim import storage
+    with pytest.raises(storage.StorageError, match="no volume paths"):
+        storage.path(volid)
+    assert volid in [b["volid"] for b in px.nodes("pve1").storage("pbs").content.get(content="backup")]
 
 
 def test_destroy_removes_disks(sim):

@@ -171,10 +171,8 @@ def path(volid: str) -> Path:
     """Filesystem path of a volume: the raw image file, or the directory of a subvol."""
     sid, volname = split_volid(volid)
     st = get(sid)
-    if st.type == "pbs":  # backups have PBS names, not image names
-        from . import pbsclient
-        pbsclient.delete_backup(st, volname)
-        return
+    if st.type == "pbs":
+        raise StorageError(f"storage '{sid}' has no volume paths (type {st.type})")
     vmid, name, subvol = parse_volname(volname)
     if st.type == "zfspool":
         mnt = _zfs_mountpoint(_zfs_ds(st, name))
