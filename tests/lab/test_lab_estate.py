@@ -189,6 +189,7 @@ def test_other_nodes_do_not_trust_each_other(lab: dict) -> None:
 
 def test_admin_ssh_pins_host_key(lab: dict) -> None:
     argv = estate.ssh_argv("pve1", ["true"])
+    # The lab's own ssh command line pins host keys like the product does: checked here.
     assert "StrictHostKeyChecking=yes" in argv and "StrictHostKeyChecking=no" not in argv
     known = open(lab["known_hosts"]).read()
     assert f"pve1,198.18.213.11 {lab['nodes']['pve1']['ssh_host_key']}" in known
