@@ -36,8 +36,7 @@ from dapx.flows.replica import (
     result_rows,
 )
 from dapx.tasks import zfs
-from dapx.tasks.locks import DEFAULT_WAIT, dataset_lock_name, exclusive
-from dapx.tasks.ssh import node_sessions
+from dapx.tasks.locks import DEFAULT_WAIT, dataset_lock_name, run_exclusively
 from dapx.ui_extensions.artifacts import artifact_key, publish_table
 
 _TAG_MAX = 63
@@ -127,14 +126,10 @@ async def dataset_replica(job: DatasetJob, dry_run: bool = False, force: bool = 
                            dest_dataset=job.dest_dataset, dry_run=dry_run,
                            snapshot=new_snapshot_name(dataset_tag(job),
                                                       datetime.now(timezone.utc)))
-    what = f"replicating dataset {job.dataset} from {job.source} to {job.destination}"
-    async with node_sessions():
-        if dry_run:
-            await _replicate(job, source, dest, True, force, result)
-        else:
-            async with exclusive(dataset_lock_name(job.source, job.dataset, job.destination),
-                                 what, lock_wait):
-                await _replicate(job, source, dest, False, force, result)
+    await run_exclusively(dataset_lock_name(job.source, job.dataset, job.destination),
+                          f"replicating dataset {job.dataset} from {job.source} to "
+                          f"{job.destination}", lock_wait, dry_run,
+                          lambda plan_only: _replicate(job, source, dest, plan_only, force, result))
     result.seconds = round(time.monotonic() - started, 3)
     if not dry_run:
         await publish_table(artifact_key("replica-result", job.source, job.dataset,

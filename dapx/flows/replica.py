@@ -37,8 +37,7 @@ from dapx.flows.register import check_vmid_available, register_guest
 from dapx.flows.trust import KNOWN_HOSTS, REPLICATION_KEY, check_trust
 from dapx.tasks import zfs
 from dapx.tasks.guests import SourceGuest, read_guest
-from dapx.tasks.locks import DEFAULT_WAIT, exclusive, replica_lock_name
-from dapx.tasks.ssh import node_sessions
+from dapx.tasks.locks import DEFAULT_WAIT, replica_lock_name, run_exclusively
 from dapx.tasks.syncoid import run_pipe, run_syncoid
 from dapx.ui_extensions.artifacts import (
     Progress,
@@ -490,14 +489,10 @@ async def run_guest_replica(job: ReplicaJob, dry_run: bool, force: bool, lock_wa
     result = ReplicaResult(source=job.source, guest=job.guest, destination=job.destination,
                            dest_vmid=job.target_vmid, dry_run=dry_run,
                            snapshot=new_snapshot_name(job_tag(job), datetime.now(timezone.utc)))
-    what = f"replicating guest {job.guest} from {job.source} to {job.destination}"
-    async with node_sessions():
-        if dry_run:
-            await replicate(job, source, dest, True, force, result)
-        else:
-            async with exclusive(replica_lock_name(job.source, job.guest, job.destination),
-                                 what, lock_wait):
-                await replicate(job, source, dest, False, force, result)
+    await run_exclusively(replica_lock_name(job.source, job.guest, job.destination),
+                          f"replicating guest {job.guest} from {job.source} to {job.destination}",
+                          lock_wait, dry_run,
+                          lambda plan_only: replicate(job, source, dest, plan_only, force, result))
     result.seconds = round(time.monotonic() - started, 3)
     if not dry_run:
         await publish_result(result)

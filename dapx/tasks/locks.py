@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 from dapx.errors import InputError, TransientError
 
@@ -72,7 +72,10 @@ async def exclusive(name: str, what: str, wait: float = DEFAULT_WAIT) -> AsyncIt
     Raises LockTimeout when no slot frees up within ``wait`` seconds. Only the acquisition is
     guarded: a timeout raised by the body itself passes through unchanged.
     """
-    from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError, concurrency
+    from prefect.concurrency.asyncio import (
+        AcquireConcurrencySlotTimeoutError,
+        concurrency,
+    )
 
     await ensure_limit(name)
     async with AsyncExitStack() as stack:
@@ -83,3 +86,17 @@ async def exclusive(name: str, what: str, wait: float = DEFAULT_WAIT) -> AsyncIt
             raise LockTimeout(f"another run is already {what} (concurrency limit {name!r} "
                               f"held); waited {wait:g} s. Try again when it has finished") from None
         yield
+
+
+async def run_exclusively(name: str, what: str, wait: float, dry_run: bool,
+                          body: Callable[[bool], Awaitable[None]]) -> None:
+    """``body(dry_run)`` with the flow run's node sessions open, holding lock ``name`` unless
+    it is a dry run (a plan changes nothing, so it never waits for a running transfer)."""
+    from dapx.tasks.ssh import node_sessions
+
+    async with node_sessions():
+        if dry_run:
+            await body(True)
+        else:
+            async with exclusive(name, what, wait):
+                await body(False)
