@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 # Tests get a Prefect home of their own, so they never touch the product's database.
 export PREFECT_HOME=${PREFECT_HOME:-$(mktemp -d /tmp/dapx-test-prefect.XXXXXX)}
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
-exec .venv/bin/python -m pytest tests -ra -p no:cacheprovider "$@"
+# Arguments pass through to pytest; without a test path, pyproject's testpaths (every tier) runs.
+exec .venv/bin/python -m pytest -ra -p no:cacheprovider "$@"

@@ -6,6 +6,7 @@ Set DAPX_LAB_KEEP=1 to leave the lab running after the session (faster reruns).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 from collections.abc import Iterator
@@ -15,6 +16,11 @@ import pytest
 
 from dapx.lab import estate
 from dapx.lab.common import NETNS_PREFIX, LabError, lab_dir
+
+SESSION_LOCK = Path("/tmp/.dapx-lab-session.lock")
+"""One lab per machine: a test session holds this lock while it uses the lab, so a second
+session (another checkout, a CI run beside a developer's) waits instead of tearing the
+first one's lab down. ``flock /tmp/.dapx-lab-session.lock CMD`` takes it from a shell."""
 
 LAB_MOUNT_POINTS = ["/etc/pve", "/etc/dapx-lab", "/root/.ssh", "/etc/sanoid", "/etc/network",
                     "/var/log/pve", "/rpool", "/var/lib/vz", "/var/lib/pve", "/datastore",
@@ -73,7 +79,19 @@ def _lab_present() -> bool:
 
 
 @pytest.fixture(scope="session")
-def machine_before() -> dict[str, set]:
+def lab_session_lock() -> Iterator[None]:
+    """Hold the machine's lab lock for the rest of the test session (see SESSION_LOCK)."""
+    with open(SESSION_LOCK, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another test session's lab ({SESSION_LOCK})", flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+@pytest.fixture(scope="session")
+def machine_before(lab_session_lock: None) -> dict[str, set]:
     """The machine without any lab (a lab left running by an earlier run is taken down first)."""
     try:
         estate.preflight()
@@ -94,3 +112,12 @@ def lab(machine_before: dict[str, set]) -> Iterator[dict]:
     yield state
     if os.environ.get("DAPX_LAB_KEEP") != "1":
         estate.down()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One Prefect test server (``prefect_test_harness``) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield

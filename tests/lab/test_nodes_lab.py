@@ -12,7 +12,7 @@ from test_replica_helpers import harness, lab_state
 @pytest.fixture(scope="module", autouse=True)
 def prefect_lab(request: pytest.FixtureRequest):
     lab_state(request)
-    yield from harness()
+    yield from harness(request)
 
 
 async def test_node_check_reports_pools_bridges_and_storages() -> None:

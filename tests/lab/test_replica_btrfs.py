@@ -62,7 +62,7 @@ def assert_disk_equal() -> None:
 def prefect_lab(request: pytest.FixtureRequest):
     lab_state(request)
     clean_lab()
-    yield from harness()
+    yield from harness(request)
 
 
 async def test_refuses_a_guest_not_on_btrfs_and_needs_trust() -> None:

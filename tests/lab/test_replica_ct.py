@@ -55,7 +55,7 @@ def prefect_lab(request: pytest.FixtureRequest):
                   for rec in state["guests"]["101"]["files"].values()})
     assert FILES, "state.json lists no files for CT 101"
     clean_lab()
-    yield from harness()
+    yield from harness(request)
 
 
 async def test_container_replicated_and_registered() -> None:

@@ -71,7 +71,7 @@ def ours(node: str, dataset: str) -> list[str]:
 def prefect_lab(request: pytest.FixtureRequest):
     lab_state(request)
     make_source()
-    yield from harness()
+    yield from harness(request)
 
 
 async def test_hostile_dataset_names_refused_before_anything_runs() -> None:

@@ -80,15 +80,14 @@ def wait_for_process(node: str, *words: str, timeout: float = 30.0) -> int:
     raise AssertionError(f"no process {' '.join(words)!r} appeared on {node} in {timeout} s")
 
 
-def harness() -> Iterator[None]:
-    """One Prefect test server for a module, with the lab's nodes saved as blocks."""
-    from prefect.testing.utilities import prefect_test_harness
-
+def harness(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The session's Prefect test server (``prefect_harness``, one per test run: starting one
+    costs ~10 s), with the lab's nodes saved as blocks for this module."""
     from dapx.blocks.manage import register_lab_nodes
 
-    with prefect_test_harness(server_startup_timeout=60):
-        register_lab_nodes()
-        yield
+    request.getfixturevalue("prefect_harness")
+    register_lab_nodes()
+    yield
 
 
 async def latest_artifact(key: str):  # noqa: ANN201

@@ -61,7 +61,7 @@ def record(name: str, result) -> None:  # noqa: ANN001
 def prefect_lab(request: pytest.FixtureRequest):
     lab_state(request)
     clean_lab()
-    yield from harness()
+    yield from harness(request)
 
 
 async def test_bad_input_refused_before_anything_runs() -> None:
