@@ -100,7 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     from prefect.testing.utilities import prefect_test_harness
 
-    from dapx.blocks.manage import register_lab_nodes
+    from dapx.lab.register import register_lab_nodes
     from dapx.flows.trust import trust_nodes
 
     estate.up()

@@ -48,7 +48,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
         argv = estate.ssh_argv(args.node, list(args.command) or None)
         os.execvp(argv[0], argv)
     if args.lab_cmd == "register":
-        from dapx.blocks.manage import register_lab_nodes
+        from dapx.lab.register import register_lab_nodes
 
         for name in register_lab_nodes():
             print(f"registered node block {name}")
@@ -85,8 +85,10 @@ def cmd_node(args: argparse.Namespace) -> int:
         print(f"node {block} saved; run `dapx node test {args.name}` to pin its keys")
         return 0
     if args.node_cmd == "test":
-        report = nodes_admin.test_node(args.name)
-        print(report)
+        from dapx.flows.nodes import run_node_check
+
+        nodes_admin.load_node(args.name)
+        print(run_node_check(args.name))
         return 0
     if args.node_cmd == "list":
         rows = nodes_admin.list_nodes()

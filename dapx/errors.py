@@ -79,6 +79,20 @@ class TransientApiError(ApiError, TransientError):
     retryable = True
 
 
+class NotFoundError(ApiError):
+    """The API says the guest, storage or file asked for does not exist (PVE answers many of
+    these with HTTP 500): retrying cannot help."""
+
+
+class GuestLocked(TransientApiError):
+    """The guest holds a PVE lock (``VM is locked (backup)``); ``lock`` names it. Waits within
+    the task's bounded retry budget, then fails naming the lock."""
+
+    def __init__(self, message: str, *, status: int | None = None, lock: str = "") -> None:
+        super().__init__(message, status=status)
+        self.lock = lock
+
+
 class TaskFailed(PermanentError):
     """A PVE/PBS task (UPID) ended with an exitstatus other than ``OK``."""
 

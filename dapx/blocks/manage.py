@@ -1,6 +1,6 @@
 """Create, list and remove node blocks; the orchestrator key; the lab's nodes as blocks.
 
-Called by `dapx node ...`, `dapx init` and `dapx lab register`. Every function raises
+Called by `dapx node ...`, `dapx init` and `dapx lab register` (``dapx.lab.register``). Every function raises
 ``InputError`` for a user mistake (unknown node, bad host, unreadable key file) before it
 writes anything.
 """
@@ -117,14 +117,6 @@ def remove_node(name: str) -> None:
             raise InputError(f"unknown node {name!r}") from None
 
 
-def test_node(name: str) -> str:
-    """Run the node-check flow (N2) on ``name``; return its readable summary."""
-    load_node(name)
-    from dapx.flows.nodes import run_node_check
-
-    return str(run_node_check(name))
-
-
 def init_orchestrator_key(*, overwrite: bool = False) -> str:
     """Create the orchestrator's ed25519 key pair; save the private half in the Secret block
     ``dapx-orchestrator-key``; return the public key line."""
@@ -141,22 +133,3 @@ def init_orchestrator_key(*, overwrite: bool = False) -> str:
         key = asyncssh.generate_private_key("ssh-ed25519", comment="dapx-orchestrator")
         Secret(value=key.export_private_key().decode()).save(ORCHESTRATOR_KEY_BLOCK, overwrite=True)
     return key.export_public_key().decode().strip()
-
-
-def register_lab_nodes() -> list[str]:
-    """Save every running lab node as a node block (keys and fingerprints pinned); return names."""
-    from dapx.lab import estate
-
-    state = estate.load_state()
-    admin_key = Path(state["admin_key"]).read_text()
-    names = []
-    for node in state["nodes"].values():
-        add_node(
-            name=node["name"], host=node["address"], ssh_port=node.get("ssh_port", 22),
-            kind=node["kind"], storage_kind=node.get("storage_kind", "zfs"),
-            api_token_id=node.get("api_token_id"), api_token_secret=node.get("api_token_secret"),
-            ssh_host_key=node.get("ssh_host_key"), tls_fingerprint=node.get("tls_fingerprint"),
-            ssh_private_key=admin_key, overwrite=True,
-        )
-        names.append(node["name"])
-    return names

@@ -23,17 +23,16 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from dapx.core import validate as core_validate
 from dapx.errors import InputError
 
-if TYPE_CHECKING:  # the transports import this module; import them lazily at call time
-    from dapx.tasks.pbs import PbsClient
-    from dapx.tasks.pve import PveClient
-    from dapx.tasks.ssh import NodeSession
+if TYPE_CHECKING:
+    from dapx.transports.pbs import PbsClient
+    from dapx.transports.pve import PveClient
+    from dapx.transports.ssh import NodeSession
 
 ORCHESTRATOR_KEY_BLOCK = "dapx-orchestrator-key"
 """Name of the Prefect ``Secret`` block holding the orchestrator's private SSH key."""
 
 DEFAULT_API_PORTS = {"pve": 8006, "pbs": 8007}
 
-_NODE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _UNIX_USER = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 _TOKEN_ID = re.compile(r"^[A-Za-z0-9_.-]+@[A-Za-z0-9_.-]+![A-Za-z0-9_.-]+$")
 _HOST_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
@@ -171,9 +170,10 @@ class ProxmoxNode(Block):
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        if not _NODE_NAME.match(value):
-            raise ValueError(f"node name {value!r} must be lower-case letters, digits and dashes")
-        return value
+        try:
+            return core_validate.validate_node_name(value)
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("host")
     @classmethod
@@ -221,17 +221,32 @@ class ProxmoxNode(Block):
         ``record=True`` (only for the node test) accepts an unknown host key when none is pinned;
         the session's ``host_key`` is then the key to save into this block.
         """
-        from dapx.tasks.ssh import NodeSession
+        from dapx.transports.ssh import NodeSession
 
         return NodeSession(self, record=record, connect_timeout=connect_timeout)
+
+    async def ssh_client_key(self) -> tuple[str, str]:
+        """(private key PEM, where it came from): the block's own key, else the orchestrator's
+        Secret block. Raises InputError when neither exists."""
+        secret = self.ssh_private_key
+        if secret is not None and secret.get_secret_value().strip():
+            return secret.get_secret_value(), f"ssh_private_key of node {self.name}"
+        from prefect.blocks.system import Secret
+
+        try:
+            pem = str((await Secret.aload(ORCHESTRATOR_KEY_BLOCK)).get())
+        except ValueError:
+            raise InputError(f"node {self.name} has no SSH private key and the Secret block "
+                             f"{ORCHESTRATOR_KEY_BLOCK} does not exist: run `dapx init`") from None
+        return pem, f"Secret block {ORCHESTRATOR_KEY_BLOCK}"
 
     def api(self, *, timeout: float = 30.0) -> "PveClient | PbsClient":
         """A client for this node's API (PVE or PBS by ``kind``); raises TLSFingerprintError if no
         fingerprint is pinned yet (the node test records it first)."""
         if self.kind == "pbs":
-            from dapx.tasks.pbs import PbsClient
+            from dapx.transports.pbs import PbsClient
 
             return PbsClient.from_node(self, timeout=timeout)
-        from dapx.tasks.pve import PveClient
+        from dapx.transports.pve import PveClient
 
         return PveClient.from_node(self, timeout=timeout)

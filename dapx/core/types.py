@@ -35,10 +35,16 @@ SubFolder = Annotated[str, AfterValidator(_as_value_error(validate.validate_subf
                       Field(examples=["replica"])]
 SnapshotName = Annotated[str, AfterValidator(_as_value_error(validate.validate_snapshot_name)),
                          Field(examples=["dapx_pve3-100_20250101T000000Z"])]
+# Vmid and NodeName also carry their rule in the JSON schema (minimum/maximum, pattern), so
+# Prefect's parameter schema holds it: the UI form and the server refuse a bad value when a
+# run is created, before any worker starts it.
+# (json_schema_extra, not ge/pattern: our validators keep their one-line messages in Python).
 Vmid = Annotated[int, BeforeValidator(_as_value_error(validate.validate_vmid)),
-                 Field(examples=[100])]
+                 Field(examples=[100], json_schema_extra={"minimum": validate.VMID_MIN,
+                                                          "maximum": validate.VMID_MAX})]
 NodeName = Annotated[str, AfterValidator(_as_value_error(validate.validate_node_name)),
-                     Field(examples=["pve1"])]
+                     Field(examples=["pve1"],
+                           json_schema_extra={"pattern": validate.NODE_NAME_PATTERN})]
 Host = Annotated[str, AfterValidator(_as_value_error(validate.validate_host)),
                  Field(examples=["198.18.213.13"])]
 BridgeName = Annotated[str, AfterValidator(_as_value_error(validate.validate_bridge_name)),

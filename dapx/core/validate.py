@@ -33,6 +33,10 @@ _ZFS_COMPONENT = re.compile(r"[A-Za-z0-9_.:-]+")
 # with the first four.
 _POOL_RESERVED_PREFIXES = ("mirror", "raidz", "draid", "spare")
 _DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+NODE_NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
+"""A node name, the same rule everywhere (blocks, jobs, flow parameters): a lower-case DNS
+label, as Prefect names block documents and as PVE shows node names."""
+_NODE_NAME = re.compile(NODE_NAME_PATTERN.strip("^$"))
 _BRIDGE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 _STORAGE_ID = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*[A-Za-z0-9]")
 _BANDWIDTH = re.compile(r"([1-9][0-9]{0,8})([kKmMgG])")
@@ -162,14 +166,12 @@ def validate_vmid(vmid: int | str) -> int:
 
 
 def validate_node_name(name: str) -> str:
-    """A PVE node name: one DNS label (letters, digits, inner '-'), at most 63 characters.
-
-    In: the name. Out: the same name. Raises InputError.
-    """
+    """A node name: one lower-case DNS label (letters, digits, inner '-'), at most 63
+    characters (``NODE_NAME_PATTERN``). In: the name. Out: the same name. Raises InputError."""
     name = _check_str(name, "node name")
-    if not _DNS_LABEL.fullmatch(name):
-        raise InputError(f"node name {_show(name)} is not a host name; use letters, digits "
-                         "and '-' (not first or last), at most 63 characters")
+    if not _NODE_NAME.fullmatch(name):
+        raise InputError(f"node name {_show(name)} is not a node name; use lower-case letters, "
+                         "digits and '-' (not first or last), at most 63 characters")
     return name
 
 

@@ -61,7 +61,7 @@ def run_product(*, port: int = server.DEFAULT_PORT, with_lab: str = "auto",
         server.register_blocks()
         server.ensure_work_pool()
         if _want_lab(with_lab):
-            from dapx.blocks.manage import register_lab_nodes
+            from dapx.lab.register import register_lab_nodes
             from dapx.lab import estate
 
             estate.up()

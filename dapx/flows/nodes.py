@@ -16,19 +16,20 @@ import json
 import re
 from typing import Any, Literal
 
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import acreate_table_artifact
-from prefect.cache_policies import NO_CACHE
-from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, Field
 
 from dapx.blocks.manage import aload_nodes
 from dapx.blocks.node import ProxmoxNode, host_key_fingerprint
 from dapx.core.guestconfig import list_disks, parse_guest_config
 from dapx.core.storagecfg import parse_storage_cfg
-from dapx.errors import CommandError, retry_if_transient
-from dapx.tasks.pve import fetch_tls_fingerprint
-from dapx.tasks.ssh import NodeSession, Result, get_session, node_sessions
+from dapx.core.types import NodeName
+from dapx.errors import CommandError
+from dapx.tasks.base import dapx_task
+from dapx.transports.pve import fetch_tls_fingerprint
+from dapx.tasks.ssh import get_session, node_sessions
+from dapx.transports.ssh import NodeSession, Result
 
 NOT_INSTALLED = 127  # the shell's exit status for "command not found"
 
@@ -224,15 +225,11 @@ def _fact(results: dict[str, Result], name: str, notes: list[str], ok: tuple[int
     return ""
 
 
-def _task(**options: Any):  # noqa: ANN202 - a decorator factory
-    return task(cache_policy=NO_CACHE, retry_condition_fn=retry_if_transient, **options)
-
-
 # -----------------------------------------------------------------------------------------------
 # node-check (N2)
 
 
-@_task(name="check-ssh")
+@dapx_task(name="check-ssh", retries=1)
 async def check_ssh(block: ProxmoxNode) -> tuple[str, dict[str, Any], list[str]]:
     """Log in (recording the host key if none is pinned) and read the node's facts.
 
@@ -252,7 +249,7 @@ async def check_ssh(block: ProxmoxNode) -> tuple[str, dict[str, Any], list[str]]
     return host_key, facts, notes
 
 
-@_task(name="check-api")
+@dapx_task(name="check-api", retries=1)
 def check_api(block: ProxmoxNode, hostname: str) -> tuple[str, str, list[str]]:
     """Reach the API with the token over the pinned (or now recorded) certificate.
 
@@ -271,7 +268,7 @@ def check_api(block: ProxmoxNode, hostname: str) -> tuple[str, str, list[str]]:
     return fingerprint, version, storages
 
 
-@_task(name="pin-node-keys")
+@dapx_task(name="pin-node-keys")
 async def pin_keys(block: ProxmoxNode, name: str, host_key: str, fingerprint: str) -> None:
     """Save the recorded host key and fingerprint into the node block."""
     updated = block.model_copy(update={"ssh_host_key": host_key, "tls_fingerprint": fingerprint})
@@ -279,7 +276,7 @@ async def pin_keys(block: ProxmoxNode, name: str, host_key: str, fingerprint: st
 
 
 @flow(name="node-check", log_prints=False)
-async def node_check(node: str) -> NodeCheckResult:
+async def node_check(node: NodeName) -> NodeCheckResult:
     """N2: test node ``node`` (block name): SSH login with the pinned host key, the API with its
     token and pinned certificate, versions, ZFS pools, BTRFS, bridges, storages.
 
@@ -307,7 +304,7 @@ async def node_check(node: str) -> NodeCheckResult:
 # node-inventory (N3)
 
 
-@_task(name="read-inventory", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))
+@dapx_task(name="read-inventory")
 async def read_inventory(block: ProxmoxNode, name: str) -> NodeInventory:
     """Read datasets, BTRFS subvolumes, bridges, storages and every guest's disks.
 
@@ -332,7 +329,7 @@ async def read_inventory(block: ProxmoxNode, name: str) -> NodeInventory:
 
 
 @flow(name="node-inventory", log_prints=False)
-async def node_inventory(node: str) -> NodeInventory:
+async def node_inventory(node: NodeName) -> NodeInventory:
     """N3: inventory of node ``node`` (block name): ZFS datasets, BTRFS subvolumes, bridges,
     storages, VMs and containers with their disks. Leaves a table artifact of the guests."""
     (block,) = await aload_nodes(node)
@@ -364,7 +361,7 @@ def _mirror_error(name: str, err: CommandError) -> CommandError:
     return err
 
 
-@_task(name="ensure-sanoid-package", retries=1, retry_delay_seconds=10)
+@dapx_task(name="ensure-sanoid-package", retries=1)
 async def ensure_sanoid_package(block: ProxmoxNode, name: str) -> bool:
     """Install the sanoid package unless ``dpkg -s sanoid`` says it is there; True if installed now."""
     session = await get_session(block)
@@ -386,7 +383,7 @@ async def ensure_sanoid_package(block: ProxmoxNode, name: str) -> bool:
     return True
 
 
-@_task(name="enable-sanoid-timer", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))
+@dapx_task(name="enable-sanoid-timer")
 async def enable_sanoid_timer(block: ProxmoxNode) -> tuple[str, str]:
     """``systemctl enable --now sanoid.timer`` then verify; out: (is-enabled answer, version)."""
     session = await get_session(block)
@@ -397,7 +394,7 @@ async def enable_sanoid_timer(block: ProxmoxNode) -> tuple[str, str]:
 
 
 @flow(name="install-sanoid", log_prints=False)
-async def install_sanoid(node: str) -> SanoidInstall:
+async def install_sanoid(node: NodeName) -> SanoidInstall:
     """N4: install sanoid on node ``node`` (block name), enable ``sanoid.timer``, verify both.
 
     Raises CommandError with a clear message when the node cannot reach a package mirror.

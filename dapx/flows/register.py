@@ -30,13 +30,13 @@ from dapx.errors import ConflictError
 from dapx.tasks.guests import (
     SourceGuest,
     config_path,
-    guest_task,
     is_replica_of,
     read_files,
     read_guest,
     replica_mark,
     write_file,
 )
+from dapx.tasks.base import dapx_task
 from dapx.tasks.ssh import node_sessions
 
 
@@ -71,7 +71,7 @@ def with_mark(text: str, source: str, vmid: int) -> str:
     return replica_mark(source, vmid) + "\n" + text
 
 
-@guest_task
+@dapx_task
 def ensure_zfs_storage(dest: ProxmoxNode, pool: str, subfolder: str) -> tuple[str, bool]:
     """(storage id, created now) of the destination zfspool storage for ``pool/subfolder``.
 
@@ -92,7 +92,6 @@ def ensure_zfs_storage(dest: ProxmoxNode, pool: str, subfolder: str) -> tuple[st
     return sid, True
 
 
-@guest_task
 def vmid_owner(dest: ProxmoxNode, vmid: int) -> dict | None:
     """The cluster resource using ``vmid`` as the destination's API lists it, or None."""
     return next((g for g in dest.api().guests() if int(g.get("vmid", 0)) == vmid), None)
@@ -117,7 +116,7 @@ async def existing_config(dest: ProxmoxNode, kind: str, vmid: int, source: str,
     return existing
 
 
-@guest_task
+@dapx_task
 async def check_vmid_available(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode,
                                kind: str) -> None:
     """Refuse, before any data moves, a destination VMID another guest uses."""
@@ -128,7 +127,7 @@ async def check_vmid_available(job: ReplicaJob, source: ProxmoxNode, dest: Proxm
     await existing_config(dest, kind, job.target_vmid, source.name, job.guest)
 
 
-@guest_task
+@dapx_task
 async def write_registration(dest: ProxmoxNode, guest: SourceGuest, vmid: int,
                              text: str) -> Literal["created", "updated", "unchanged"]:
     """Write the config unless a config that is not our replica holds the VMID."""
@@ -162,10 +161,7 @@ async def register_guest(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode
         storage, created = ensure_zfs_storage(dest, job.dest_pool, job.subfolder)
     else:
         storage, created = validate_storage_id(storage or job.dest_pool), False
-    owner = vmid_owner(dest, job.target_vmid)
-    if owner is not None and owner.get("node") != dest.name:
-        raise ConflictError(f"VMID {job.target_vmid} is in use on node {owner.get('node')}; "
-                            "choose another destination VMID")
+    await check_vmid_available(job, source, dest, guest.kind)
     config = rewrite_for_destination(guest.config, job.guest,
                                      registration_options(job, guest, storage))
     text = with_mark(serialise(config), job.source, job.guest)

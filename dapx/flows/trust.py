@@ -15,8 +15,10 @@ from pydantic import BaseModel, Field
 from dapx.blocks.manage import aload_nodes
 from dapx.blocks.node import ProxmoxNode
 from dapx.core.syncoid_argv import ssh_options
+from dapx.core.types import NodeName
 from dapx.errors import HostKeyError, InputError, PermanentError
-from dapx.tasks.guests import append_file, guest_task
+from dapx.tasks.base import dapx_task
+from dapx.tasks.guests import append_file
 from dapx.tasks.ssh import get_session, node_sessions
 
 REPLICATION_KEY = "/root/.ssh/dapx_replication"
@@ -63,7 +65,7 @@ async def _add_line(node: ProxmoxNode, path: str, line: str) -> bool:
     return True
 
 
-@guest_task
+@dapx_task
 async def ensure_replication_key(source: ProxmoxNode) -> tuple[str, bool]:
     """The source's replication public key, generating the pair on the node if missing."""
     session = await get_session(source)
@@ -77,13 +79,13 @@ async def ensure_replication_key(source: ProxmoxNode) -> tuple[str, bool]:
     return public, created
 
 
-@guest_task
+@dapx_task
 async def authorise_key(destination: ProxmoxNode, public_key: str) -> bool:
     """Add the public key to the destination's authorized_keys (idempotent)."""
     return await _add_line(destination, AUTHORIZED_KEYS, public_key)
 
 
-@guest_task
+@dapx_task
 async def pin_host_key(source: ProxmoxNode, destination: ProxmoxNode) -> bool:
     """Pin the destination's block host key in the source's dapx known_hosts (idempotent)."""
     return await _add_line(source, KNOWN_HOSTS, known_hosts_line(destination))
@@ -96,7 +98,7 @@ def trust_probe_argv(destination: ProxmoxNode) -> list[str]:
             "-p", str(destination.ssh_port), f"root@{destination.host}", "true"]
 
 
-@guest_task
+@dapx_task
 async def check_trust(source: ProxmoxNode, destination: ProxmoxNode) -> None:
     """Log in from source to destination the way syncoid will. Raises PermanentError naming
     the trust-nodes flow when that fails."""
@@ -113,7 +115,7 @@ async def check_trust(source: ProxmoxNode, destination: ProxmoxNode) -> None:
 
 
 @flow(name="trust-nodes", log_prints=False)
-async def trust_nodes(source: str, destination: str) -> TrustResult:
+async def trust_nodes(source: NodeName, destination: NodeName) -> TrustResult:
     """Let ``source`` push replicas to ``destination`` (both node block names)."""
     if source == destination:
         raise InputError(f"source and destination are both {source!r}; name two nodes")

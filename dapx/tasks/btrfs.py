@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 from dapx.core import btrfs_argv
 from dapx.core.btrfs_argv import BtrfsSubvolume
 from dapx.core.validate import parse_bandwidth, validate_abs_path, validate_host
-from dapx.tasks.guests import guest_task
+from dapx.tasks.base import dapx_task
+from dapx.tasks.ssh import run
 
 if TYPE_CHECKING:
     from dapx.blocks.node import ProxmoxNode
@@ -26,48 +27,42 @@ btrfs send -q "$@" | meter | ssh -i "$key" -o UserKnownHostsFile="$known" \
   -o IdentitiesOnly=yes -p "$port" "$dest" "$remote"'''
 
 
-async def _run(node: "ProxmoxNode", argv: list[str], **kwargs):  # noqa: ANN202
-    from dapx.tasks.ssh import get_session
-
-    return await (await get_session(node)).run(argv, **kwargs)
-
-
-@guest_task
+@dapx_task
 async def list_subvolumes(node: "ProxmoxNode", mountpoint: str) -> list[BtrfsSubvolume]:
     """Every subvolume of the filesystem mounted at ``mountpoint`` (one command)."""
-    result = await _run(node, btrfs_argv.list_subvolumes(mountpoint), timeout=120)
+    result = await run(node, btrfs_argv.list_subvolumes(mountpoint), timeout=120)
     return btrfs_argv.parse_subvolume_list(result.stdout)
 
 
-@guest_task
+@dapx_task
 async def snapshot_readonly(node: "ProxmoxNode", subvolumes: list[str], name: str) -> None:
     """A read-only ``<subvol>@<name>`` of each subvolume (BTRFS has no multi-subvolume
     atomic snapshot: they are taken back to back)."""
     for subvolume in subvolumes:
-        await _run(node, btrfs_argv.snapshot_ro(subvolume, name), timeout=120)
+        await run(node, btrfs_argv.snapshot_ro(subvolume, name), timeout=120)
 
 
-@guest_task
+@dapx_task
 async def delete_subvolumes(node: "ProxmoxNode", paths: list[str]) -> list[str]:
     """``btrfs subvolume delete`` each path; returns the paths."""
     for path in paths:
-        await _run(node, btrfs_argv.delete(path), timeout=300)
+        await run(node, btrfs_argv.delete(path), timeout=300)
     return paths
 
 
-@guest_task
+@dapx_task
 async def make_dirs(node: "ProxmoxNode", paths: list[str]) -> None:
     """``mkdir -p`` (receive directories, images/<vmid>)."""
-    await _run(node, ["mkdir", "-p", "--", *[validate_abs_path(p) for p in paths]])
+    await run(node, ["mkdir", "-p", "--", *[validate_abs_path(p) for p in paths]])
 
 
-@guest_task
+@dapx_task
 async def replace_writable(node: "ProxmoxNode", snapshot: str, subvolume: str,
                            exists: bool) -> None:
     """Make ``subvolume`` a writable snapshot of ``snapshot`` (the disk PVE uses)."""
     if exists:
-        await _run(node, btrfs_argv.delete(subvolume), timeout=300)
-    await _run(node, btrfs_argv.writable_snapshot(snapshot, subvolume), timeout=300)
+        await run(node, btrfs_argv.delete(subvolume), timeout=300)
+    await run(node, btrfs_argv.writable_snapshot(snapshot, subvolume), timeout=300)
 
 
 def pipe_argv(parent: str | None, snapshot: str, target_host: str, receive_dir: str, *,

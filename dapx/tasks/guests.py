@@ -9,12 +9,13 @@ the same directory, then rename), the way PVE's own ``file_set_contents`` does o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING
 
 from dapx.core.guestconfig import GuestConfig, GuestKind, parse_guest_config
 from dapx.core.storagecfg import parse_storage_cfg
 from dapx.core.validate import validate_node_name, validate_vmid
 from dapx.errors import CommandError, InputError
+from dapx.tasks.base import dapx_task
 
 if TYPE_CHECKING:
     from dapx.blocks.node import ProxmoxNode
@@ -77,10 +78,9 @@ async def read_files(node: "ProxmoxNode", paths: list[str], *, timeout: float = 
 
     Raises CommandError when grep fails for another reason than a missing file.
     """
-    from dapx.tasks.ssh import get_session
+    from dapx.tasks.ssh import run
 
-    session = await get_session(node)
-    result = await session.run(["grep", "-H", "", "--", *paths], check=False, timeout=timeout)
+    result = await run(node, ["grep", "-H", "", "--", *paths], check=False, timeout=timeout)
     if result.exit_status not in (0, 1, 2) or (result.exit_status == 2 and any(
             "No such file" not in ln for ln in result.stderr.strip().splitlines())):
         raise CommandError(f"cannot read {', '.join(paths)} on node {node.name}: "
@@ -106,18 +106,16 @@ async def read_source_guest(node: "ProxmoxNode", vmid: int) -> SourceGuest:
 
 async def write_file(node: "ProxmoxNode", path: str, text: str) -> None:
     """Replace ``path`` on ``node`` with ``text`` atomically. Raises CommandError."""
-    from dapx.tasks.ssh import get_session
+    from dapx.tasks.ssh import run
 
-    session = await get_session(node)
-    await session.run(["sh", "-c", _REPLACE_FILE, "sh", path], input=text)
+    await run(node, ["sh", "-c", _REPLACE_FILE, "sh", path], input=text)
 
 
 async def append_file(node: "ProxmoxNode", path: str, text: str) -> None:
     """Append ``text`` to ``path`` on ``node``. Raises CommandError."""
-    from dapx.tasks.ssh import get_session
+    from dapx.tasks.ssh import run
 
-    session = await get_session(node)
-    await session.run(["sh", "-c", _APPEND_FILE, "sh", path], input=text)
+    await run(node, ["sh", "-c", _APPEND_FILE, "sh", path], input=text)
 
 
 def replica_mark(source: str, vmid: int) -> str:
@@ -131,17 +129,4 @@ def is_replica_of(text: str, source: str, vmid: int) -> bool:
     return any(line.strip() == mark for line in text.splitlines() if line.startswith("#"))
 
 
-def guest_task(fn: Callable[..., Any]) -> Any:
-    """Prefect task retried on transient errors only, with exponential backoff."""
-    from prefect import task
-    from prefect.cache_policies import NO_CACHE
-    from prefect.tasks import exponential_backoff
-
-    from dapx.errors import retry_if_transient
-
-    return task(fn, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
-                retry_jitter_factor=0.5, retry_condition_fn=retry_if_transient,
-                cache_policy=NO_CACHE)
-
-
-read_guest = guest_task(read_source_guest)
+read_guest = dapx_task(read_source_guest, name="read-guest")

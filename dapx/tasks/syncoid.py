@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable
 
 from dapx.core.syncoid_argv import SyncoidOptions, syncoid_argv
 from dapx.errors import CommandError, TransientCommandError
-from dapx.tasks.guests import guest_task
+from dapx.tasks.base import dapx_task
 
 if TYPE_CHECKING:
     from dapx.blocks.node import ProxmoxNode
@@ -73,7 +73,7 @@ def classify_output(output: str) -> type[CommandError]:
     return TransientCommandError if any(t in lowered for t in TRANSIENT_OUTPUT) else CommandError
 
 
-@guest_task
+@dapx_task
 async def run_syncoid(node: "ProxmoxNode", source_dataset: str, target_host: str,
                       target_dataset: str, options: SyncoidOptions,
                       on_bytes: Callable[[int], None] | None = None) -> SyncResult:
@@ -87,7 +87,7 @@ async def run_syncoid(node: "ProxmoxNode", source_dataset: str, target_host: str
                                  f"{target_host}:{target_dataset}", on_bytes)
 
 
-@guest_task
+@dapx_task
 async def run_pipe(node: "ProxmoxNode", argv: list[str], what: str,
                    on_bytes: Callable[[int], None] | None = None) -> SyncResult:
     """Run a prepared send pipeline (``dapx.tasks.zfs.pipe_argv``) on the source node."""

@@ -14,7 +14,8 @@ from dapx.core.snapnames import OWNER_PROPERTY
 from dapx.core.snapshots import Snapshot
 from dapx.core.validate import snapshot_path, validate_dataset_name
 from dapx.errors import CommandError, InputError
-from dapx.tasks.guests import guest_task
+from dapx.tasks.base import dapx_task
+from dapx.tasks.ssh import run
 
 if TYPE_CHECKING:
     from dapx.blocks.node import ProxmoxNode
@@ -93,13 +94,7 @@ def _space(state: DatasetState, short: str, prop: str, value: str) -> None:
                                        else (used, int(value)))
 
 
-async def _run(node: "ProxmoxNode", argv: list[str], **kwargs):  # noqa: ANN202
-    from dapx.tasks.ssh import get_session
-
-    return await (await get_session(node)).run(argv, **kwargs)
-
-
-@guest_task
+@dapx_task
 async def dataset_states(node: "ProxmoxNode", datasets: list[str]) -> dict[str, DatasetState]:
     """Every dataset's existence, owner mark, head size and snapshots, in one command.
 
@@ -107,7 +102,7 @@ async def dataset_states(node: "ProxmoxNode", datasets: list[str]) -> dict[str, 
     """
     if not datasets:
         return {}
-    result = await _run(node, states_argv(datasets), check=False, timeout=120)
+    result = await run(node, states_argv(datasets), check=False, timeout=120)
     other = [ln for ln in result.stderr.splitlines()
              if ln.strip() and "does not exist" not in ln]
     if result.exit_status != 0 and other:
@@ -116,14 +111,14 @@ async def dataset_states(node: "ProxmoxNode", datasets: list[str]) -> dict[str, 
     return parse_states(result.stdout, datasets)
 
 
-@guest_task
+@dapx_task
 async def dataset_tree(node: "ProxmoxNode", dataset: str) -> list[str]:
     """``dataset`` and its descendants on ``node``, parents first.
 
     Raises InputError when the dataset does not exist or a descendant has a name dapx
     refuses; CommandError for any other zfs failure.
     """
-    result = await _run(node, zfs_argv.list_tree(dataset), check=False, timeout=120)
+    result = await run(node, zfs_argv.list_tree(dataset), check=False, timeout=120)
     if result.exit_status != 0:
         if "does not exist" in result.stderr:
             raise InputError(f"dataset {dataset} does not exist on node {node.name}; check "
@@ -134,7 +129,7 @@ async def dataset_tree(node: "ProxmoxNode", dataset: str) -> list[str]:
     return zfs_argv.parse_tree(result.stdout, dataset)
 
 
-@guest_task
+@dapx_task
 async def take_snapshots(node: "ProxmoxNode", datasets: list[str], name: str) -> bool:
     """Snapshot every dataset as ``<ds>@<name>`` in ONE ``zfs snapshot`` (atomic across them).
 
@@ -142,7 +137,7 @@ async def take_snapshots(node: "ProxmoxNode", datasets: list[str], name: str) ->
     per dataset (returns False: the disks may differ by milliseconds).
     """
     paths = [snapshot_path(d, name) for d in datasets]
-    result = await _run(node, ["zfs", "snapshot", *paths], check=False, timeout=120)
+    result = await run(node, ["zfs", "snapshot", *paths], check=False, timeout=120)
     if result.exit_status == 0:
         return True
     if len(paths) == 1 or "usage" not in result.stderr.lower() + result.stdout.lower():
@@ -150,59 +145,59 @@ async def take_snapshots(node: "ProxmoxNode", datasets: list[str], name: str) ->
                            f"{(result.stderr.strip().splitlines() or ['?'])[-1]}",
                            argv=["zfs", "snapshot", *paths], exit_status=result.exit_status)
     for path in paths:
-        await _run(node, ["zfs", "snapshot", path], timeout=120)
+        await run(node, ["zfs", "snapshot", path], timeout=120)
     return False
 
 
-@guest_task
+@dapx_task
 async def destroy_snapshots(node: "ProxmoxNode", dataset: str, names: list[str]) -> list[str]:
     """Destroy ``dataset@name`` for each name (never recursive); returns the names destroyed."""
     for name in names:
-        await _run(node, zfs_argv.destroy_snapshot(dataset, name), timeout=300)
+        await run(node, zfs_argv.destroy_snapshot(dataset, name), timeout=300)
     return names
 
 
-@guest_task
+@dapx_task
 async def rollback(node: "ProxmoxNode", dataset: str, name: str) -> None:
     """``zfs rollback -r dataset@name``: only from a forced plan (destroys later snapshots)."""
-    await _run(node, zfs_argv.rollback(dataset, name), timeout=300)
+    await run(node, zfs_argv.rollback(dataset, name), timeout=300)
 
 
-@guest_task
+@dapx_task
 async def destroy_dataset(node: "ProxmoxNode", dataset: str) -> None:
     """``zfs destroy -r dataset``: only from a forced plan that replaces the target."""
-    await _run(node, zfs_argv.destroy_dataset(dataset), timeout=600)
+    await run(node, zfs_argv.destroy_dataset(dataset), timeout=600)
 
 
-@guest_task
+@dapx_task
 async def create_parents(node: "ProxmoxNode", dataset: str) -> None:
     """``zfs create -p dataset`` (idempotent): the parent a receive needs."""
-    await _run(node, zfs_argv.create_parents(dataset), timeout=120)
+    await run(node, zfs_argv.create_parents(dataset), timeout=120)
 
 
-@guest_task
+@dapx_task
 async def mark_owned(node: "ProxmoxNode", dataset: str, owner: str) -> None:
     """Set ``dapx:owner=<owner>`` on a dataset dapx created (plans refuse unmarked targets)."""
-    await _run(node, zfs_argv.set_user_property(dataset, OWNER_PROPERTY, owner), timeout=120)
+    await run(node, zfs_argv.set_user_property(dataset, OWNER_PROPERTY, owner), timeout=120)
 
 
-@guest_task
+@dapx_task
 async def supports_resume(node: "ProxmoxNode", pool: str) -> bool:
     """True when the node's ZFS has resumable receive (OpenZFS: ``receive_resume_token``
     exists; zfs-fuse answers 'bad property list')."""
     argv = ["zfs", "get", "-H", "-o", "value", "receive_resume_token",
             validate_dataset_name(pool)]
-    return (await _run(node, argv, check=False, timeout=60)).exit_status == 0
+    return (await run(node, argv, check=False, timeout=60)).exit_status == 0
 
 
-@guest_task
+@dapx_task
 async def syncoid_can_list(node: "ProxmoxNode", pool: str) -> bool:
     """True when ``zfs get -t snapshot`` works here. syncoid 2.1.0 needs it on a remote
     target: its fallback for older ZFS (zfs-fuse, Solaris) puts the ssh command in twice and
     fails with 'snapshots couldn't be listed'."""
     argv = ["zfs", "get", "-H", "-p", "-d", "1", "-t", "snapshot", "guid",
             validate_dataset_name(pool)]
-    return (await _run(node, argv, check=False, timeout=60)).exit_status == 0
+    return (await run(node, argv, check=False, timeout=60)).exit_status == 0
 
 
 # The direct pipeline, for nodes where syncoid cannot run (see syncoid_can_list). A constant

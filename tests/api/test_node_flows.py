@@ -23,7 +23,7 @@ from dapx.blocks import ProxmoxNode  # noqa: E402
 from dapx.blocks.node import host_key_fingerprint  # noqa: E402
 from dapx.errors import AuthError, HostKeyError, InputError  # noqa: E402
 from dapx.flows.nodes import node_check, node_inventory  # noqa: E402
-from dapx.tasks.pve import format_fingerprint  # noqa: E402
+from dapx.transports.pve import format_fingerprint  # noqa: E402
 
 TOKEN_ID, TOKEN_SECRET = "root@pam!dapx", "7e0d4c1a-9b3f-4f6e-8a2d-5c1b0e9f3a77"
 

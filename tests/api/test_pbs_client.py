@@ -19,8 +19,8 @@ from pydantic import SecretStr
 
 from dapx.blocks import ProxmoxNode
 from dapx.errors import AuthError, TaskFailed, TLSFingerprintError
-from dapx.tasks.pbs import PbsClient
-from dapx.tasks.pve import format_fingerprint
+from dapx.transports.pbs import PbsClient
+from dapx.transports.pve import format_fingerprint
 
 TOKEN = "PBSAPIToken=root@pam!dapx:5a1c7a0e-0f53-4c55-b2a3-0e7c1b0a9d11"
 UPID_FAILED = "UPID:pbs1:00001234:00005678:00000001:65A0B0C0:verify:store1:root@pam!dapx:"

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from dapx.blocks import ProxmoxNode
 from dapx.errors import ApiError, AuthError, ConnectionLost, TaskFailed, TLSFingerprintError, TransientApiError
-from dapx.tasks.pve import PveClient, fetch_tls_fingerprint, format_fingerprint
+from dapx.transports.pve import PveClient, fetch_tls_fingerprint, format_fingerprint
 
 TOKEN_ID = "root@pam!dapx"
 TOKEN_SECRET = "3f6c0f7e-2b7d-4a59-9a2e-0d8f4c1b7e55"

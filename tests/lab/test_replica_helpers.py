@@ -83,7 +83,7 @@ def wait_for_process(node: str, *words: str, timeout: float = 30.0) -> int:
 def harness(request: pytest.FixtureRequest) -> Iterator[None]:
     """The session's Prefect test server (``prefect_harness``, one per test run: starting one
     costs ~10 s), with the lab's nodes saved as blocks for this module."""
-    from dapx.blocks.manage import register_lab_nodes
+    from dapx.lab.register import register_lab_nodes
 
     request.getfixturevalue("prefect_harness")
     register_lab_nodes()

@@ -6,7 +6,7 @@ import pytest
 
 from dapx.blocks.node import host_key_fingerprint
 from dapx.errors import AuthError, CommandError, ConnectionLost, HostKeyError, TransientCommandError
-from dapx.tasks.ssh import NodeSession
+from dapx.transports.ssh import NodeSession
 from tests.helpers.sshd import SshServer, new_key, public_line
 from tests.unit.conftest import make_node
 

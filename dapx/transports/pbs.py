@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from dapx.tasks.pve import ApiClient
+from dapx.transports.pve import ApiClient
 
 BackupType = Literal["vm", "ct", "host"]
 

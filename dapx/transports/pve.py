@@ -8,8 +8,12 @@ the certificate's SHA-256 fingerprint against the one pinned in the node block
 (``PinnedCertAdapter``). A mismatch raises ``TLSFingerprintError`` naming both fingerprints.
 ``fetch_tls_fingerprint`` reads the fingerprint a server presents, for the node test to record.
 
-Errors: 401 -> AuthError, 403 -> ApiError (PVE's permission text), other 4xx -> ApiError,
-5xx -> TransientApiError, connection trouble -> ConnectionLost, failed task -> TaskFailed.
+Errors are classed by status AND by PVE's message (``classify_api_error``): PVE answers many
+permanent errors with HTTP 500. 401 -> AuthError; 403 and other 4xx -> ApiError; a missing
+guest/storage/file -> NotFoundError; another permanent wording (already exists, invalid...) ->
+ApiError; a guest lock -> GuestLocked (transient, names the lock); 595 (node offline) ->
+ConnectionLost naming the node; other 5xx -> TransientApiError; connection trouble ->
+ConnectionLost; a failed task -> TaskFailed.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import re
 import socket
 import ssl
 import time
-from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional, Protocol
 
 import requests
 from proxmoxer import ProxmoxAPI
@@ -28,11 +32,9 @@ from pydantic import SecretStr
 from requests.adapters import HTTPAdapter
 
 from dapx.core.validate import validate_vmid
-from dapx.errors import (ApiError, AuthError, ConnectionLost, InputError, TaskFailed,
-                         TLSFingerprintError, TransientApiError)
+from dapx.errors import (ApiError, AuthError, ConnectionLost, GuestLocked, InputError,
+                         NotFoundError, TaskFailed, TLSFingerprintError, TransientApiError)
 
-if TYPE_CHECKING:
-    from dapx.blocks.node import ProxmoxNode
 
 DEFAULT_TIMEOUT = 30.0
 """Seconds for one HTTP request (proxmoxer's own default, 5 s, is too short for busy nodes)."""
@@ -41,7 +43,34 @@ TASK_LOG_TAIL = 20
 
 GuestKind = Literal["qemu", "lxc"]
 
-_PATH_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@!=-]*$")
+_PATH_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@!=-]*")
+_LOCKED = re.compile(r"\b(?:VM|CT) (?:[0-9]+ )?is locked \(([\w-]+)\)")
+_NOT_FOUND = re.compile(r"does not exist|\bno such\b|not found|unable to find|"
+                        r"doesn't exist|no configuration file", re.IGNORECASE)
+_PERMANENT = re.compile(r"already exists|\binvalid\b|\bunknown\b|not allowed|not supported|"
+                        r"not available|not running|permission denied|parameter verification",
+                        re.IGNORECASE)
+
+
+def classify_api_error(status: int, text: str) -> tuple[type[ApiError], str]:
+    """(error class, lock name or "") for an API answer: by status, then by PVE's wording.
+
+    Pure. 401 -> AuthError; 595 -> ConnectionLost (offline node); a guest lock ->
+    GuestLocked; a missing object -> NotFoundError; other permanent wording and 4xx ->
+    ApiError; remaining 5xx -> TransientApiError.
+    """
+    if status == 401:
+        return AuthError, ""  # type: ignore[return-value]  # AuthError is not an ApiError
+    locked = _LOCKED.search(text)
+    if locked:
+        return GuestLocked, locked[1]
+    if _NOT_FOUND.search(text):
+        return NotFoundError, ""
+    if status < 500 or _PERMANENT.search(text):
+        return ApiError, ""
+    if status == 595:
+        return ConnectionLost, ""  # type: ignore[return-value]
+    return TransientApiError, ""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,9 +131,20 @@ class PinnedCertAdapter(HTTPAdapter):
 def _part(value: object) -> str:
     """A path component: refuses anything that could change the path (``/``, ``..``, spaces)."""
     text = str(value)
-    if not _PATH_PART.match(text) or ".." in text:
+    if not _PATH_PART.fullmatch(text) or ".." in text:
         raise InputError(f"{text!r} is not a valid name for an API path")
     return text
+
+
+class ApiEndpoint(Protocol):
+    """What a client needs to know about a node (``dapx.blocks.node.ProxmoxNode`` is one)."""
+
+    name: str
+    host: str
+    api_port: Optional[int]
+    api_token_id: Optional[str]
+    api_token_secret: Optional[SecretStr]
+    tls_fingerprint: Optional[str]
 
 
 def check_vmid(vmid: int) -> int:
@@ -138,7 +178,7 @@ class ApiClient:
         self._api._store["session"].mount("https://", PinnedCertAdapter(fingerprint))
 
     @classmethod
-    def from_node(cls, node: "ProxmoxNode", *, timeout: float = DEFAULT_TIMEOUT) -> "ApiClient":
+    def from_node(cls, node: ApiEndpoint, *, timeout: float = DEFAULT_TIMEOUT) -> "ApiClient":
         """A client for the node block's API; raises TLSFingerprintError/InputError as ``__init__``."""
         return cls(name=node.name, host=node.host, port=int(node.api_port or 0),
                    token_id=node.api_token_id or "", token_secret=node.api_token_secret,
@@ -180,17 +220,27 @@ class ApiClient:
             raise ConnectionLost(f"cannot reach the API of {self.name} at {self.host}:{self.port}: "
                                  f"{type(exc).__name__}") from None
 
-    def _api_error(self, method: str, path: str, exc: ResourceException) -> ApiError:
+    def _api_error(self, method: str, path: str, exc: ResourceException) -> Exception:
         status = exc.status_code
         text = _error_text(exc)
-        if status == 401:
+        cls, lock = classify_api_error(status, text)
+        where = f"{method} /{path} on {self.name}"
+        if cls is AuthError:
             return AuthError(f"API token refused by {self.name}: check token id/secret ({text})")
+        if cls is ConnectionLost:
+            return ConnectionLost(f"{where}: the node is offline or unreachable from "
+                                  f"{self.name} ({status}: {text})")
+        if cls is GuestLocked:
+            return GuestLocked(f"{where}: the guest is locked ({lock}) by another operation; "
+                               f"wait for it to finish or clear the lock ({text})",
+                               status=status, lock=lock)
         if status == 403:
-            return ApiError(f"{method} /{path} on {self.name}: permission denied: {text}", status=status)
-        if status >= 500:
-            return TransientApiError(f"{method} /{path} on {self.name} failed ({status}): {text}",
-                                     status=status)
-        return ApiError(f"{method} /{path} on {self.name} refused ({status}): {text}", status=status)
+            return ApiError(f"{where}: permission denied: {text}", status=status)
+        if cls is NotFoundError:
+            return NotFoundError(f"{where}: {text}", status=status)
+        if cls is TransientApiError:
+            return TransientApiError(f"{where} failed ({status}): {text}", status=status)
+        return ApiError(f"{where} refused ({status}): {text}", status=status)
 
     def _fingerprint_error(self) -> TLSFingerprintError:
         try:
@@ -360,30 +410,3 @@ def _kind(kind: str) -> str:
     if kind not in ("qemu", "lxc"):
         raise InputError(f"guest kind {kind!r} must be qemu or lxc")
     return kind
-
-
-# ----------------------------------------------------------------------------------------------
-# Prefect tasks (thin: load nothing, take the block, call one method)
-
-def _api_task(fn: Callable[..., Any]) -> Any:
-    """Decorate ``fn`` as a Prefect task retried on transient errors with exponential backoff."""
-    from prefect import task
-    from prefect.cache_policies import NO_CACHE
-    from prefect.tasks import exponential_backoff
-
-    from dapx.errors import retry_if_transient
-
-    return task(fn, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
-                retry_jitter_factor=0.5, retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
-
-
-@_api_task
-def api_version(node: "ProxmoxNode") -> dict[str, Any]:
-    """Prefect task: the node API's /version answer."""
-    return node.api().version()
-
-
-@_api_task
-def follow_task(node: "ProxmoxNode", upid: str, timeout: float = 3600.0) -> dict[str, Any]:
-    """Prefect task: wait for ``upid`` on ``node`` to finish OK (raises TaskFailed otherwise)."""
-    return node.api().wait_task(upid, timeout=timeout)
