@@ -12,6 +12,9 @@ import pytest
 
 # No telemetry or analytics from test servers: the machine has no route to them.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Test servers (the harness's too) keep concurrency leases as `dapx up`'s server does.
+os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE",
+                      "prefect.server.concurrency.lease_storage.filesystem")
 
 # The lab fixtures (`lab`, `machine_before`) serve both the lab and the deploy tiers.
 pytest_plugins = ["tests.helpers.lab"]

@@ -1,22 +1,49 @@
-"""Global concurrency limits: one run at a time per guest and destination (DESIGN safety rule).
+"""Locks: one run at a time per guest and destination (DESIGN safety rule), and no lock outlives
+the run that holds it.
 
-The product creates its own limits (limit 1) before using them, so nobody has to set them up
-in the UI; ``strict=True`` makes a missing limit an error instead of a silent no-op. A second
-run waits for the slot, then fails with a message naming what holds it.
+A lock is a Prefect global concurrency limit of one slot, created by the product itself before
+use. A run takes the slot with a **lease** (``LEASE_SECONDS``, Prefect's minimum) that it renews
+while it works; the server's repossessor frees the slot of a lease nobody renews, so a run that
+died never blocks the next one for longer than one lease period. ``dapx up`` runs the server
+with file-backed lease storage, so leases survive a server restart (the in-memory default loses
+them and the slot stays taken for good).
+
+Who holds a lock is written to a Prefect variable ``dapx-lock-<limit>`` (flow run, lease). A run
+that waits re-validates that holder: when its flow run is no longer running (finished, crashed,
+cancelled, deleted), the holder's lease is released at once instead of waiting for it to expire.
+A run that cannot get the slot within its wait fails with ``LockTimeout`` naming the holder, its
+state, and when its lease ends.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
+import logging
 import re
-from contextlib import AsyncExitStack, asynccontextmanager
-from typing import AsyncIterator, Awaitable, Callable
+import time
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, AsyncIterator, Awaitable, Callable
+from uuid import UUID
 
 from dapx.errors import InputError, TransientError
 
 DEFAULT_WAIT = 600.0
 """Seconds a run waits for another run of the same guest and destination."""
 
+LEASE_SECONDS = 60.0
+"""A held slot's lease (Prefect's minimum): the longest a dead run can block the next one,
+plus the repossessor's loop (15 s)."""
+
+RENEW_SECONDS = 15.0
+POLL_SECONDS = 2.0
+LIVE_STATES = {"RUNNING", "PENDING", "SCHEDULED", "PAUSED", "CANCELLING"}
+
 _NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,199}")
+log = logging.getLogger("dapx.locks")
 
 
 class LockTimeout(TransientError):
@@ -35,8 +62,6 @@ def dataset_lock_name(source: str, dataset: str, destination: str) -> str:
     """``dapx-dataset-pve1-rpool-data-share-to-pve3-1a2b3c4d``: one dataset replicated to
     one node. Dataset names may hold capitals, ``_`` and ``:``, which limit names may not:
     they are folded to dashes and a hash of the exact names keeps different datasets apart."""
-    import hashlib
-
     digest = hashlib.sha256(f"{source}\0{dataset}\0{destination}".encode()).hexdigest()[:8]
     folded = re.sub(r"[^a-z0-9.-]+", "-", dataset.lower())[:120]
     name = f"dapx-dataset-{source}-{folded}-to-{destination}-{digest}"
@@ -44,6 +69,69 @@ def dataset_lock_name(source: str, dataset: str, destination: str) -> str:
         raise InputError(f"cannot build a lock name from {source!r}, {dataset!r}, "
                          f"{destination!r}")
     return name
+
+
+# -----------------------------------------------------------------------------------------------
+# The holder record
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a lock: written when the slot is taken, read by runs that wait."""
+
+    flow_run: str | None
+    lease: str
+    since: str
+
+    @classmethod
+    def now(cls, flow_run: str | None, lease: UUID) -> "Holder":
+        return cls(flow_run, str(lease), datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def holder_variable(lock: str) -> str:
+    """``dapx-lock-<limit>``: the Prefect variable naming a lock's holder."""
+    return f"dapx-lock-{lock}"
+
+
+async def _read_holder(client: Any, lock: str) -> Holder | None:
+    variable = await client.read_variable_by_name(holder_variable(lock))
+    if variable is None:
+        return None
+    try:
+        data = json.loads(variable.value) if isinstance(variable.value, str) else variable.value
+        return Holder(**data)
+    except (TypeError, ValueError):
+        return None
+
+
+async def _write_holder(client: Any, lock: str, holder: Holder) -> None:
+    from prefect.client.schemas.actions import VariableCreate, VariableUpdate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    value = json.dumps(asdict(holder))
+    name = holder_variable(lock)
+    try:
+        await client.create_variable(VariableCreate(name=name, value=value, tags=["dapx-lock"]))
+    except ObjectAlreadyExists:
+        await client.update_variable(VariableUpdate(name=name, value=value))
+
+
+async def _holder_state(client: Any, holder: Holder) -> tuple[str, str]:
+    """(state type, flow run name) of the holder's flow run; ("GONE", "") when there is none."""
+    from prefect.exceptions import ObjectNotFound
+
+    if not holder.flow_run:
+        return "UNKNOWN", ""
+    try:
+        run = await client.read_flow_run(UUID(holder.flow_run))
+    except (ObjectNotFound, ValueError):
+        return "GONE", ""
+    state = run.state.type.value if run.state else "UNKNOWN"
+    return state, run.name or ""
+
+
+# -----------------------------------------------------------------------------------------------
+# Taking, keeping and giving back a slot
 
 
 async def ensure_limit(name: str, limit: int = 1) -> None:
@@ -65,6 +153,121 @@ async def ensure_limit(name: str, limit: int = 1) -> None:
             pass
 
 
+async def _try_acquire(client: Any, name: str, flow_run: str | None) -> UUID | None:
+    """The lease id of a slot of ``name`` taken now, or None when the slot is held."""
+    import httpx
+    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+
+    holder = ConcurrencyLeaseHolder(type="flow_run", id=UUID(flow_run)) if flow_run else None
+    try:
+        response = await client.increment_concurrency_slots_with_lease(
+            names=[name], slots=1, mode="concurrency", lease_duration=LEASE_SECONDS,
+            holder=holder)
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code == 423:
+            return None
+        raise
+    return UUID(response.json()["lease_id"])
+
+
+async def _free_if_dead(client: Any, name: str) -> tuple[Holder | None, str, str]:
+    """Release the holder's lease when its run is no longer live; (holder, state, run name)."""
+    holder = await _read_holder(client, name)
+    if holder is None:
+        return None, "UNKNOWN", ""
+    state, run_name = await _holder_state(client, holder)
+    if state not in LIVE_STATES and state != "UNKNOWN":
+        log.warning("lock %s: its holder, flow run %s %s, is %s; freeing its slot", name,
+                    run_name or "?", holder.flow_run, state.lower())
+        await client.release_concurrency_slots_with_lease(lease_id=UUID(holder.lease))
+    return holder, state, run_name
+
+
+def _timeout_message(name: str, what: str, wait: float, holder: Holder | None, state: str,
+                     run_name: str) -> str:
+    lease_end = datetime.now(timezone.utc) + timedelta(seconds=LEASE_SECONDS)
+    who = ""
+    if holder is not None and holder.flow_run:
+        who = (f": flow run {run_name or '?'} ({holder.flow_run}, {state.lower()}, since "
+               f"{holder.since})")
+    return (f"another run is already {what} (lock {name!r}){who}; waited {wait:g} s. If that "
+            f"run died, its slot frees when its lease ends, by {lease_end:%H:%M:%S} UTC at the "
+            "latest; otherwise try again when it has finished")
+
+
+async def acquire(name: str, what: str, wait: float, flow_run: str | None) -> UUID:
+    """Take the slot of limit ``name``, waiting up to ``wait`` seconds; return the lease id.
+
+    Raises LockTimeout naming the holder when the slot does not free up in time.
+    """
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + wait
+    async with get_client() as client:
+        while True:
+            lease = await _try_acquire(client, name, flow_run)
+            if lease is not None:
+                await _write_holder(client, name, Holder.now(flow_run, lease))
+                return lease
+            holder, state, run_name = await _free_if_dead(client, name)
+            if state not in LIVE_STATES and state != "UNKNOWN":
+                continue  # its slot was just freed: try again at once
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LockTimeout(_timeout_message(name, what, wait, holder, state, run_name))
+            await asyncio.sleep(min(POLL_SECONDS, remaining))
+
+
+async def _keep(name: str, lease: UUID) -> None:
+    """Renew the lease every RENEW_SECONDS until cancelled. A renewal that fails (server
+    restarting) is tried again at the next tick; a lease the server lost is logged, and the
+    run carries on (its work matters more than the lock's bookkeeping)."""
+    import httpx
+    from prefect.client.orchestration import get_client
+
+    while True:
+        await asyncio.sleep(RENEW_SECONDS)
+        try:
+            async with get_client() as client:
+                await client.renew_concurrency_lease(lease, lease_duration=LEASE_SECONDS)
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code == 410:
+                log.warning("lock %s: the Prefect server lost this run's lease (a restart with "
+                            "in-memory lease storage?); carrying on", name)
+                return
+            log.warning("lock %s: lease renewal failed (%s); retrying", name, exc)
+        except (httpx.HTTPError, OSError, RuntimeError) as exc:
+            log.warning("lock %s: lease renewal failed (%s); retrying", name, exc)
+
+
+async def release(name: str, lease: UUID) -> None:
+    """Give the slot back (idempotent), and clear the holder record when it is still ours."""
+    import httpx
+    from prefect.client.orchestration import get_client
+
+    for attempt in range(3):
+        try:
+            async with get_client() as client:
+                await client.release_concurrency_slots_with_lease(lease_id=lease)
+                holder = await _read_holder(client, name)
+                if holder is not None and holder.lease == str(lease):
+                    await client.delete_variable_by_name(holder_variable(name))
+            return
+        except (httpx.HTTPError, OSError) as exc:
+            if attempt == 2:
+                log.warning("lock %s: could not release (%s); its lease frees it within %g s",
+                            name, exc, LEASE_SECONDS)
+            else:
+                await asyncio.sleep(2.0)
+
+
+def _current_flow_run() -> str | None:
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    return str(context.flow_run.id) if context and context.flow_run else None
+
+
 @asynccontextmanager
 async def exclusive(name: str, what: str, wait: float = DEFAULT_WAIT) -> AsyncIterator[None]:
     """Hold the slot of limit ``name`` for the body; ``what`` names the work in messages.
@@ -72,20 +275,14 @@ async def exclusive(name: str, what: str, wait: float = DEFAULT_WAIT) -> AsyncIt
     Raises LockTimeout when no slot frees up within ``wait`` seconds. Only the acquisition is
     guarded: a timeout raised by the body itself passes through unchanged.
     """
-    from prefect.concurrency.asyncio import (
-        AcquireConcurrencySlotTimeoutError,
-        concurrency,
-    )
-
     await ensure_limit(name)
-    async with AsyncExitStack() as stack:
-        try:
-            await stack.enter_async_context(
-                concurrency(name, occupy=1, timeout_seconds=wait, strict=True))
-        except AcquireConcurrencySlotTimeoutError:
-            raise LockTimeout(f"another run is already {what} (concurrency limit {name!r} "
-                              f"held); waited {wait:g} s. Try again when it has finished") from None
+    lease = await acquire(name, what, wait, _current_flow_run())
+    keeper = asyncio.create_task(_keep(name, lease))
+    try:
         yield
+    finally:
+        keeper.cancel()
+        await asyncio.shield(release(name, lease))
 
 
 async def run_exclusively(name: str, what: str, wait: float, dry_run: bool,

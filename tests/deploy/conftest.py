@@ -10,38 +10,71 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from dapx.deployments import server
 from dapx.deployments.server import prefect_server
 
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """API URL of a real `prefect server start` with its own SQLite database."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    old = {k: os.environ.get(k) for k in ("PREFECT_HOME", "PREFECT_API_URL")}
-    os.environ["PREFECT_HOME"] = str(home)
-    with prefect_server(_free_port(), log_path=home / "server.log") as url:
-        os.environ["PREFECT_API_URL"] = url
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+@contextmanager
+def prefect_env(home: Path, api_url: str) -> Iterator[None]:
+    """Point this process (settings) and the commands it starts (environment) at a server."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-        with temporary_settings(updates={PREFECT_API_URL: url}):
+    old = {k: os.environ.get(k) for k in ("PREFECT_HOME", "PREFECT_API_URL")}
+    os.environ.update(PREFECT_HOME=str(home), PREFECT_API_URL=api_url)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api_url, PREFECT_HOME: home}):
+            yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class OwnServer:
+    """A Prefect server of this module's own (its own home and database), restartable."""
+
+    def __init__(self, home: Path) -> None:
+        self.home, self.port = home, free_port()
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self.proc = None
+
+    def start(self) -> None:
+        self.proc = server.start_server(self.port, log_path=self.home / "server.log")
+        server.wait_healthy(self.api_url)
+
+    def stop(self) -> None:
+        server.stop_server(self.proc)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """API URL of a real `prefect server start` with its own SQLite database, started as
+    `dapx up` starts it."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    with prefect_env(home, f"http://127.0.0.1:{port}/api"):
+        with prefect_server(port, log_path=home / "server.log") as url:
             yield url
-    for key, value in old.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def run_cli(*argv: str, check: bool = True, input: str | None = None,

@@ -1,0 +1,92 @@
+"""Deploy tier, locks that never leak: against a Prefect server run the way `dapx up` runs it
+(file-backed concurrency leases), a lock held by a run that died is freed at the next attempt,
+a waiting run is told who holds the lock, and a held lock survives a server restart (neither
+lost nor leaked)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.conftest import OwnServer, prefect_env
+
+
+@pytest.fixture(scope="module")
+def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnServer]:
+    own = OwnServer(tmp_path_factory.mktemp("locks-prefect-home"))
+    with prefect_env(own.home, own.api_url):
+        own.start()
+        yield own
+        own.stop()
+
+
+async def _flow_run(state: str = "RUNNING") -> uuid.UUID:
+    """A flow run in ``state`` (what a holder's run looks like to the lock)."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import State, StateType
+
+    @flow(name="lock-holder")
+    def holder() -> None:  # never run: only its flow run record matters
+        pass
+
+    async with get_client() as client:
+        run = await client.create_flow_run(holder, state=State(type=StateType(state)))
+    return run.id
+
+
+async def _set_state(run: uuid.UUID, state: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.states import State, StateType
+
+    async with get_client() as client:
+        await client.set_flow_run_state(run, State(type=StateType(state)), force=True)
+
+
+async def test_a_live_holder_is_named_and_a_dead_one_is_freed_at_once(own_server) -> None:
+    from dapx.tasks.locks import LockTimeout, acquire, ensure_limit, release
+
+    name = "dapx-test-lock-dead-holder"
+    await ensure_limit(name)
+    first = await _flow_run()
+    lease = await acquire(name, "testing locks", 1, str(first))
+    started = time.monotonic()
+    with pytest.raises(LockTimeout, match=f"another run is already testing locks.*{first}.*"
+                                          "running.*lease ends"):
+        await acquire(name, "testing locks", 2, str(await _flow_run()))
+    assert time.monotonic() - started >= 2
+
+    await _set_state(first, "CRASHED")  # killed hard: it never released the lock
+    started = time.monotonic()
+    second = await acquire(name, "testing locks", 30, str(await _flow_run()))
+    assert time.monotonic() - started < 5, "a dead holder's slot must be freed at once"
+    assert second != lease
+    await release(name, second)
+
+
+async def test_a_held_lock_survives_a_server_restart(own_server) -> None:
+    from prefect.client.orchestration import get_client
+
+    from dapx.tasks.locks import LockTimeout, acquire, ensure_limit, release
+
+    name = "dapx-test-lock-restart"
+    await ensure_limit(name)
+    holder = await _flow_run()
+    lease = await acquire(name, "testing a restart", 1, str(holder))
+    await asyncio.to_thread(own_server.restart)
+    async with get_client() as client:
+        # In-memory lease storage would answer 410 here (lease lost, slot leaked for good).
+        await client.renew_concurrency_lease(lease, lease_duration=60)
+        assert (await client.read_global_concurrency_limit_by_name(name)).active_slots == 1
+    with pytest.raises(LockTimeout):  # still held: not lost either
+        await acquire(name, "testing a restart", 2, str(await _flow_run()))
+    await release(name, lease)
+    started = time.monotonic()
+    again = await acquire(name, "testing a restart", 10, str(await _flow_run()))
+    assert time.monotonic() - started < 3, "the released slot must be free at once"
+    await release(name, again)
