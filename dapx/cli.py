@@ -110,7 +110,10 @@ def cmd_node(args: argparse.Namespace) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     from dapx.blocks import manage as nodes_admin
 
+    from dapx.deployments.automations import ensure_automations
+
     public = nodes_admin.init_orchestrator_key(overwrite=args.overwrite)
+    ensure_automations()
     print("orchestrator key ready; authorise this public key for root on each node:")
     print(public)
     return 0
