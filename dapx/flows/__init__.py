@@ -1,0 +1,10 @@
+"""One module per operation; every flow is an importable function with typed parameters.
+
+``KEPT_RESULTS`` goes into every flow decorator: a run's result (the pydantic model it
+returns) is persisted, as JSON, in Prefect's result storage (local files under the Prefect
+home unless PREFECT_LOCAL_STORAGE_PATH or PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK say
+otherwise), so ``flow_run.state.result()`` reads what a run did long after it ended, from any
+process that can reach that storage. JSON rather than pickle: reading a result never runs code.
+"""
+
+KEPT_RESULTS = {"persist_result": True, "result_serializer": "json"}

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from prefect import flow
 
+from dapx.flows import KEPT_RESULTS
 from dapx.blocks.node import ProxmoxNode
 from dapx.core import snapshots as snapplan
 from dapx.core.btrfs_argv import interrupted_receives, snapshots_of
@@ -217,7 +218,7 @@ async def _btrfs_replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNo
                                                        guest=guest))
 
 
-@flow(name="btrfs-replica", log_prints=False)
+@flow(name="btrfs-replica", log_prints=False, **KEPT_RESULTS)
 async def btrfs_replica(job: ReplicaJob, dry_run: bool = False, force: bool = False,
                         lock_wait: float = DEFAULT_WAIT) -> ReplicaResult:
     """Replicate a guest whose disks are on BTRFS (``btrfs send -p`` from the newest

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from dapx.flows import KEPT_RESULTS
 from dapx.blocks.manage import aload_nodes
 from dapx.blocks.node import ProxmoxNode
 from dapx.core.jobspec import DatasetJob
@@ -108,7 +109,7 @@ async def _replicate(job: DatasetJob, source: ProxmoxNode, dest: ProxmoxNode, dr
                              parent if "/" in parent else None)
 
 
-@flow(name="dataset-replica", log_prints=False)
+@flow(name="dataset-replica", log_prints=False, **KEPT_RESULTS)
 async def dataset_replica(job: DatasetJob, dry_run: bool = False, force: bool = False,
                           lock_wait: float = DEFAULT_WAIT) -> DatasetResult:
     """Replicate ``job.dataset`` (and its children when ``job.recursive``) from

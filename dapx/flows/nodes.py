@@ -20,6 +20,7 @@ from prefect import flow
 from prefect.artifacts import acreate_table_artifact
 from pydantic import BaseModel, Field
 
+from dapx.flows import KEPT_RESULTS
 from dapx.blocks.manage import aload_nodes
 from dapx.blocks.node import ProxmoxNode, host_key_fingerprint
 from dapx.core.guestconfig import list_disks, parse_guest_config
@@ -275,7 +276,7 @@ async def pin_keys(block: ProxmoxNode, name: str, host_key: str, fingerprint: st
     await updated.asave(name, overwrite=True)
 
 
-@flow(name="node-check", log_prints=False)
+@flow(name="node-check", log_prints=False, **KEPT_RESULTS)
 async def node_check(node: NodeName) -> NodeCheckResult:
     """N2: test node ``node`` (block name): SSH login with the pinned host key, the API with its
     token and pinned certificate, versions, ZFS pools, BTRFS, bridges, storages.
@@ -328,7 +329,7 @@ async def read_inventory(block: ProxmoxNode, name: str) -> NodeInventory:
         notes=notes)
 
 
-@flow(name="node-inventory", log_prints=False)
+@flow(name="node-inventory", log_prints=False, **KEPT_RESULTS)
 async def node_inventory(node: NodeName) -> NodeInventory:
     """N3: inventory of node ``node`` (block name): ZFS datasets, BTRFS subvolumes, bridges,
     storages, VMs and containers with their disks. Leaves a table artifact of the guests."""
@@ -393,7 +394,7 @@ async def enable_sanoid_timer(block: ProxmoxNode) -> tuple[str, str]:
     return enabled, (version[0] if version else "unknown")
 
 
-@flow(name="install-sanoid", log_prints=False)
+@flow(name="install-sanoid", log_prints=False, **KEPT_RESULTS)
 async def install_sanoid(node: NodeName) -> SanoidInstall:
     """N4: install sanoid on node ``node`` (block name), enable ``sanoid.timer``, verify both.
 

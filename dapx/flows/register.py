@@ -20,6 +20,7 @@ from typing import Literal
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from dapx.flows import KEPT_RESULTS
 from dapx.blocks.manage import aload_nodes
 from dapx.blocks.node import ProxmoxNode
 from dapx.core.guestconfig import list_disks, serialise
@@ -170,7 +171,7 @@ async def register_guest(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode
                         action=action, storage_created=created)
 
 
-@flow(name="register-vm")
+@flow(name="register-vm", log_prints=False, **KEPT_RESULTS)
 async def register_vm(job: ReplicaJob, storage_kind: Literal["zfs", "btrfs"] = "zfs",
                       storage: str | None = None) -> Registration:
     """Register the replica of ``job.guest`` on ``job.destination`` (after a replication);

@@ -21,6 +21,7 @@ from typing import Any, Awaitable, Callable
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from dapx.flows import KEPT_RESULTS
 from dapx.blocks.manage import aload_nodes
 from dapx.blocks.node import ProxmoxNode
 from dapx.core import snapshots as snapplan
@@ -502,7 +503,7 @@ async def run_guest_replica(job: ReplicaJob, dry_run: bool, force: bool, lock_wa
     return result
 
 
-@flow(name="zfs-replica", log_prints=False)
+@flow(name="zfs-replica", log_prints=False, **KEPT_RESULTS)
 async def zfs_replica(job: ReplicaJob, dry_run: bool = False, force: bool = False,
                       lock_wait: float = DEFAULT_WAIT) -> ReplicaResult:
     """Replicate guest ``job.guest`` from ``job.source`` to ``job.destination`` with syncoid.

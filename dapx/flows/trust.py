@@ -12,6 +12,7 @@ from __future__ import annotations
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from dapx.flows import KEPT_RESULTS
 from dapx.blocks.manage import aload_nodes
 from dapx.blocks.node import ProxmoxNode
 from dapx.core.syncoid_argv import ssh_options
@@ -114,7 +115,7 @@ async def check_trust(source: ProxmoxNode, destination: ProxmoxNode) -> None:
             f"'{destination.name}')")
 
 
-@flow(name="trust-nodes", log_prints=False)
+@flow(name="trust-nodes", log_prints=False, **KEPT_RESULTS)
 async def trust_nodes(source: NodeName, destination: NodeName) -> TrustResult:
     """Let ``source`` push replicas to ``destination`` (both node block names)."""
     if source == destination:
