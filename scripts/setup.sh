@@ -40,5 +40,8 @@ if [ -z "$UV" ]; then
   fi
   UV=$PWD/.bootstrap/bin/uv
 fi
-"$UV" sync --frozen --extra test --quiet
+# Bytecode compiled once at install: every Python process (the CLIs, the worker, each flow
+# run, the lab's tools) starts ~1 s faster, also where PYTHONDONTWRITEBYTECODE is set.
+"$UV" sync --frozen --extra test --quiet --compile-bytecode
+.venv/bin/python -m compileall -q -j 0 dapx >/dev/null
 echo "setup: ready (.venv)"
