@@ -29,8 +29,23 @@ def human_bytes(count: int) -> str:
     return f"{count} B"  # pragma: no cover
 
 
+def readable(value: Any) -> str:
+    """A value as a person reads it: ``{"vmbr0": "vmbr1"}`` -> ``vmbr0 → vmbr1``, lists
+    comma-separated, True/False as yes/no, None and empty as ``none``."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None or value == {} or value == [] or value == "":
+        return "none"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} → {readable(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple, set)):
+        return ", ".join(readable(v) for v in value)
+    return str(value)
+
+
 def _cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    """A value for a markdown table cell or list item (no pipe, no line break)."""
+    return readable(value).replace("|", "\\|").replace("\n", " ")
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -46,9 +61,10 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def plan_markdown(title: str, facts: dict[str, Any], rows: list[dict[str, Any]],
                   notes: list[str]) -> str:
     """The dry-run page: a title, key facts, one row per disk, and notes."""
-    head = [f"# {title}", ""] + [f"- **{k}**: {_cell(v)}" for k, v in facts.items()] + [""]
-    tail = ["", "## Notes", ""] + [f"- {n}" for n in notes] if notes else []
-    return "\n".join(head) + markdown_table(rows) + "\n".join(tail) + "\n"
+    head = [f"# {title}", ""] + [f"- **{k}**: {_cell(v)}" for k, v in facts.items()]
+    tail = ["", "## Notes", ""] + [f"- {_cell(n)}" for n in notes] if notes else []
+    # A blank line ends the list: without it the table would be read as part of the last item.
+    return "\n".join(head) + "\n\n" + markdown_table(rows) + "\n".join(tail) + "\n"
 
 
 async def publish_markdown(key: str, markdown: str, description: str) -> None:
