@@ -58,6 +58,28 @@ def _read_secret_file(path: str | None) -> SecretStr | None:
     return SecretStr(text.strip()) if text.strip() else None
 
 
+def host_key_argument(value: str | None) -> str | None:
+    """``--host-key``: a public key line, or the path of a file holding one (a ``.pub``)."""
+    if value and not value.lstrip().startswith(("ssh-", "ecdsa-")) and Path(value).is_file():
+        try:
+            return Path(value).read_text().strip()
+        except OSError as exc:
+            raise InputError(f"cannot read {value}: {exc.strerror}") from None
+    return value
+
+
+def _check_private_key(key: SecretStr, where: str) -> None:
+    """InputError unless ``key`` is an unencrypted private key asyncssh can use (never
+    quoting the key: an error text would carry the secret)."""
+    import asyncssh
+
+    try:
+        asyncssh.import_private_key(key.get_secret_value())
+    except (asyncssh.KeyImportError, ValueError, TypeError):
+        raise InputError(f"{where} is not an unencrypted OpenSSH or PEM private key; give the "
+                         "private half of the key pair (no passphrase)") from None
+
+
 def add_node(*, name: str, host: str, ssh_port: int = 22, ssh_user: str = "root",
              key_file: str | None = None, kind: str = "pve", storage_kind: str = "zfs",
              api_token_id: str | None = None, api_token_secret_file: str | None = None,
@@ -66,6 +88,8 @@ def add_node(*, name: str, host: str, ssh_port: int = 22, ssh_user: str = "root"
              overwrite: bool = False) -> str:
     """Validate and save a ``ProxmoxNode`` block named ``name``; return its name."""
     key = _read_secret_file(key_file) or (SecretStr(ssh_private_key) if ssh_private_key else None)
+    if key is not None:
+        _check_private_key(key, key_file or "ssh_private_key")
     secret = _read_secret_file(api_token_secret_file) or (
         SecretStr(api_token_secret) if api_token_secret else None)
     try:

@@ -97,11 +97,20 @@ def _parse_line(raw: str) -> ConfigLine:
     return ConfigLine(raw, match[1], match[2])
 
 
+def split_lines(text: str) -> list[str]:
+    """``text`` cut after each ``\n`` only, endings kept, as PVE reads a config
+    (``split /\n/``): ``str.splitlines`` would also cut at ``\v``, ``\f``, ``\x1c-\x1e``,
+    ``\x85``, ``\u2028``/``\u2029`` and so lose what follows them when the config is
+    rewritten."""
+    parts = text.split("\n")
+    return [part + "\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+
+
 def parse_guest_config(text: str, kind: GuestKind) -> GuestConfig:
     """Parse a guest config. In: the file text and ``kind``. Out: a GuestConfig. Never raises
     on odd lines: they are kept verbatim (key None) so they serialise back unchanged."""
     sections = [Section(None)]
-    for raw in text.splitlines(keepends=True):
+    for raw in split_lines(text):
         header = _SECTION.fullmatch(raw.rstrip("\r\n"))
         if header:
             sections.append(Section(header[1], raw))

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 from dapx.errors import InputError
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def check_argv(argv: Sequence[str]) -> list[str]:
@@ -47,6 +47,6 @@ def with_env(argv: Sequence[str], env: Mapping[str, str] | None) -> list[str]:
     if not env:
         return args
     for name in env:
-        if not _ENV_NAME.match(name):
+        if not _ENV_NAME.fullmatch(name):
             raise InputError(f"environment variable name {name!r} is not valid")
     return ["env", *(f"{name}={value}" for name, value in env.items()), *args]

@@ -35,8 +35,13 @@ _POOL_RESERVED_PREFIXES = ("mirror", "raidz", "draid", "spare")
 _DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 NODE_NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
 """A node name, the same rule everywhere (blocks, jobs, flow parameters): a lower-case DNS
-label, as Prefect names block documents and as PVE shows node names."""
-_NODE_NAME = re.compile(NODE_NAME_PATTERN.strip("^$"))
+label, as Prefect names block documents and as PVE shows node names. Anchored for the JSON
+schema (which searches); Python code uses ``fullmatch`` (``$`` also matches before a final
+newline)."""
+_NODE_NAME = re.compile(NODE_NAME_PATTERN.removeprefix("^").removesuffix("$"))
+# A last label that is all digits or hex ("1", "0x7f") makes resolvers read the name as an
+# IPv4 address in a legacy form (inet_aton: 127.1, 0177.0.0.1, 0x7f.1): not a host name.
+_NUMERIC_LABEL = re.compile(r"[0-9]+|0[xX][0-9A-Fa-f]*")
 _BRIDGE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 _STORAGE_ID = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*[A-Za-z0-9]")
 _BANDWIDTH = re.compile(r"([1-9][0-9]{0,8})([kKmMgG])")
@@ -82,7 +87,7 @@ def validate_pool_name(name: str) -> str:
                          "host:dataset, rename the pool")
     if name.startswith(_POOL_RESERVED_PREFIXES) or name == "log":
         raise InputError(f"pool name {_show(name)} starts with a reserved vdev word; rename it")
-    if re.match(r"c[0-9]", name):
+    if re.fullmatch(r"c[0-9].*", name, re.DOTALL):
         raise InputError(f"pool name {_show(name)} looks like a disk name (c0...); rename it")
     if len(name) > ZFS_MAX_NAME:
         raise InputError(f"pool name is {len(name)} characters; ZFS allows {ZFS_MAX_NAME}")
@@ -176,21 +181,36 @@ def validate_node_name(name: str) -> str:
 
 
 def validate_host(host: str) -> str:
-    """An SSH target host: an IPv4 address or a DNS name (labels joined by dots).
+    """An SSH target host: a canonical dotted-quad IPv4 address or a DNS host name.
 
-    IPv6 is refused because syncoid splits ``user@host:dataset`` at ':'.
-    In: the host. Out: the same host. Raises InputError.
+    Refused: IPv4 in any other form (``127.1``, ``0177.0.0.1``, ``0x7f.1``, ``999.1.1.1``:
+    resolvers read some of them as other addresses), and IPv6 literals, because syncoid
+    splits ``user@host:dataset`` at the first ``:`` (a name that resolves to an IPv6
+    address works). In: the host. Out: the same host. Raises InputError.
     """
     host = _check_str(host, "host")
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        labels = host.split(".")
-        if len(host) <= 253 and all(_DNS_LABEL.fullmatch(label) for label in labels):
-            return host
-        raise InputError(f"host {_show(host)} is neither an IPv4 address nor a host name")
+        return _host_name(host)
     if address.version != 4:
-        raise InputError(f"host {_show(host)} is IPv6; syncoid needs an IPv4 address or a name")
+        raise InputError(f"host {_show(host)} is an IPv6 address; syncoid cannot reach an "
+                         "IPv6 literal (it splits user@host:dataset at ':'): use a host name "
+                         "that resolves to it")
+    return host
+
+
+def _host_name(host: str) -> str:
+    """``host`` when it is a DNS host name (and not an IPv4 address in disguise)."""
+    labels = host.split(".")
+    if ":" in host or "%" in host:
+        raise InputError(f"host {_show(host)} is not a valid IPv6 address or host name; "
+                         "IPv6 literals cannot be used, use a host name")
+    if len(host) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        raise InputError(f"host {_show(host)} is neither an IPv4 address nor a host name")
+    if _NUMERIC_LABEL.fullmatch(labels[-1]):
+        raise InputError(f"host {_show(host)} is not a canonical IPv4 address (four decimal "
+                         "numbers 0-255 without leading zeros, e.g. 192.0.2.10) nor a host name")
     return host
 
 
@@ -280,6 +300,20 @@ def validate_abs_path(path: str, what: str = "path") -> str:
         raise InputError(f"{what} {_show(path)} must be an absolute path of letters, digits "
                          "and _ . @ : + - only, without '..'")
     return path
+
+
+_CONFIG_KEY = re.compile(r"[a-z][a-z_]*[0-9]*|lxc\.[a-z0-9_.-]+")
+
+
+def validate_config_key(key: str) -> str:
+    """A guest config key name as PVE spells it (``hostpci0``, ``lxc.mount.entry``).
+
+    In: the name. Out: the same name. Raises InputError."""
+    key = _check_str(key, "config key")
+    if not _CONFIG_KEY.fullmatch(key):
+        raise InputError(f"config key {_show(key)} is not a guest config key name; name it as "
+                         "the config spells it, e.g. hostpci0 or lxc.mount.entry")
+    return key
 
 
 def validate_keep(keep: int) -> int:

@@ -22,12 +22,12 @@ JOB_FLOWS = {
     "btrfs-replica": "dapx.flows.btrfs_replica.btrfs_replica",
     "dataset-replica": "dapx.flows.dataset.dataset_replica",
 }
-_JOB_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_JOB_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
 def validate_job_name(name: str) -> str:
     """Job (deployment) names: lower-case letters, digits and dashes; InputError otherwise."""
-    if not _JOB_NAME.match(name or ""):
+    if not _JOB_NAME.fullmatch(name or ""):
         raise InputError(f"job name {name!r} must be lower-case letters, digits and dashes "
                          "(e.g. vm100-to-pve3)")
     return name

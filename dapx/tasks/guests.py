@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dapx.core.guestconfig import GuestConfig, GuestKind, parse_guest_config
+from dapx.core.registration import REPLICA_MARK
 from dapx.core.storagecfg import parse_storage_cfg
 from dapx.core.validate import validate_node_name, validate_vmid
 from dapx.errors import CommandError, InputError
@@ -22,8 +23,6 @@ if TYPE_CHECKING:
 
 STORAGE_CFG = "/etc/pve/storage.cfg"
 CONFIG_DIRS: dict[str, str] = {"qemu": "qemu-server", "lxc": "lxc"}
-REPLICA_MARK = "#dapx-replica-of: "
-"""First description line of every config dapx registers: ``#dapx-replica-of: pve1/100``."""
 
 # Constant scripts; values only ever arrive as positional arguments ("$1"), never inside them.
 _REPLACE_FILE = 'tmp="$1.tmp.$$"; cat > "$tmp" && mv -f "$tmp" "$1"'
@@ -65,7 +64,7 @@ def config_path(kind: str, vmid: int, node: str | None = None) -> str:
 def parse_grep_files(output: str, paths: list[str]) -> dict[str, str]:
     """``grep -H "" PATH...`` output -> {path: text}; a path is matched as ``<path>:``."""
     found: dict[str, list[str]] = {}
-    for line in output.splitlines():
+    for line in output.split("\n"):  # "\n" only: configs may hold \v, \x85, \u2028...
         for path in paths:
             if line.startswith(path + ":"):
                 found.setdefault(path, []).append(line[len(path) + 1:])
@@ -124,9 +123,10 @@ def replica_mark(source: str, vmid: int) -> str:
 
 
 def is_replica_of(text: str, source: str, vmid: int) -> bool:
-    """True when a config's description carries our mark for this source guest."""
-    mark = replica_mark(source, vmid)
-    return any(line.strip() == mark for line in text.splitlines() if line.startswith("#"))
+    """True when a config's FIRST line is our mark for this source guest. A mark further
+    down (typed into a description, or copied from a source that is itself a replica) does
+    not count: the registration strips those and writes its own first."""
+    return text.split("\n", 1)[0].rstrip("\r") == replica_mark(source, vmid)
 
 
 read_guest = dapx_task(read_source_guest, name="read-guest")

@@ -26,6 +26,7 @@ import time
 from typing import Any, Callable, Literal, Optional, Protocol
 
 import requests
+import urllib3
 from proxmoxer import ProxmoxAPI
 from proxmoxer.core import ResourceException
 from pydantic import SecretStr
@@ -202,7 +203,13 @@ class ApiClient:
         return self._call("DELETE", parts, params)
 
     def _call(self, method: str, parts: tuple[object, ...], params: dict[str, Any]) -> Any:
-        """One API call; ``parts`` are path components (each checked). Raises the mapped errors."""
+        """One API call; ``parts`` are path components (each checked). Raises the mapped errors.
+
+        Every failure of the HTTP stack (requests, urllib3, http.client, proxmoxer) becomes a
+        DapxError whose message names the node and the kind of failure only: their own texts
+        can quote the request's headers, and so the API token secret. The error is raised
+        outside the ``except`` block so it carries no ``__context__`` either.
+        """
         path = [_part(p) for p in parts]
         resource = self._api(path)
         try:
@@ -210,15 +217,26 @@ class ApiClient:
                 return resource._request(method, params=dict(params))
             return resource._request(method, data=dict(params))
         except ResourceException as exc:
-            raise self._api_error(method, "/".join(path), exc) from None
-        except requests.exceptions.SSLError as exc:
-            if "fingerprint" in str(exc).lower():
-                raise self._fingerprint_error() from None
-            raise ConnectionLost(f"TLS handshake with {self.name} ({self.host}:{self.port}) failed: "
-                                 f"{exc}") from None
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            raise ConnectionLost(f"cannot reach the API of {self.name} at {self.host}:{self.port}: "
-                                 f"{type(exc).__name__}") from None
+            error = self._api_error(method, "/".join(path), exc)
+        except Exception as exc:  # noqa: BLE001 - every transport failure, re-worded safely
+            error = self._transport_error(method, "/".join(path), exc)
+        raise error
+
+    def _transport_error(self, method: str, path: str, exc: Exception) -> Exception:
+        """A DapxError for a failure below the API (never quoting ``exc``'s text)."""
+        where = f"the API of {self.name} at {self.host}:{self.port}"
+        kind = transport_failure(exc)
+        if isinstance(exc, requests.exceptions.SSLError):
+            if "fingerprint" in repr(exc.args).lower():
+                return self._fingerprint_error()
+            return ConnectionLost(f"TLS handshake with {where} failed ({kind})")
+        if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                            urllib3.exceptions.TimeoutError, urllib3.exceptions.ProtocolError,
+                            ConnectionError, TimeoutError)):
+            return ConnectionLost(f"cannot reach {where}: {kind}")
+        return ApiError(f"{method} /{path} on {self.name} could not be sent or read ({kind}); "
+                        f"check the node's api_token_id and api_token_secret for stray "
+                        f"characters, and its host and api_port")
 
     def _api_error(self, method: str, path: str, exc: ResourceException) -> Exception:
         status = exc.status_code
@@ -301,6 +319,17 @@ class ApiClient:
                              f"failed: {exitstatus or 'no exit status'} ({last})",
                              upid=upid, exitstatus=exitstatus, log_tail=log)
         return status
+
+
+def transport_failure(exc: BaseException) -> str:
+    """``"ConnectionError: NewConnectionError"``: the class names of ``exc`` and of the error
+    inside it, without any text (those texts may quote request headers and secrets)."""
+    names = [type(exc).__name__]
+    inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
+    reason = getattr(inner, "reason", None) or inner
+    if isinstance(reason, BaseException) and type(reason).__name__ not in names:
+        names.append(type(reason).__name__)
+    return ": ".join(names)
 
 
 def _error_text(exc: ResourceException) -> str:

@@ -30,7 +30,7 @@ def parse(text: str) -> GuestConf:
     conf = GuestConf()
     section = conf.current
     desc: list[str] = []
-    for raw in text.splitlines():
+    for raw in text.split("\n"):  # as PVE: split /\n/, never at \v, \x85, \u2028...
         line = raw.rstrip()
         if not line:
             continue
