@@ -12,8 +12,8 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dapx.core import validate
-from dapx.core.types import (Bandwidth, BridgeName, DatasetName, NodeName, PoolName, SubFolder,
-                             Vmid)
+from dapx.core.types import (Bandwidth, BridgeName, CarryKey, DatasetName, NodeName, PoolName,
+                             SubFolder, Vmid)
 from dapx.core.validate import Compression
 from dapx.errors import InputError
 
@@ -55,6 +55,13 @@ class ReplicaJob(BaseModel):
                                          examples=["50M"])
     notify: NotifyMode = Field(default="failure", description="When to send a notification.",
                                examples=["failure"])
+    carry_keys: list[CarryKey] = Field(
+        default_factory=list,
+        description="Config keys the registered replica keeps although they run code as root "
+        "or pass host devices through on the destination (hookscript, args, hostpciN, usbN, "
+        "serialN/parallelN on host ports; for containers devN and raw lxc.* keys). Dropped "
+        "unless named here; the plan and the result list what was dropped.",
+        examples=[["hostpci0", "lxc.mount.entry"]])
 
     @field_validator("bridge_map", mode="before")
     @classmethod

@@ -5,21 +5,39 @@ whose disks name the replicated volumes (new VMID, destination storage), whose b
 mapped, with ``cpu: host`` when asked, without snapshot/PENDING/cloud-init sections and
 without ``parent``, ``lock`` and ``onboot`` (a replica must not start by itself; PVE's default
 for a missing ``onboot`` is off). Lines not changed keep their exact bytes.
+
+Keys that would run code as root on the destination or hand it host devices it may not have
+(``hookscript``, ``args``, ``hostpci*``, ``usb*``, host serial/parallel ports; for
+containers every raw ``lxc.*`` key and ``devN``) are dropped unless the job names them in
+``carry_keys``; ``dropped_keys`` lists them for the plan and the result. Description lines
+carrying a replica mark (``#dapx-replica-of: ...``) are dropped too: only the mark the
+product writes on the first line counts (a source that is itself a replica, or a description
+someone typed, must not make its copy look like another guest's replica).
 """
 
 from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Collection
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dapx.core.guestconfig import ConfigLine, GuestConfig, Section, list_disks
 from dapx.core.propstring import PropertyString
 from dapx.core.types import BridgeName, StorageId, Vmid
+from dapx.core.validate import validate_config_key
 from dapx.errors import InputError
 
 DROPPED_KEYS = ("parent", "lock", "onboot")
+REPLICA_MARK = "#dapx-replica-of: "
+"""First line of every config dapx registers: ``#dapx-replica-of: pve1/100``."""
+# Keys that run code as root on the destination or pass host hardware through, by guest kind.
+_HAZARDS = {
+    "qemu": re.compile(r"hookscript|args|hostpci[0-9]+|usb[0-9]+|parallel[0-9]+|serial[0-9]+"),
+    "lxc": re.compile(r"hookscript|dev[0-9]+|lxc\..*", re.DOTALL),
+}
+_SAFE_SERIAL = "socket"  # serialN: socket is a virtual port; /dev/ttyS0 is the host's
 _VOLNAME = re.compile(r"(?:(?P<dir>[0-9]+)/)?(?P<kind>vm|base|subvol)-(?P<owner>[0-9]+)-"
                       r"(?P<rest>[A-Za-z0-9_.-]+)")
 _CLOUDINIT = re.compile(r"vm-[0-9]+-cloudinit(?:\.[a-z0-9]+)?")
@@ -42,6 +60,43 @@ class RegistrationOptions(BaseModel):
         "listed stay as they are", examples=[{"vmbr0": "vmbr1"}])
     cpu_host: bool = Field(default=False, description="Set 'cpu: host' (VMs only; ignored "
                            "for containers)", examples=[True])
+    carry_keys: tuple[str, ...] = Field(
+        default=(), description="Config keys to carry although they run code as root or pass "
+        "host devices through (hookscript, args, hostpciN, usbN, raw lxc.* keys...); by "
+        "default those are dropped", examples=[("hostpci0", "lxc.cgroup2.devices.allow")])
+
+    @field_validator("carry_keys")
+    @classmethod
+    def _check_carry_keys(cls, keys: tuple[str, ...]) -> tuple[str, ...]:
+        try:
+            return tuple(validate_config_key(k) for k in keys)
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
+
+
+def is_hazardous(kind: str, key: str, value: str) -> bool:
+    """True when config line ``key: value`` of a ``kind`` guest runs code as root on the
+    destination or passes a host device through."""
+    if not _HAZARDS[kind].fullmatch(key):
+        return False
+    return not (key.startswith("serial") and value.strip() == _SAFE_SERIAL)
+
+
+def is_mark_line(line: ConfigLine) -> bool:
+    """True for a description line that reads as a replica mark (any spelling of it)."""
+    text = line.raw.strip().lstrip("#").strip().lower()
+    return line.is_comment and text.startswith(REPLICA_MARK.strip("# :"))
+
+
+def dropped_keys(config: GuestConfig, carry_keys: Collection[str] = ()) -> list[str]:
+    """The main config's hazardous keys the registration leaves out (those ``carry_keys``
+    does not name), each once, in file order."""
+    found: list[str] = []
+    for key, value in config.main.items():
+        if (is_hazardous(config.kind, key, value) and key not in carry_keys
+                and key not in found):
+            found.append(key)
+    return found
 
 
 def rename_volume(volname: str, old_vmid: int, new_vmid: int) -> str:
@@ -53,7 +108,7 @@ def rename_volume(volname: str, old_vmid: int, new_vmid: int) -> str:
     """
     match = _VOLNAME.fullmatch(volname)
     if not match:
-        why = "a linked clone" if re.match(r"base-[0-9]+-[^/]+/", volname) else \
+        why = "a linked clone" if re.fullmatch(r"base-[0-9]+-[^/]+/.*", volname, re.DOTALL) else \
             "not named by PVE"
         raise InputError(f"volume {volname!r} is {why}; dapx can only replicate volumes named "
                          "vm-<vmid>-..., subvol-<vmid>-... or base-<vmid>-...")
@@ -102,13 +157,15 @@ def _map_bridge(value: str, bridge_map: dict[str, str]) -> str:
     return str(props)
 
 
-def _rewrite_line(line: ConfigLine, disks: dict[str, str], old_vmid: int,
+def _rewrite_line(line: ConfigLine, kind: str, disks: dict[str, str], old_vmid: int,
                   opts: RegistrationOptions) -> ConfigLine | None:
     """The destination form of one main-config line; None drops it."""
     key, value = line.key, line.value
     if key is None or value is None:
-        return line
+        return None if is_mark_line(line) else line
     if key in DROPPED_KEYS:
+        return None
+    if is_hazardous(kind, key, value) and key not in opts.carry_keys:
         return None
     if key in disks:
         return _with_value(line, _new_disk_value(key, value, old_vmid, opts))
@@ -132,7 +189,9 @@ def _set_key(section: Section, key: str, value: str) -> None:
 
 def rewrite_for_destination(config: GuestConfig, old_vmid: int,
                             options: RegistrationOptions) -> GuestConfig:
-    """The destination config (a new object; ``config`` is not changed).
+    """The destination config (a new object; ``config`` is not changed), without the
+    hazardous keys ``options`` does not carry (``dropped_keys`` names them) and without any
+    replica mark from the source.
 
     Raises InputError for a disk on a storage missing from the storage map, a host-path
     disk, a linked clone or a volume owned by another guest.
@@ -145,7 +204,7 @@ def rewrite_for_destination(config: GuestConfig, old_vmid: int,
         disks[disk.key] = disk.volid
     main = Section(None, "", [])
     for line in config.main.lines:
-        new = _rewrite_line(copy.copy(line), disks, old_vmid, options)
+        new = _rewrite_line(copy.copy(line), config.kind, disks, old_vmid, options)
         if new is not None:
             main.lines.append(new)
     while main.lines and main.lines[-1].raw.strip() == "":

@@ -57,6 +57,8 @@ AbsPath = Annotated[str, AfterValidator(_as_value_error(validate.validate_abs_pa
                     Field(examples=["/root/.ssh/dapx_replication"])]
 CronLine = Annotated[str, AfterValidator(_as_value_error(cron.validate_cron)),
                      Field(examples=["*/15 * * * *"])]
+CarryKey = Annotated[str, AfterValidator(_as_value_error(validate.validate_config_key)),
+                     Field(examples=["hostpci0"])]
 Keep = Annotated[int, AfterValidator(_as_value_error(validate.validate_keep)),
                  Field(examples=[3])]
 

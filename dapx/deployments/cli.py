@@ -65,7 +65,7 @@ def _create_dataset(args: argparse.Namespace) -> int:
 
     _require(args, "dataset", "dataset", "dest_dataset")
     _refuse(args, "dataset", "guest", "method", "pool", "subfolder", "dest_vmid",
-            "no_register", "cpu_host", "bridge_map")
+            "no_register", "cpu_host", "bridge_map", "carry_keys")
     fields = {"source": args.source, "dataset": args.dataset, "destination": args.dest,
               "dest_dataset": args.dest_dataset, "recursive": args.recursive,
               "compression": args.compress, "keep": args.keep, "bwlimit": args.bwlimit,
@@ -90,7 +90,7 @@ def _create_replica(args: argparse.Namespace) -> int:
         "dest_pool": args.pool, "subfolder": args.subfolder, "dest_vmid": args.dest_vmid,
         "compression": args.compress, "keep": args.keep, "register_vm": not args.no_register,
         "cpu_host": args.cpu_host, "bridge_map": args.bridge_map or {}, "bwlimit": args.bwlimit,
-        "notify": args.notify,
+        "notify": args.notify, "carry_keys": args.carry_keys,
     }
     try:
         spec = ReplicaJob(**{k: v for k, v in fields.items() if v is not None})
@@ -142,6 +142,10 @@ def add_job_parser(sub: argparse._SubParsersAction) -> None:
     create.add_argument("--no-register", action="store_true", help="do not register the VM")
     create.add_argument("--cpu-host", action="store_true", help="set cpu: host on the replica")
     create.add_argument("--bridge-map", help="vmbr0=vmbr1,...")
+    create.add_argument("--carry-key", action="append", dest="carry_keys", metavar="KEY",
+                        help="replica: keep this config key although it runs code as root or "
+                             "passes a host device through (hookscript, hostpci0, "
+                             "lxc.mount.entry...); repeat for each key")
     create.add_argument("--bwlimit", help="bandwidth limit, e.g. 50M")
     create.add_argument("--notify", choices=["always", "failure", "daily", "never"])
     create.add_argument("--paused", action="store_true", help="create with the schedule paused")

@@ -195,7 +195,7 @@ async def _btrfs_replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNo
     if dry_run:
         rows = [{"disk": d.key, "source": d.source, "receive into": d.receive_dir,
                  "disk on destination": d.writable, "plan": results[d.key].plan} for d in disks]
-        await publish_plan(job, rows, name)
+        await publish_plan(job, rows, name, guest)
         return
     await btrfs.snapshot_readonly(source, [d.source for d in disks], name)
     await btrfs.make_dirs(dest, sorted({d.receive_dir for d in disks} |

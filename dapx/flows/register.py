@@ -4,7 +4,10 @@ The source config is rewritten by ``dapx.core.registration`` (new VMID, disks on
 destination storage, bridges mapped, optional ``cpu: host``, no snapshots/PENDING/onboot)
 and written to ``/etc/pve/nodes/<dest>/{qemu-server,lxc}/<vmid>.conf``. The first
 description line marks it as ours (``#dapx-replica-of: pve1/100``): a re-run replaces our
-own config; a VMID that belongs to any other guest is refused.
+own config; a VMID that belongs to any other guest is refused. Keys that would run code as
+root on the destination or pass host devices through (``hookscript``, ``args``, ``hostpciN``,
+``usbN``, raw ``lxc.*``...) are left out unless the job's ``carry_keys`` names them; the
+registration result names every key left out (``registration_note`` says it in the plan).
 
 Destination storage (ZFS): PVE needs a storage whose pool is ``<dest_pool>/<subfolder>``.
 An existing zfspool storage with that pool is used; otherwise dapx adds one,
@@ -25,7 +28,8 @@ from dapx.blocks.manage import aload_nodes
 from dapx.blocks.node import ProxmoxNode
 from dapx.core.guestconfig import list_disks, serialise
 from dapx.core.jobspec import ReplicaJob
-from dapx.core.registration import RegistrationOptions, rewrite_for_destination
+from dapx.core.registration import (RegistrationOptions, dropped_keys,
+                                    rewrite_for_destination)
 from dapx.core.validate import validate_storage_id
 from dapx.errors import ConflictError
 from dapx.tasks.guests import (
@@ -50,9 +54,30 @@ class Registration(BaseModel):
     storage: str = Field(description="Destination storage id the disks point at.")
     action: Literal["created", "updated", "unchanged"] = Field(description="What happened.")
     storage_created: bool = Field(default=False, description="The storage was added now.")
+    dropped_keys: list[str] = Field(
+        default_factory=list, description="Config keys left out of the replica: they run code "
+        "as root or pass host devices through on the destination (keep them with the job's "
+        "carry_keys).", examples=[["hookscript", "hostpci0"]])
 
     def __str__(self) -> str:
-        return f"{self.action} {self.kind} {self.vmid} on {self.node} (storage {self.storage})"
+        text = f"{self.action} {self.kind} {self.vmid} on {self.node} (storage {self.storage})"
+        return text + dropped_note(self.dropped_keys)
+
+
+def dropped_note(keys: list[str]) -> str:
+    """``"; left out hookscript, hostpci0 (...)"`` for a result or plan line; "" for none."""
+    if not keys:
+        return ""
+    return (f"; left out {', '.join(keys)} (root hooks or host devices; name them in the "
+            "job's carry_keys to keep them)")
+
+
+def registration_note(job: ReplicaJob, guest: SourceGuest) -> str:
+    """The plan's line about registration: VMID, bridges, cpu host and every config key the
+    replica will not carry."""
+    return (f"would register the guest as VMID {job.target_vmid} on {job.destination} "
+            f"(bridges {job.bridge_map or 'unchanged'}{', cpu host' if job.cpu_host else ''})"
+            + dropped_note(dropped_keys(guest.config, job.carry_keys)))
 
 
 def zfs_storage_id(pool: str, subfolder: str) -> str:
@@ -144,7 +169,8 @@ def registration_options(job: ReplicaJob, guest: SourceGuest, storage: str) -> R
     """Every source storage the guest's disks use maps to ``storage``."""
     storages = {d.storage for d in list_disks(guest.config) if d.storage}
     return RegistrationOptions(new_vmid=job.target_vmid, storage_map={s: storage for s in storages},
-                               bridge_map=job.bridge_map, cpu_host=job.cpu_host)
+                               bridge_map=job.bridge_map, cpu_host=job.cpu_host,
+                               carry_keys=tuple(job.carry_keys))
 
 
 async def register_guest(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode,
@@ -163,12 +189,13 @@ async def register_guest(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode
     else:
         storage, created = validate_storage_id(storage or job.dest_pool), False
     await check_vmid_available(job, source, dest, guest.kind)
-    config = rewrite_for_destination(guest.config, job.guest,
-                                     registration_options(job, guest, storage))
+    options = registration_options(job, guest, storage)
+    config = rewrite_for_destination(guest.config, job.guest, options)
     text = with_mark(serialise(config), job.source, job.guest)
     action = await write_registration(dest, guest, job.target_vmid, text)
     return Registration(node=dest.name, vmid=job.target_vmid, kind=guest.kind, storage=storage,
-                        action=action, storage_created=created)
+                        action=action, storage_created=created,
+                        dropped_keys=dropped_keys(guest.config, options.carry_keys))
 
 
 @flow(name="register-vm", log_prints=False, **KEPT_RESULTS)

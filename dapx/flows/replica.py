@@ -34,7 +34,7 @@ from dapx.core.snapshots import FullSend, Plan, Snapshot
 from dapx.core.syncoid_argv import SyncoidOptions
 from dapx.core.volumes import destination_dataset, zfs_dataset
 from dapx.errors import ConflictError, DapxError, InputError, PermanentError
-from dapx.flows.register import check_vmid_available, register_guest
+from dapx.flows.register import check_vmid_available, register_guest, registration_note
 from dapx.flows.trust import KNOWN_HOSTS, REPLICATION_KEY, check_trust
 from dapx.tasks import zfs
 from dapx.tasks.guests import SourceGuest, read_guest
@@ -241,14 +241,11 @@ def plan_rows(disks: list[ZfsDisk], plans: dict[str, Plan], src: dict, dst: dict
     return rows
 
 
-async def publish_plan(job: ReplicaJob, rows: list[dict[str, Any]], name: str) -> None:
+async def publish_plan(job: ReplicaJob, rows: list[dict[str, Any]], name: str,
+                       guest: SourceGuest) -> None:
     facts = {"guest": f"{job.source}/{job.guest}", "destination":
              f"{job.destination}/{job.target_vmid}"}
-    notes = []
-    if job.register_vm:
-        notes.append(f"would register the guest as VMID {job.target_vmid} on "
-                     f"{job.destination} (bridges {job.bridge_map or 'unchanged'}"
-                     f"{', cpu host' if job.cpu_host else ''})")
+    notes = [registration_note(job, guest)] if job.register_vm else []
     await publish_run_plan(guest_run(job), facts, rows, name, notes)
 
 
@@ -472,7 +469,7 @@ async def _replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode, dr
     result.disks = list(results.values())
     if dry_run:
         await publish_plan(job, plan_rows(disks, plan.plans, plan.src, plan.dst, run, name),
-                           name)
+                           name, guest)
         return
     parent = destination_dataset(job.dest_pool, job.subfolder, "x").rsplit("/", 1)[0]
     await replicate_datasets(run, source, dest, plan, results, name, parent)

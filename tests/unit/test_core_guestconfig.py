@@ -10,7 +10,8 @@ import pytest
 
 from dapx.core.guestconfig import list_disks, parse_guest_config, serialise
 from dapx.core.propstring import PropertyString
-from dapx.core.registration import RegistrationOptions, rename_volume, rewrite_for_destination
+from dapx.core.registration import (RegistrationOptions, dropped_keys, rename_volume,
+                                    rewrite_for_destination)
 from dapx.core.volumes import btrfs_subvolume, destination_dataset, zfs_dataset
 from dapx.errors import InputError
 
@@ -274,8 +275,14 @@ def test_rewrite_container() -> None:
     assert "unused0: local-zfs:subvol-9101-disk-2\n" in out
     assert "bridge=vmbr9" in out and "cpu:" not in out
     assert "onboot" not in out and "parent" not in out and "[test]" not in out
-    assert out.startswith("# should be preserved\n") and out.endswith("rwm\n")
-    assert "lxc.cgroup2.devices.allow = c 10:200 rwm\n" in out
+    assert out.startswith("# should be preserved\n")
+    # Raw lxc.* keys run as root on the destination: left out unless the job carries them.
+    assert "lxc." not in out and out.endswith("unused0: local-zfs:subvol-9101-disk-2\n")
+    assert dropped_keys(config) == ["lxc.apparmor.profile", "lxc.cgroup2.devices.allow"]
+    carried = serialise(rewrite_for_destination(config, 101, options.model_copy(
+        update={"carry_keys": ("lxc.cgroup2.devices.allow",)})))
+    assert carried.endswith("lxc.cgroup2.devices.allow = c 10:200 rwm\n")
+    assert "apparmor" not in carried
 
 
 def test_rewrite_pve_snapshot_sample_drops_sections() -> None:
