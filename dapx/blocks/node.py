@@ -18,7 +18,7 @@ import re
 from typing import TYPE_CHECKING, Literal, Optional
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from dapx.core import validate as core_validate
 from dapx.errors import InputError
@@ -33,11 +33,12 @@ ORCHESTRATOR_KEY_BLOCK = "dapx-orchestrator-key"
 
 DEFAULT_API_PORTS = {"pve": 8006, "pbs": 8007}
 
-_UNIX_USER = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
-_TOKEN_ID = re.compile(r"^[A-Za-z0-9_.-]+@[A-Za-z0-9_.-]+![A-Za-z0-9_.-]+$")
+_UNIX_USER = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+_TOKEN_ID = re.compile(r"[A-Za-z0-9_.-]+@[A-Za-z0-9_.-]+![A-Za-z0-9_.-]+")
 _HOST_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
                    "ecdsa-sha2-nistp521", "ssh-rsa")
-_FINGERPRINT = re.compile(r"^[0-9A-F]{2}(?::[0-9A-F]{2}){31}$")
+_TOKEN_SECRET = re.compile(r"[\x21-\x7e]{1,512}")
+_FINGERPRINT = re.compile(r"[0-9A-F]{2}(?::[0-9A-F]{2}){31}")
 
 
 def normalize_host_key(line: str) -> str:
@@ -65,7 +66,7 @@ def normalize_fingerprint(value: str) -> str:
     """Accept ``aa:bb:..`` or bare hex (sha256) and return upper-case colon hex; ValueError if not sha256."""
     hexdigits = value.strip().replace(":", "").upper()
     pretty = ":".join(hexdigits[i:i + 2] for i in range(0, len(hexdigits), 2))
-    if not _FINGERPRINT.match(pretty):
+    if not _FINGERPRINT.fullmatch(pretty):
         raise ValueError("TLS fingerprint must be a SHA-256 digest: 32 hex bytes separated by colons")
     return pretty
 
@@ -86,6 +87,9 @@ class ProxmoxNode(Block):
     secrets. The SSH host key and TLS fingerprint are recorded by the first successful node test
     and enforced afterwards.
     """
+
+    # A refused value may be a secret: validation errors never quote the input.
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     _block_type_name = "Proxmox Node"
     _block_type_slug = "proxmox-node"
@@ -183,7 +187,7 @@ class ProxmoxNode(Block):
     @field_validator("ssh_user")
     @classmethod
     def _check_user(cls, value: str) -> str:
-        if not _UNIX_USER.match(value):
+        if not _UNIX_USER.fullmatch(value):
             raise ValueError(f"SSH user {value!r} must be a Unix user name (lower case, digits, _ . -)")
         return value
 
@@ -195,9 +199,21 @@ class ProxmoxNode(Block):
     @field_validator("api_token_id")
     @classmethod
     def _check_token_id(cls, value: Optional[str]) -> Optional[str]:
-        if value and not _TOKEN_ID.match(value):
+        if value and not _TOKEN_ID.fullmatch(value):
             raise ValueError(f"API token id {value!r} must look like user@realm!tokenname")
         return value or None
+
+    @field_validator("api_token_secret")
+    @classmethod
+    def _check_token_secret(cls, value: Optional[SecretStr]) -> Optional[SecretStr]:
+        # Goes into an HTTP header: a space, control character or non-ASCII letter would make
+        # the HTTP stack raise an error quoting the header. The message never shows the value.
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if not _TOKEN_SECRET.fullmatch(value.get_secret_value()):
+            raise ValueError("API token secret must be printable ASCII without spaces or line "
+                             "breaks (PVE and PBS secrets are UUIDs)")
+        return value
 
     @field_validator("tls_fingerprint")
     @classmethod
