@@ -80,7 +80,8 @@ def cmd_node(args: argparse.Namespace) -> int:
             name=args.name, host=args.host, ssh_port=args.port, ssh_user=args.user,
             key_file=args.key_file, kind=args.kind, storage_kind=args.storage,
             api_token_id=args.token_id, api_token_secret_file=args.token_secret_file,
-            overwrite=args.overwrite,
+            ssh_host_key=nodes_admin.host_key_argument(args.host_key),
+            tls_fingerprint=args.tls_fingerprint, overwrite=args.overwrite,
         )
         print(f"node {block} saved; run `dapx node test {args.name}` to pin its keys")
         return 0
@@ -109,9 +110,11 @@ def cmd_node(args: argparse.Namespace) -> int:
 
 def cmd_init(args: argparse.Namespace) -> int:
     from dapx.blocks import manage as nodes_admin
+    from dapx.deployments import server
 
     from dapx.deployments.automations import ensure_automations
 
+    server.prepare_clients()  # the API credential exists before any secret is stored
     public = nodes_admin.init_orchestrator_key(overwrite=args.overwrite)
     ensure_automations()
     print("orchestrator key ready; authorise this public key for root on each node:")
@@ -155,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--token-id", help="API token id, e.g. root@pam!dapx")
     add.add_argument("--token-secret-file",
                      help="file holding the API token secret ('-' reads stdin)")
+    add.add_argument("--host-key", metavar="KEY",
+                     help="pin the node's SSH host public key now, checked out of band: the "
+                          "line ('ssh-ed25519 AAAA...') or a .pub file holding it")
+    add.add_argument("--tls-fingerprint", metavar="SHA256",
+                     help="pin the API certificate's SHA-256 fingerprint now, checked out of "
+                          "band (pvenode cert info / proxmox-backup-manager cert info)")
     add.add_argument("--overwrite", action="store_true", help="replace an existing node block")
     test = nsub.add_parser("test", help="test SSH and API, pin host key and TLS fingerprint (N2)")
     test.add_argument("name")
@@ -213,9 +222,11 @@ def _use_running_server() -> None:
     when it answers, instead of Prefect's in-process server on the same SQLite file."""
     from prefect.settings import PREFECT_API_URL
 
+    from dapx.deployments.server import DEFAULT_PORT, is_healthy, use_saved_credential
+
+    use_saved_credential()
     if os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value():
         return
-    from dapx.deployments.server import DEFAULT_PORT, is_healthy
 
     url = f"http://127.0.0.1:{DEFAULT_PORT}/api"
     if is_healthy(url):

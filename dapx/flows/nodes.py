@@ -6,7 +6,11 @@ readable results are pydantic models whose ``str()`` is a short report; each flo
 a table artifact in the Prefect UI.
 
 node-check pins on first success: the SSH host key and the TLS fingerprint the node presents
-are saved into the block only when every check passed, so a failed test writes nothing.
+are saved into the block only when every check passed, so a failed test writes nothing. The
+API's certificate is pinned only when it is the one the node itself holds: its fingerprint is
+read from the node's certificate file over the (pinned) SSH session and must equal what the
+API presents. Keys checked out of band can be pinned beforehand (``dapx node add --host-key
+--tls-fingerprint``); a pinned value is enforced, never replaced.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ from pydantic import BaseModel, Field
 from dapx.flows import KEPT_RESULTS
 from dapx.blocks.manage import aload_nodes
 from dapx.blocks.node import ProxmoxNode, host_key_fingerprint
+from dapx.core.certs import cert_files, pem_leaf_fingerprint
 from dapx.core.guestconfig import list_disks, parse_guest_config
 from dapx.core.storagecfg import parse_storage_cfg
 from dapx.core.types import NodeName
-from dapx.errors import CommandError
+from dapx.errors import CommandError, TLSFingerprintError
 from dapx.tasks.base import dapx_task
 from dapx.transports.pve import fetch_tls_fingerprint
 from dapx.tasks.ssh import get_session, node_sessions
@@ -54,7 +59,7 @@ INVENTORY_COMMANDS: dict[str, list[str]] = {
     # the qemu-server/lxc symlinks given on the command line).
     "guest_configs": ["grep", "-r", "-H", "", "/etc/pve/qemu-server/", "/etc/pve/lxc/"],
 }
-_CONFIG_LINE = re.compile(r"^/etc/pve/(qemu-server|lxc)/(\d+)\.conf:(.*)$")
+_CONFIG_LINE = re.compile(r"/etc/pve/(qemu-server|lxc)/(\d+)\.conf:(.*)")
 
 
 def parse_zpools(text: str) -> list[dict[str, str]]:
@@ -94,8 +99,8 @@ def parse_subvolumes(text: str) -> list[str]:
 def parse_guest_configs(text: str) -> list["Guest"]:
     """``grep -r -H "" qemu-server/ lxc/`` output -> guests with their disks, sorted by VMID."""
     files: dict[tuple[str, int], list[str]] = {}
-    for line in text.splitlines():
-        match = _CONFIG_LINE.match(line)
+    for line in text.split("\n"):  # as PVE: "\n" only, never \v, \x85, \u2028...
+        match = _CONFIG_LINE.fullmatch(line)
         if match:
             files.setdefault((match[1], int(match[2])), []).append(match[3])
     guests = []
@@ -230,14 +235,32 @@ def _fact(results: dict[str, Result], name: str, notes: list[str], ok: tuple[int
 # node-check (N2)
 
 
-@dapx_task(name="check-ssh", retries=1)
-async def check_ssh(block: ProxmoxNode) -> tuple[str, dict[str, Any], list[str]]:
-    """Log in (recording the host key if none is pinned) and read the node's facts.
+def cert_commands(kind: str) -> dict[str, list[str]]:
+    """``cat`` of each certificate file the node's API may serve (see ``core.certs``)."""
+    return {path: ["cat", "--", path] for path in cert_files(kind)}
 
-    Out: (host key line, facts, notes). Raises HostKeyError, AuthError, ConnectionLost.
+
+def node_cert_fingerprint(kind: str, results: dict[str, Result]) -> tuple[str | None, str]:
+    """(fingerprint of the certificate the node's proxy serves, the file it came from) from
+    the ``cert_commands`` results; (None, why) when no file could be read."""
+    for path in cert_files(kind):
+        result = results[path]
+        fingerprint = pem_leaf_fingerprint(result.stdout) if result.exit_status == 0 else None
+        if fingerprint:
+            return fingerprint, path
+    return None, f"none of {', '.join(cert_files(kind))} holds a certificate"
+
+
+@dapx_task(name="check-ssh", retries=1)
+async def check_ssh(block: ProxmoxNode) -> tuple[str, dict[str, Any], list[str], dict[str, str]]:
+    """Log in (recording the host key if none is pinned), read the node's facts and the
+    fingerprint of its API certificate file.
+
+    Out: (host key line, facts, notes, {"fingerprint", "file"} of the certificate or
+    {"error"}). Raises HostKeyError, AuthError, ConnectionLost.
     """
     async with block.ssh(record=True) as session:
-        results = await run_many(session, FACT_COMMANDS)
+        results = await run_many(session, FACT_COMMANDS | cert_commands(block.kind))
         host_key = session.host_key or ""
     notes: list[str] = []
     facts = {
@@ -247,17 +270,47 @@ async def check_ssh(block: ProxmoxNode) -> tuple[str, dict[str, Any], list[str]]
         "btrfs_mounts": parse_btrfs_mounts(_fact(results, "btrfs", notes, ok=(0, 1))),
         "bridges": parse_bridges(_fact(results, "bridges", notes)),
     }
-    return host_key, facts, notes
+    fingerprint, file = node_cert_fingerprint(block.kind, results)
+    cert = {"fingerprint": fingerprint, "file": file} if fingerprint else {"error": file}
+    return host_key, facts, notes, cert
+
+
+def fingerprint_to_pin(block: ProxmoxNode, node_cert: dict[str, str]) -> str:
+    """The fingerprint to use for the API: the pinned one, else the one the API presents when
+    it equals the node's own certificate file read over SSH (``node_cert`` from check_ssh).
+
+    Raises TLSFingerprintError when they differ or the file could not be read: the answer
+    may come from something else than the node; pin out of band then.
+    """
+    if block.tls_fingerprint:
+        return block.tls_fingerprint
+    where = f"{block.host}:{block.api_port}"
+    presented = fetch_tls_fingerprint(block.host, int(block.api_port or 0))
+    if "fingerprint" not in node_cert:
+        raise TLSFingerprintError(
+            f"node {block.name}: cannot read its API certificate over SSH "
+            f"({node_cert.get('error', 'unknown reason')}), so the certificate {where} presents "
+            f"({presented}) cannot be checked; pin it out of band: dapx node add {block.name} "
+            f"--overwrite ... --tls-fingerprint <SHA-256>")
+    if node_cert["fingerprint"] != presented:
+        raise TLSFingerprintError(
+            f"node {block.name}: the API at {where} presents certificate {presented}, but the "
+            f"node's own {node_cert['file']} (read over SSH) is {node_cert['fingerprint']}: "
+            f"something else answers for the node's API; nothing was pinned. If a proxy "
+            f"serves the API on purpose, pin its fingerprint with --tls-fingerprint")
+    return presented
 
 
 @dapx_task(name="check-api", retries=1)
-def check_api(block: ProxmoxNode, hostname: str) -> tuple[str, str, list[str]]:
-    """Reach the API with the token over the pinned (or now recorded) certificate.
+def check_api(block: ProxmoxNode, hostname: str,
+              node_cert: dict[str, str] | None = None) -> tuple[str, str, list[str]]:
+    """Reach the API with the token over the pinned certificate, or, when none is pinned yet,
+    over the one the API presents if it is the node's own (``fingerprint_to_pin``).
 
     Out: (fingerprint, version, storage ids or datastores). Raises TLSFingerprintError,
     AuthError, ApiError, ConnectionLost, InputError (no token configured).
     """
-    fingerprint = block.tls_fingerprint or fetch_tls_fingerprint(block.host, int(block.api_port or 0))
+    fingerprint = fingerprint_to_pin(block, node_cert or {})
     client = block.model_copy(update={"tls_fingerprint": fingerprint}).api()
     version = str(client.version().get("version", "unknown"))
     if block.kind == "pbs":
@@ -285,8 +338,8 @@ async def node_check(node: NodeName) -> NodeCheckResult:
     DapxError (HostKeyError, AuthError, TLSFingerprintError, ConnectionLost, ...) when a check fails.
     """
     (block,) = await aload_nodes(node)
-    host_key, facts, notes = await check_ssh(block)
-    fingerprint, version, storages = check_api(block, facts["hostname"])
+    host_key, facts, notes, node_cert = await check_ssh(block)
+    fingerprint, version, storages = check_api(block, facts["hostname"], node_cert)
     key_recorded = block.ssh_host_key is None
     tls_recorded = block.tls_fingerprint is None
     if key_recorded or tls_recorded:

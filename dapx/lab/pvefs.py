@@ -116,6 +116,10 @@ def write_node_files(node: NodeSpec, secret: str, fingerprints: dict[str, str]) 
     write_file(fs_dir(node, "etc-network") / "interfaces", interfaces(node))
     fs_dir(node, "var-log-pve").joinpath("tasks").mkdir(parents=True, exist_ok=True)
     if node.kind == "pbs":
+        # Where a real PBS keeps the certificate its proxy serves (the node test reads it).
+        backup_etc = fs_dir(node, "etc-proxmox-backup")
+        write_file(backup_etc / "proxy.pem", tls.cert_paths(node)[0].read_bytes(), 0o640)
+        write_file(backup_etc / "proxy.key", tls.cert_paths(node)[1].read_bytes(), 0o600)
         (fs_dir(node, "datastore") / PBS_DATASTORE).mkdir(parents=True, exist_ok=True)
         write_file(fs_dir(node, "etc-proxmox-backup") / "datastore.cfg",
                    f"datastore: {PBS_DATASTORE}\n\tpath {DATASTORE_PATH}\n"
