@@ -1,15 +1,26 @@
 """Run the product: a Prefect server on its embedded SQLite, the work pool, and a worker.
 
 ``dapx up`` calls ``run_product``; the pieces are separate so tests can start just a server.
+
+The server is never open: it runs with Prefect's own authentication
+(``PREFECT_SERVER_API_AUTH_STRING``) with a credential made once and kept root-only in
+``$PREFECT_HOME/dapx/api-auth`` (0600), CORS allows only the UI's own origin, and the Prefect
+home with its database (which holds every block secret and their encryption key) is
+readable by root only (0700/0600). Clients need nothing exported: the active Prefect profile
+(``profiles.toml``, 0600) gets ``PREFECT_API_URL`` and ``PREFECT_API_AUTH_STRING``, which the
+``prefect`` and ``dapx`` commands, workers and the Python SDK all read.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import stat
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+import tomllib
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -19,6 +30,10 @@ from dapx.errors import DapxError
 
 WORK_POOL = "dapx"
 DEFAULT_PORT = 4200
+CREDENTIAL_FILE = Path("dapx") / "api-auth"
+"""The API credential, relative to the Prefect home: ``dapx:<random>``, root-only."""
+CREDENTIAL_USER = "dapx"
+DEFAULT_PROFILE = "ephemeral"  # the profile Prefect makes active when none is chosen
 
 LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
 """Concurrency leases kept in files under the Prefect home: they survive a server restart, so a
@@ -26,10 +41,15 @@ lock held by a running job is neither lost (a second run getting in) nor leaked 
 for good, as with Prefect's in-memory default)."""
 
 
-def server_env() -> dict[str, str]:
-    """Settings of the Prefect server the product runs (on top of the caller's environment)."""
-    return {"PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": LEASE_STORAGE}
+def server_env(port: int | None = None, credential: str | None = None) -> dict[str, str]:
+    """Settings of the Prefect server the product runs (on top of the caller's environment);
+    with ``credential``, authentication and CORS limited to the UI's origins on ``port``."""
+    env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": LEASE_STORAGE}
+    if credential:
+        env |= {"PREFECT_SERVER_API_AUTH_STRING": credential,
+                "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS": ui_origins(port or DEFAULT_PORT)}
+    return env
 
 
 def prefect_bin() -> str:
@@ -55,16 +75,160 @@ def wait_healthy(api_url: str, timeout: float = 90.0) -> None:
     raise DapxError(f"Prefect server at {api_url} did not become healthy in {timeout:.0f} s")
 
 
-def start_server(port: int = DEFAULT_PORT, *, log_path: Path | None = None) -> subprocess.Popen:
+# -----------------------------------------------------------------------------------------------
+# The API credential, the Prefect home's modes, the client profile
+
+
+def prefect_home() -> Path:
+    """The Prefect home: ``$PREFECT_HOME`` when set (read now, not at import), else Prefect's
+    setting (``~/.prefect``)."""
+    if os.environ.get("PREFECT_HOME"):
+        return Path(os.environ["PREFECT_HOME"]).expanduser()
+    from prefect.settings import get_current_settings
+
+    return Path(get_current_settings().home).expanduser()
+
+
+def secure_home(home: Path) -> None:
+    """Make the Prefect home and its database, profiles and dapx files root-only: the
+    database holds every block secret and the key they are encrypted with."""
+    home.mkdir(parents=True, exist_ok=True)
+    home.chmod(0o700)
+    (home / CREDENTIAL_FILE.parent).mkdir(mode=0o700, exist_ok=True)
+    (home / CREDENTIAL_FILE.parent).chmod(0o700)
+    for path in [*home.glob("prefect.db*"), home / "profiles.toml",
+                 *(home / CREDENTIAL_FILE.parent).glob("*")]:
+        if path.is_file() and not path.is_symlink():
+            path.chmod(stat.S_IMODE(path.stat().st_mode) & 0o600)
+
+
+def api_credential(home: Path | None = None) -> str:
+    """The Prefect API credential (``dapx:<random>``), made once and kept in
+    ``<home>/dapx/api-auth`` (0600, in a 0700 directory). In: the Prefect home (default
+    ``prefect_home()``). Out: the credential."""
+    home = home or prefect_home()
+    secure_home(home)
+    path = home / CREDENTIAL_FILE
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        text = ""
+    if text:
+        return text
+    credential = f"{CREDENTIAL_USER}:{secrets.token_urlsafe(32)}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(credential + "\n")
+    path.chmod(0o600)
+    return credential
+
+
+def ui_origins(port: int) -> str:
+    """The UI's own origins (CORS allows only these): 127.0.0.1 and localhost on ``port``."""
+    return f"http://127.0.0.1:{port},http://localhost:{port}"
+
+
+def client_settings(api_url: str | None, credential: str) -> dict[str, str]:
+    """What a client needs to use the server: its URL (when known) and the credential. The
+    server-side credential comes along so that a server Prefect starts by itself from this
+    profile (``prefect server start``, the ephemeral one) is never open either."""
+    settings = {"PREFECT_API_AUTH_STRING": credential,
+                "PREFECT_SERVER_API_AUTH_STRING": credential}
+    return settings | ({"PREFECT_API_URL": api_url} if api_url else {})
+
+
+def write_client_profile(settings: dict[str, str], home: Path | None = None) -> Path:
+    """Merge ``settings`` into the active Prefect profile in ``<home>/profiles.toml`` (0600),
+    as ``prefect config set`` would; return the file's path. The active profile is
+    ``$PREFECT_PROFILE``, else the file's ``active``, else Prefect's default."""
+    import toml  # Prefect's own dependency, as prefect.settings.profiles writes the file
+
+    home = home or prefect_home()
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml")
+    data = tomllib.loads(path.read_text()) if path.exists() else {}
+    active = os.environ.get("PREFECT_PROFILE") or data.get("active") or DEFAULT_PROFILE
+    data.setdefault("active", active)
+    profile = data.setdefault("profiles", {}).setdefault(active, {})
+    if all(profile.get(k) == v for k, v in settings.items()):
+        return path
+    profile.update(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(toml.dumps(data))
+    path.chmod(0o600)
+    return path
+
+
+def use_credential(api_url: str | None, credential: str) -> AbstractContextManager:
+    """Point the processes this one starts (environment, now) and this process (the settings
+    context returned, to enter) at the server with the credential."""
+    from prefect.settings import (PREFECT_API_AUTH_STRING, PREFECT_API_URL,
+                                  temporary_settings)
+
+    updates = {PREFECT_API_AUTH_STRING: credential}
+    os.environ["PREFECT_API_AUTH_STRING"] = credential
+    if api_url:
+        os.environ["PREFECT_API_URL"] = api_url
+        updates[PREFECT_API_URL] = api_url
+    return temporary_settings(updates=updates)
+
+
+def connect_clients(api_url: str, home: Path | None = None) -> Path:
+    """After the server is up: write its URL and credential into the active profile, so
+    ``prefect``, ``dapx``, workers and the SDK find them with nothing exported. Returns the
+    credential file's path (the UI's login asks for its content)."""
+    home = home or prefect_home()
+    write_client_profile(client_settings(api_url, api_credential(home)), home)
+    return home / CREDENTIAL_FILE
+
+
+def prepare_clients(home: Path | None = None) -> None:
+    """Before the first server runs (``dapx init``): make the credential and put it in the
+    active profile, so even a server Prefect starts by itself requires it; use it here."""
+    home = home or prefect_home()
+    credential = api_credential(home)
+    write_client_profile(client_settings(None, credential), home)
+    use_credential(None, credential).__enter__()  # for the rest of this command
+
+
+def use_saved_credential(home: Path | None = None) -> None:
+    """Use the saved credential in this command when no credential is configured (e.g.
+    another profile is active); nothing when there is none."""
+    from prefect.settings import PREFECT_API_AUTH_STRING
+
+    if os.environ.get("PREFECT_API_AUTH_STRING") or PREFECT_API_AUTH_STRING.value():
+        return
+    path = (home or prefect_home()) / CREDENTIAL_FILE
+    try:
+        credential = path.read_text().strip()
+    except OSError:
+        return
+    if credential:
+        use_credential(None, credential).__enter__()  # for the rest of this command
+
+
+# -----------------------------------------------------------------------------------------------
+# The server
+
+
+def start_server(port: int = DEFAULT_PORT, *, log_path: Path | None = None,
+                 home: Path | None = None) -> subprocess.Popen:
     """Start ``prefect server start`` on 127.0.0.1:``port`` in a session of its own (the
-    database and leases under the caller's PREFECT_HOME); ``stop_server`` ends it."""
+    database and leases under ``home``, default the caller's PREFECT_HOME), requiring the
+    home's credential (``api_credential``), CORS limited to its UI, its files root-only;
+    ``stop_server`` ends it."""
+    home = home or prefect_home()
+    credential = api_credential(home)
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    env = {**os.environ, **server_env()}
+    env = {**os.environ, "PREFECT_HOME": str(home), **server_env(port, credential)}
     env.pop("PREFECT_API_URL", None)
     try:
+        # umask 077: the database, its journal and the logs are created root-only.
         return subprocess.Popen(
             [prefect_bin(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            umask=0o077)
     finally:
         if log is not subprocess.DEVNULL:
             log.close()  # the child holds its own copy
@@ -81,12 +245,17 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def prefect_server(port: int = DEFAULT_PORT, *, log_path: Path | None = None) -> Iterator[str]:
-    """Start ``prefect server start`` on 127.0.0.1:``port``; yield its API URL; stop it after."""
+def prefect_server(port: int = DEFAULT_PORT, *, log_path: Path | None = None,
+                   home: Path | None = None) -> Iterator[str]:
+    """Start ``prefect server start`` on 127.0.0.1:``port`` (``start_server``: with
+    authentication, CORS limited to its UI, its home root-only); yield its API URL; stop it
+    after."""
     api_url = f"http://127.0.0.1:{port}/api"
-    proc = start_server(port, log_path=log_path)
+    home = home or prefect_home()
+    proc = start_server(port, log_path=log_path, home=home)
     try:
         wait_healthy(api_url)
+        secure_home(home)  # a database made by an older version may still be world-readable
         yield api_url
     finally:
         stop_server(proc)

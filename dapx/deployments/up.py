@@ -27,8 +27,8 @@ from dapx.deployments.processes import stop_tree
 
 
 def _log_dir() -> Path:
-    path = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")) / "dapx"
-    path.mkdir(parents=True, exist_ok=True)
+    path = server.prefect_home() / "dapx"
+    server.secure_home(path.parent)  # root-only: the database holds every secret
     return path
 
 
@@ -119,6 +119,7 @@ def run_product(*, port: int = server.DEFAULT_PORT, with_lab: str = "auto",
 
 def _run(stack: ExitStack, port: int, with_lab: str, worker_limit: int) -> int:
     api_url = os.environ.get("PREFECT_API_URL")
+    external = bool(api_url)
     if api_url:
         server.wait_healthy(api_url, timeout=10)
     else:
@@ -128,6 +129,11 @@ def _run(stack: ExitStack, port: int, with_lab: str, worker_limit: int) -> int:
     # import, so point them at the server too (else the client starts its own).
     os.environ["PREFECT_API_URL"] = api_url
     stack.enter_context(temporary_settings(updates={PREFECT_API_URL: api_url}))
+    if not external:  # our server: its URL and credential into the profile, and used here
+        credential_file = server.connect_clients(api_url)
+        stack.enter_context(server.use_credential(api_url, server.api_credential()))
+        print(f"dapx: the API requires a login; the UI asks for the password in "
+              f"{credential_file} (root only)")
     print(f"dapx: Prefect server and UI at {api_url.removesuffix('/api')}")
     server.register_blocks()
     server.ensure_work_pool()

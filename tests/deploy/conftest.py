@@ -1,7 +1,11 @@
-"""A real Prefect server for the deploy tier: started once per test session on a free port.
+"""A real Prefect server for the deploy tier: started once per test session on a free port,
+the way `dapx up` starts it: with authentication (the credential in the Prefect home, 0600),
+CORS limited to its UI, and the URL and credential written into the active Prefect profile.
+Every server started here (``OwnServer`` too) requires the credential.
 
-Tests drive it the way users do: `dapx` and `prefect` commands in subprocesses with
-PREFECT_API_URL set, and the Prefect client for assertions.
+Tests drive it the way users do: `dapx` and `prefect` commands in subprocesses (which find
+the server and the credential in the environment, or with ``profile_only`` in PREFECT_HOME's
+profile), and the Prefect client for assertions.
 """
 
 from __future__ import annotations
@@ -30,13 +34,19 @@ def free_port() -> int:
 
 @contextmanager
 def prefect_env(home: Path, api_url: str) -> Iterator[None]:
-    """Point this process (settings) and the commands it starts (environment) at a server."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+    """Point this process (settings) and the commands it starts (environment) at a server
+    whose home is ``home``, with that home's API credential."""
+    from prefect.settings import (PREFECT_API_AUTH_STRING, PREFECT_API_URL, PREFECT_HOME,
+                                  temporary_settings)
 
-    old = {k: os.environ.get(k) for k in ("PREFECT_HOME", "PREFECT_API_URL")}
-    os.environ.update(PREFECT_HOME=str(home), PREFECT_API_URL=api_url)
+    credential = server.api_credential(home)
+    keys = ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_API_AUTH_STRING")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update(PREFECT_HOME=str(home), PREFECT_API_URL=api_url,
+                      PREFECT_API_AUTH_STRING=credential)
     try:
-        with temporary_settings(updates={PREFECT_API_URL: api_url, PREFECT_HOME: home}):
+        with temporary_settings(updates={PREFECT_API_URL: api_url, PREFECT_HOME: home,
+                                         PREFECT_API_AUTH_STRING: credential}):
             yield
     finally:
         for key, value in old.items():
@@ -55,7 +65,8 @@ class OwnServer:
         self.proc = None
 
     def start(self) -> None:
-        self.proc = server.start_server(self.port, log_path=self.home / "server.log")
+        self.proc = server.start_server(self.port, log_path=self.home / "server.log",
+                                        home=self.home)
         server.wait_healthy(self.api_url)
 
     def stop(self) -> None:
@@ -73,15 +84,23 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("prefect-home")
     port = free_port()
     with prefect_env(home, f"http://127.0.0.1:{port}/api"):
-        with prefect_server(port, log_path=home / "server.log") as url:
+        with prefect_server(port, log_path=home / "server.log", home=home) as url:
+            server.connect_clients(url, home)  # as dapx up: URL and credential in the profile
             yield url
 
 
-def run_cli(*argv: str, check: bool = True, input: str | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `dapx` or `prefect` from the venv, as a user would, with the test server's URL."""
+def run_cli(*argv: str, check: bool = True, input: str | None = None, timeout: float = 300,
+            profile_only: bool = False) -> subprocess.CompletedProcess:
+    """Run `dapx` or `prefect` from the venv, as a user would, with the test server's URL.
+
+    ``profile_only``: without PREFECT_API_URL/PREFECT_API_AUTH_STRING in the environment, as
+    a user who exported nothing (the command finds both in PREFECT_HOME's profile)."""
+    env = {**os.environ, "COLUMNS": "250"}
+    if profile_only:
+        env = {k: v for k, v in env.items()
+               if k not in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING")}
     result = subprocess.run([str(BIN / argv[0]), *argv[1:]], capture_output=True, text=True,
-                            input=input, timeout=timeout, env={**os.environ, "COLUMNS": "250"})
+                            input=input, timeout=timeout, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(argv)} exited {result.returncode}:\n"
                              f"{result.stdout}\n{result.stderr}")
