@@ -24,6 +24,7 @@ from dapx.errors import InputError
 REPLICATION_KEY_TYPE = "ssh-ed25519"
 """The replication key is made by ``ssh-keygen -t ed25519``: only that type is authorised."""
 
+_ED25519_BLOB = 4 + 11 + 4 + 32  # string "ssh-ed25519", string of the 32-byte key
 _COMMENT = re.compile(r"[A-Za-z0-9_.@:+-]{1,100}")
 
 SshFailure = Literal["unreachable", "refused", "host_key_changed", "host_key_unknown", "other"]
@@ -55,7 +56,8 @@ def parse_public_key(text: str, expected_type: str = REPLICATION_KEY_TYPE) -> tu
         blob = base64.b64decode(fields[1], validate=True)
     except binascii.Error:
         raise InputError("the replication public key is not valid base64") from None
-    if not blob.startswith(len(expected_type).to_bytes(4, "big") + expected_type.encode()):
+    prefix = len(expected_type).to_bytes(4, "big") + expected_type.encode()
+    if not blob.startswith(prefix) or (expected_type == "ssh-ed25519" and len(blob) != _ED25519_BLOB):
         raise InputError(f"the replication public key's data is not an {expected_type} key")
     comment = fields[2] if len(fields) == 3 and _COMMENT.fullmatch(fields[2]) else ""
     return fields[0], fields[1], comment

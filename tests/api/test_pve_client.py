@@ -157,3 +157,16 @@ def test_unreachable_api_is_connection_lost(pve, cert_fingerprint):
     client = node_block(pve, cert_fingerprint).model_copy(update={"host": "127.0.0.1", "api_port": port}).api()
     with pytest.raises(ConnectionLost):
         client.version()
+
+
+@pytest.mark.parametrize("secret", ["s3cr3t-value\nX-Injected: 1", "s3cr3t-value\u20ac"])
+def test_a_header_the_http_stack_refuses_is_never_quoted(pve, cert_fingerprint, secret):
+    """Issue 9: http.client refuses such a header with an error quoting it (the secret); the
+    client's error names the failure only, and carries no context that would quote it."""
+    client = PveClient(name="pve1", host=pve.host, port=pve.port, token_id=TOKEN_ID,
+                       token_secret=SecretStr(secret), fingerprint=cert_fingerprint)
+    with pytest.raises(ApiError) as caught:
+        client.version()
+    text = str(caught.value) + repr(caught.value.args)
+    assert "s3cr3t" not in text and "PVEAPIToken" not in text
+    assert caught.value.__context__ is None and caught.value.__cause__ is None
