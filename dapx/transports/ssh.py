@@ -282,6 +282,9 @@ class NodeSession:
 
     async def _run(self, command: str, data: bytes | None, limit: float) -> asyncssh.SSHCompletedProcess:
         assert self._conn is not None
+        if data == b"":  # asyncssh sends no EOF for empty input: the command would wait forever
+            return await self._conn.run(command, stdin=asyncssh.DEVNULL, encoding=None,
+                                        check=False, timeout=limit)
         return await self._conn.run(command, input=data, encoding=None, check=False, timeout=limit)
 
     async def stream(self, argv: list[str], on_line: Callable[[str], Any], *,

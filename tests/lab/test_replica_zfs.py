@@ -111,7 +111,8 @@ async def test_trust_nodes_is_idempotent_and_keeps_the_key_on_the_source() -> No
     assert not (second.key_created or second.key_authorised or second.host_key_pinned)
     assert first.public_key == second.public_key
     authorised = sh(DST, ["cat", "/root/.ssh/authorized_keys"]).splitlines()
-    assert authorised.count(first.public_key) == 1
+    assert [line for line in authorised if first.public_key in line] == [
+        f'restrict,from="198.18.213.11" {first.public_key}']
     assert estate.run(DST, ["test", "-e", REPLICATION_KEY]).returncode != 0
     assert "PRIVATE KEY" in sh(SRC, ["cat", REPLICATION_KEY])
 

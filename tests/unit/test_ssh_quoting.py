@@ -62,3 +62,10 @@ def test_bad_argv_is_refused():
     with pytest.raises(InputError):
         with_env(["true"], {"A;B": "x"})
     assert with_env(["zfs", "list"], {"LC_ALL": "C"}) == ["env", "LC_ALL=C", "zfs", "list"]
+
+
+def test_empty_input_reaches_end_of_file(remote):
+    """An empty stdin ends at once (asyncssh alone would never send EOF: ``cat`` would hang)."""
+    result = asyncio.run(remote.run(["wc", "-c"], input="", timeout=10))
+    assert result.stdout.strip() == "0"
+    assert asyncio.run(remote.run(["cat"], input="abc", timeout=10)).stdout == "abc"
