@@ -29,7 +29,7 @@ from dapx.deployments import server
 from dapx.deployments.jobs import _JOB_NAME
 from dapx.errors import ApiError, ConnectionLost, InputError
 from dapx.flows.register import Registration, registration_note, with_mark
-from dapx.tasks.guests import SourceGuest, is_replica_of
+from dapx.tasks.guests import SourceGuest, is_replica_of, parse_grep_files
 from dapx.transports.pve import PveClient
 
 ED_BLOB = "AAAAC3NzaC1lZDI1NTE5AAAAIB5h8wUGeC8VsV7yQ1m2fsi2J5Ylh9TSK2G7QeN6Yb8u"
@@ -97,6 +97,13 @@ def test_guest_config_splits_on_newline_only(odd: str) -> None:
     options = RegistrationOptions(new_vmid=9100, storage_map={"local-zfs": "local-zfs"})
     out = serialise(rewrite_for_destination(config, 100, options))
     assert f"#notes{odd}more notes\n" in out and f"name: web{odd}x\n" in out
+
+
+@pytest.mark.parametrize("odd", ["\v", "\x85", "\u2028"])
+def test_configs_read_over_ssh_keep_text_after_odd_characters(odd: str) -> None:
+    path = "/etc/pve/qemu-server/100.conf"
+    output = f"{path}:#notes{odd}more\n{path}:name: web{odd}x\n{path}:cores: 2\n"
+    assert parse_grep_files(output, [path]) == {path: f"#notes{odd}more\nname: web{odd}x\ncores: 2\n"}
 
 
 def test_only_the_first_line_mark_counts_and_source_marks_are_stripped() -> None:
