@@ -21,7 +21,7 @@ from tests.helpers.sshd import SshServer, new_key, public_line  # noqa: E402
 
 from dapx.blocks import ProxmoxNode  # noqa: E402
 from dapx.blocks.node import host_key_fingerprint  # noqa: E402
-from dapx.errors import AuthError, HostKeyError, InputError  # noqa: E402
+from dapx.errors import AuthError, HostKeyError, InputError, TLSFingerprintError  # noqa: E402
 from dapx.flows.nodes import node_check, node_inventory  # noqa: E402
 from dapx.transports.pve import format_fingerprint  # noqa: E402
 
@@ -55,12 +55,25 @@ def api(fakepve, fakepve_cafile):
     return fakepve, format_fingerprint(ssl.PEM_cert_to_DER_cert(Path(fakepve_cafile).read_text()))
 
 
-async def save_node(sshd, client_key, api, *, secret: str = TOKEN_SECRET) -> None:
-    pve, _ = api
+async def save_node(sshd, client_key, api, *, secret: str = TOKEN_SECRET,
+                    out_of_band: bool = True) -> None:
+    """The node block; ``out_of_band`` pins fakepve's certificate as `dapx node add
+    --tls-fingerprint` would: this test host has no /etc/pve/local/pve-ssl.pem for the node
+    test to compare the API's certificate with (the lab tests cover that path)."""
+    pve, cert_fp = api
     await ProxmoxNode(name="pve-test", host="127.0.0.1", ssh_port=sshd.port, ssh_user=sshd.user,
                 ssh_private_key=SecretStr(client_key.export_private_key().decode()),
-                api_port=pve.port, api_token_id=TOKEN_ID, api_token_secret=SecretStr(secret)
+                api_port=pve.port, api_token_id=TOKEN_ID, api_token_secret=SecretStr(secret),
+                tls_fingerprint=cert_fp if out_of_band else None,
                 ).asave("pve-test", overwrite=True)
+
+
+async def test_certificate_not_confirmed_over_ssh_is_not_pinned(harness, sshd, client_key, api):
+    await save_node(sshd, client_key, api, out_of_band=False)
+    with pytest.raises(TLSFingerprintError, match="cannot read its API certificate over SSH"):
+        await node_check("pve-test")
+    stored = await ProxmoxNode.aload("pve-test")
+    assert stored.ssh_host_key is None and stored.tls_fingerprint is None
 
 
 async def test_first_check_pins_then_enforces(harness, sshd, client_key, api):
@@ -68,7 +81,7 @@ async def test_first_check_pins_then_enforces(harness, sshd, client_key, api):
     await save_node(sshd, client_key, api)
 
     first = await node_check("pve-test")
-    assert first.ssh_host_key_recorded and first.tls_fingerprint_recorded
+    assert first.ssh_host_key_recorded and not first.tls_fingerprint_recorded
     assert first.ssh_host_key == host_key_fingerprint(sshd.host_key_line)
     assert first.api_version == "9.0.10" and "local" in first.storages
     assert first.hostname == os.uname().nodename
@@ -100,7 +113,7 @@ async def test_wrong_token_writes_nothing(harness, sshd, client_key, api):
     with pytest.raises(AuthError, match="API token refused by pve-test"):
         await node_check("pve-test")
     stored = await ProxmoxNode.aload("pve-test")
-    assert stored.ssh_host_key is None and stored.tls_fingerprint is None
+    assert stored.ssh_host_key is None
 
 
 async def test_unknown_node_is_input_error(harness):
