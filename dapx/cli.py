@@ -111,7 +111,6 @@ def cmd_node(args: argparse.Namespace) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     from dapx.blocks import manage as nodes_admin
     from dapx.deployments import server
-
     from dapx.deployments.automations import ensure_automations
 
     server.prepare_clients()  # the API credential exists before any secret is stored
@@ -227,7 +226,6 @@ def _use_running_server() -> None:
     use_saved_credential()
     if os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value():
         return
-
     url = f"http://127.0.0.1:{DEFAULT_PORT}/api"
     if is_healthy(url):
         os.environ["PREFECT_API_URL"] = url
