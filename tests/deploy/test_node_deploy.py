@@ -42,10 +42,13 @@ def test_node_check_runs_from_its_deployment(prefect_api: str, lab: dict, monkey
     assert "proxmox-node/pve1" in run_cli("prefect", "block", "ls").stdout
     run_cli("prefect", "work-pool", "create", "dapx", "--type", "process", check=False)
     run_cli("prefect", "--no-prompt", "deploy", "--all")  # from prefect.yaml
+    # Nothing exported: the command, the worker and its flow run find the (authenticated)
+    # server's URL and credential in the active profile, as after `dapx up`.
     out = run_cli("prefect", "deployment", "run", "node-check/default",
-                  "-p", "node=pve1").stdout
+                  "-p", "node=pve1", profile_only=True).stdout
     run_id = uuid.UUID(out.split("flow-run/")[1].split()[0].strip())
-    run_cli("prefect", "worker", "start", "--pool", "dapx", "--type", "process", "--run-once")
+    run_cli("prefect", "worker", "start", "--pool", "dapx", "--type", "process", "--run-once",
+            profile_only=True)
 
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(run_id)
