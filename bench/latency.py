@@ -84,11 +84,10 @@ def main() -> None:
         from dapx.deployments import server
 
         with server.prefect_server(port, log_path=home / "server.log"):
-            os.environ["PREFECT_API_URL"] = api_url
             from prefect.client.orchestration import get_client
-            from prefect.settings import PREFECT_API_URL, temporary_settings
 
-            with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            # The server requires its credential: use it here and in the worker (environment).
+            with server.use_credential(api_url, server.api_credential(home)):
                 server.register_blocks()
                 server.ensure_work_pool()
                 from dapx.deployments.builtin import deploy_flow
