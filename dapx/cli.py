@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from typing import Callable, Sequence
@@ -197,25 +196,6 @@ def _add_job_parser(sub: argparse._SubParsersAction) -> None:
     add_job_parser(sub)
 
 
-class _NoUserErrorTraceback(logging.Filter):
-    """Drop the traceback from Prefect's log of a run that failed on a DapxError: the CLI
-    prints that error as one line; tracebacks stay for real bugs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], DapxError):
-            record.exc_info = None
-            record.exc_text = None
-        return True
-
-
-def _quiet_user_errors() -> None:
-    import prefect.logging  # noqa: F401 - configures Prefect's handlers first
-
-    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
-        for handler in logging.getLogger(name).handlers:
-            handler.addFilter(_NoUserErrorTraceback())
-
-
 def _use_running_server() -> None:
     """With no Prefect API configured, talk to the server `dapx up` runs on 127.0.0.1:4200
     when it answers, instead of Prefect's in-process server on the same SQLite file."""
@@ -234,12 +214,20 @@ def _use_running_server() -> None:
         temporary_settings(updates={PREFECT_API_URL: url}).__enter__()  # for this process
 
 
+QUIET_EXEMPT = ("up", "lab", "worker")
+"""Commands whose Prefect console logs stay on: they run the server or workers."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `dapx` console script."""
     # Prefect's server would send usage telemetry out; DAPX sends nothing anywhere unasked.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.cmd not in QUIET_EXEMPT:
+        # Flows a command runs in this process log to the run (the UI), not to the terminal:
+        # the command prints its result, or its error as one line.
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     if args.cmd not in ("up", "lab"):
         _use_running_server()
     if getattr(args, "command", None) and args.command[:1] == ["--"]:
@@ -247,13 +235,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         if args.cmd != "lab":  # the lab commands never import Prefect (2-3 s saved)
-            _quiet_user_errors()
+            from dapx.ui_extensions.logs import quiet_user_errors
+
+            quiet_user_errors()
         return func(args)
     except DapxError as exc:
         print(f"dapx: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # Prefect's server unreachable or refusing us: one line too
+        problem = _prefect_problem(exc)
+        if problem is None:
+            raise
+        print(f"dapx: error: {problem}", file=sys.stderr)
+        return 2
+
+
+def _prefect_problem(exc: BaseException) -> str | None:
+    """One line for a Prefect API that cannot be used (nobody answers, login refused), or
+    None when ``exc`` is something else (a bug keeps its traceback)."""
+    import httpx
+
+    from dapx.deployments.server import prefect_api_url
+
+    url = prefect_api_url() or "the Prefect API URL"
+    while exc is not None and not isinstance(exc, httpx.HTTPError):
+        exc = exc.__cause__ or exc.__context__
+    if isinstance(exc, httpx.TransportError):
+        return (f"no Prefect server answers at {url} ({type(exc).__name__}); start the "
+                "product with `dapx up` (or ./scripts/up.sh), or point PREFECT_API_URL at "
+                "a running server")
+    if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in (401, 403):
+        return (f"the Prefect server at {url} refused the login ({exc.response.status_code}); "
+                "the credential is in $PREFECT_HOME/dapx/api-auth on the server's host: put "
+                "it in PREFECT_API_AUTH_STRING")
+    return None
 
 
 if __name__ == "__main__":

@@ -24,27 +24,41 @@ def _unknown_node(name: str, known: str = "") -> InputError:
                       "--host ...`")
 
 
+def _invalid_node(name: str, exc: BaseException) -> InputError | None:
+    """The one-line error for a node block whose saved data no longer validates (edited in
+    the Prefect UI, say), or None when ``exc`` is something else."""
+    cause = exc if isinstance(exc, ValidationError) else exc.__cause__
+    if not isinstance(cause, ValidationError):
+        return None
+    return InputError(f"node block {name!r} is invalid: {validation_message(cause)}; fix it in the "
+                      f"Prefect UI (Blocks) or replace it with `dapx node add {name} --overwrite ...`")
+
+
 def load_node(name: str) -> ProxmoxNode:
-    """The node block ``name``; InputError naming the known nodes when there is none."""
+    """The node block ``name``; InputError naming the known nodes when there is none, or
+    saying what is wrong when its saved data is invalid."""
     from prefect.exceptions import ObjectNotFound
 
     validate_node_name(name)
     try:
         return ProxmoxNode.load(name, validate=True)
-    except (ValueError, ObjectNotFound):
+    except (ValueError, RuntimeError, ObjectNotFound) as exc:
+        invalid = _invalid_node(name, exc)
+        if invalid is not None:
+            raise invalid from None
         known = ", ".join(sorted(r["name"] for r in list_nodes())) or "none"
         raise _unknown_node(name, known) from None
 
 
 async def aload_nodes(*names: str) -> list[ProxmoxNode]:
-    """The node blocks ``names``, for flows; InputError for the first unknown one."""
+    """The node blocks ``names``, for flows; InputError for the first unknown or invalid one."""
     nodes = []
     for name in names:
         validate_node_name(name)
         try:
             nodes.append(await ProxmoxNode.aload(name))
-        except ValueError:
-            raise _unknown_node(name) from None
+        except (ValueError, RuntimeError) as exc:
+            raise (_invalid_node(name, exc) or _unknown_node(name)) from None
     return nodes
 
 
@@ -119,10 +133,14 @@ def list_nodes() -> list[dict]:
     rows = []
     for doc in docs:
         data = doc.data
+        try:
+            ProxmoxNode.model_validate(data)
+            pinned = "yes" if data.get("ssh_host_key") else "no"
+        except ValidationError as exc:  # saved data edited into something invalid
+            pinned = f"invalid ({validation_message(exc)})"
         rows.append({
             "name": doc.name, "host": data.get("host"), "ssh_port": data.get("ssh_port", 22),
-            "kind": data.get("kind"), "storage_kind": data.get("storage_kind"),
-            "pinned": "yes" if data.get("ssh_host_key") else "no",
+            "kind": data.get("kind"), "storage_kind": data.get("storage_kind"), "pinned": pinned,
         })
     return sorted(rows, key=lambda r: r["name"])
 

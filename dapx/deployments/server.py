@@ -57,6 +57,13 @@ def prefect_bin() -> str:
     return str(Path(sys.executable).with_name("prefect"))
 
 
+def prefect_api_url() -> str | None:
+    """The API URL this process's Prefect client uses (environment, then profile)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+
+
 def is_healthy(api_url: str) -> bool:
     """True when a Prefect server answers ``api_url``/health."""
     try:

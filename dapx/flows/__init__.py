@@ -8,3 +8,12 @@ process that can reach that storage. JSON rather than pickle: reading a result n
 """
 
 KEPT_RESULTS = {"persist_result": True, "result_serializer": "json"}
+
+
+def _quiet_user_errors() -> None:
+    from dapx.ui_extensions.logs import quiet_user_errors
+
+    quiet_user_errors()
+
+
+_quiet_user_errors()  # a flow run's log shows a DapxError as its one line, not a traceback
