@@ -35,18 +35,22 @@ def load_flow(path: str):  # noqa: ANN201 - returns a prefect Flow
 
 
 def deploy_flow(path: str, name: str = DEFAULT_DEPLOYMENT, *, cron: str | None = None,
-                parameters: dict | None = None, tags: list[str] | None = None,
-                description: str | None = None, paused: bool = False) -> str:
-    """Create or update the deployment ``<flow>/<name>`` for the flow at ``path``.
+                timezone: str | None = None, parameters: dict | None = None,
+                tags: list[str] | None = None, description: str | None = None,
+                paused: bool = False) -> str:
+    """Create or update the deployment ``<flow>/<name>`` for the flow at ``path``, with the
+    cron schedule ``cron`` in ``timezone`` (IANA name; UTC when None) if given.
 
     The entrypoint is the module path, so a process worker with DAPX installed runs it without
     fetching code. Returns ``"<flow-name>/<name>"``.
     """
     from prefect.deployments.runner import EntrypointType, deploy
+    from prefect.schedules import Cron
 
     flow = load_flow(path)
+    schedules = [Cron(cron, timezone=timezone, active=not paused)] if cron else None
     deployment = flow.to_deployment(
-        name=name, cron=cron, parameters=parameters or {}, tags=tags or ["dapx"],
+        name=name, schedules=schedules, parameters=parameters or {}, tags=tags or ["dapx"],
         description=description, paused=paused,
         entrypoint_type=EntrypointType.MODULE_PATH,
     )

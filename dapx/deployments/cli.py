@@ -22,21 +22,58 @@ def cmd_job(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(rows, indent=2, default=str))
             return 0
-        print(f"{'JOB':<24} {'FLOW':<14} {'SCHEDULE':<16} PAUSED")
+        print(f"{'JOB':<24} {'FLOW':<16} {'SCHEDULE':<28} STATE")
         for r in rows:
-            print(f"{r['name']:<24} {r['flow']:<14} {r['schedule']:<16} {r['paused']}")
+            state = "paused" if r["paused"] else ("active" if r["schedule"] != "-" else "-")
+            print(f"{r['name']:<24} {r['flow']:<16} {r['schedule']:<28} {state}")
         return 0
     if args.job_cmd == "run":
-        params = {"dry_run": True} if args.plan else {}
-        if args.force:
-            params["force"] = True
-        print(f"flow run {jobs.run_job(args.name, parameters=params)} scheduled now")
-        return 0
+        return _run(args)
     if args.job_cmd == "remove":
         jobs.remove_job(args.name)
         print(f"job {args.name} removed")
         return 0
     raise InputError(f"unknown job command {args.job_cmd!r}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Start a run; with --plan or --wait, wait for it and print its plan or result table;
+    exit 1 when the run did not complete (its state message on stderr, one line)."""
+    import sys
+
+    from dapx.deployments import jobs
+
+    params = {"dry_run": True} if args.plan else {}
+    if args.force:
+        params["force"] = True
+    run_id = jobs.run_job(args.name, parameters=params)
+    if not (args.plan or args.wait):
+        print(f"flow run {run_id} scheduled now")
+        return 0
+    state = jobs.wait_for_run(run_id)
+    kind = "markdown" if args.plan else "table"
+    for artifact in jobs.run_artifacts(run_id, kind):
+        print(artifact.data if kind == "markdown" else _text_table(artifact))
+    if not state.is_completed():
+        message = " ".join((state.message or "").split())
+        print(f"dapx: flow run {run_id} {state.type.value.lower()}: {message}", file=sys.stderr)
+        return 1
+    print(f"flow run {run_id} completed")
+    return 0
+
+
+def _text_table(artifact) -> str:  # noqa: ANN001 - a Prefect table artifact
+    """A table artifact as aligned text, its description first."""
+    rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+    if not rows:
+        return artifact.description or ""
+    columns = list(rows[0])
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = [artifact.description or ""]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
 
 
 def _create(args: argparse.Namespace) -> int:
@@ -74,7 +111,7 @@ def _create_dataset(args: argparse.Namespace) -> int:
     default = re.sub(r"[^a-z0-9-]+", "-", f"ds-{spec.dataset}-to-{spec.destination}".lower())
     name = args.name or default.strip("-")[:63].rstrip("-")
     full = jobs.create_job(name, "dataset-replica", spec, schedule=args.schedule,
-                           paused=args.paused)
+                           timezone=args.timezone, paused=args.paused, replace=args.replace)
     print(f"job {full} saved" + (f", schedule {args.schedule}" if args.schedule else ""))
     return 0
 
@@ -102,7 +139,7 @@ def _create_replica(args: argparse.Namespace) -> int:
                          "use a replica through PBS (recovery job) for it")
     name = args.name or f"vm{spec.guest}-to-{spec.destination}"
     full = jobs.create_job(name, f"{method}-replica", spec, schedule=args.schedule,
-                           paused=args.paused)
+                           timezone=args.timezone, paused=args.paused, replace=args.replace)
     print(f"job {full} saved" + (f", schedule {args.schedule}" if args.schedule else ""))
     return 0
 
@@ -118,7 +155,7 @@ def add_job_parser(sub: argparse._SubParsersAction) -> None:
     job = sub.add_parser("job", help="scheduled jobs (Prefect deployments)")
     jsub = job.add_subparsers(dest="job_cmd", required=True)
 
-    create = jsub.add_parser("create", help="create or update a job")
+    create = jsub.add_parser("create", help="create a job (or replace one, with --replace)")
     create.add_argument("kind", choices=["replica", "dataset"],
                         help="replica: a guest's disks; dataset: a plain ZFS dataset")
     create.add_argument("--name", help="job name (default vm<guest>-to-<dest>, "
@@ -149,12 +186,19 @@ def add_job_parser(sub: argparse._SubParsersAction) -> None:
     create.add_argument("--bwlimit", help="bandwidth limit, e.g. 50M")
     create.add_argument("--notify", choices=["always", "failure", "daily", "never"])
     create.add_argument("--paused", action="store_true", help="create with the schedule paused")
+    create.add_argument("--timezone", help="time zone of the schedule (IANA name, e.g. "
+                        "Europe/Rome; default: this machine's)")
+    create.add_argument("--replace", action="store_true",
+                        help="replace an existing job's options (a paused schedule stays paused)")
 
     lst = jsub.add_parser("list", help="list jobs")
     lst.add_argument("--json", action="store_true")
     run = jsub.add_parser("run", help="run a job now")
     run.add_argument("name")
-    run.add_argument("--plan", action="store_true", help="dry run: print the plan only")
+    run.add_argument("--plan", action="store_true",
+                     help="dry run: wait for the run and print its plan; nothing changes")
+    run.add_argument("--wait", action="store_true",
+                     help="wait for the run, print its result table, exit 1 if it failed")
     run.add_argument("--force", action="store_true", help="allow rolling back a diverged target")
     rm = jsub.add_parser("remove", help="delete a job")
     rm.add_argument("name")

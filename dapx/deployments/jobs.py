@@ -34,21 +34,35 @@ def validate_job_name(name: str) -> str:
 
 
 def create_job(name: str, flow: str, spec: BaseModel, *, schedule: str | None = None,
-               paused: bool = False, description: str | None = None) -> str:
-    """Create or update job ``name`` running ``flow`` (a key of JOB_FLOWS) with ``spec``.
+               timezone: str | None = None, paused: bool = False,
+               description: str | None = None, replace: bool = False) -> str:
+    """Create job ``name`` running ``flow`` (a key of JOB_FLOWS) with ``spec``, on the cron
+    ``schedule`` in ``timezone`` (default: this machine's zone); or, with ``replace``, replace
+    an existing job's options (a paused schedule stays paused).
 
-    Returns ``"<flow>/<name>"``. Raises InputError for a bad name, flow or cron line, for a
-    node that has no block, and when the name is taken by a job of another flow.
+    Returns ``"<flow>/<name>"``. Raises InputError for a bad name, flow, cron line or time
+    zone, for a node that has no block, for an existing job without ``replace``, and when the
+    name is taken by a job of another flow.
     """
     validate_job_name(name)
     if flow not in JOB_FLOWS:
         raise InputError(f"unknown job kind {flow!r}; use one of {', '.join(JOB_FLOWS)}")
     cron = validate_cron(schedule) if schedule else None
+    zone = validate_timezone(timezone) if timezone else local_timezone()
     _check_nodes_exist(spec)
-    for job in list_jobs():
-        if job["name"] == name and job["flow"] != flow:
-            raise InputError(f"job name {name!r} is used by a {job['flow']} job; pick another")
-    return deploy_flow(JOB_FLOWS[flow], name, cron=cron, paused=paused,
+    existing = next((job for job in list_jobs() if job["name"] == name), None)
+    if existing is not None:
+        if existing["flow"] != flow:
+            raise InputError(f"job name {name!r} is used by a {existing['flow']} job; pick "
+                             "another")
+        if not replace:
+            raise InputError(f"job {name!r} exists ({existing['flow']}, schedule "
+                             f"{existing['schedule']}); pass --replace to replace its options")
+        paused = paused or existing["paused"]
+    from dapx.deployments.server import ensure_work_pool
+
+    ensure_work_pool()  # the product's own pool: a job made before `dapx up` still has one
+    return deploy_flow(JOB_FLOWS[flow], name, cron=cron, timezone=zone, paused=paused,
                        parameters={"job": spec.model_dump(mode="json")},
                        tags=["dapx", JOB_TAG], description=description)
 
@@ -62,7 +76,9 @@ def _check_nodes_exist(spec: BaseModel) -> None:
 
 
 def list_jobs() -> list[dict[str, Any]]:
-    """Every job: name, flow, schedule, paused, parameters."""
+    """Every job: name, flow, schedule (cron and time zone), paused, parameters. A job is
+    paused when its deployment is, or when every schedule it has is paused (as
+    `prefect deployment schedule pause` leaves it)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
 
@@ -72,11 +88,44 @@ def list_jobs() -> list[dict[str, Any]]:
         flows = {f.id: f.name for f in client.read_flows()}
     rows = []
     for dep in deployments:
-        crons = [s.schedule.cron for s in dep.schedules if hasattr(s.schedule, "cron")]
+        crons = [s for s in dep.schedules if hasattr(s.schedule, "cron")]
+        schedule = ", ".join(f"{s.schedule.cron} ({s.schedule.timezone or 'UTC'})"
+                             for s in crons) or "-"
+        paused = bool(dep.paused or (crons and not any(s.active for s in crons)))
         rows.append({"name": dep.name, "flow": flows.get(dep.flow_id, "?"),
-                     "schedule": ", ".join(crons) or "-", "paused": dep.paused,
-                     "parameters": dep.parameters})
+                     "schedule": schedule, "paused": paused, "parameters": dep.parameters})
     return sorted(rows, key=lambda r: r["name"])
+
+
+def validate_timezone(name: str) -> str:
+    """An IANA time zone name (``Europe/Rome``); InputError otherwise."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InputError(f"time zone {name!r} is unknown; use an IANA name such as "
+                         "Europe/Rome or UTC") from None
+    return name
+
+
+def local_timezone() -> str:
+    """This machine's IANA time zone (from /etc/timezone or /etc/localtime), else UTC."""
+    from pathlib import Path
+
+    try:
+        text = Path("/etc/timezone").read_text().strip()
+        if text:
+            return validate_timezone(text)
+    except (OSError, InputError):
+        pass
+    target = str(Path("/etc/localtime").resolve())
+    if "/zoneinfo/" in target:
+        try:
+            return validate_timezone(target.split("/zoneinfo/", 1)[1])
+        except InputError:
+            pass
+    return "UTC"
 
 
 def _find(name: str) -> dict[str, Any]:
@@ -95,6 +144,47 @@ def run_job(name: str, *, parameters: dict[str, Any] | None = None) -> str:
     flow_run = run_deployment(f"{job['flow']}/{name}", parameters=parameters or {},
                               timeout=0)
     return str(flow_run.id)
+
+
+PICKUP_TIMEOUT = 60.0
+"""Seconds a waiting `dapx job run` gives a worker to take the run before saying none did."""
+
+
+def wait_for_run(run_id: str, *, pickup_timeout: float = PICKUP_TIMEOUT) -> Any:
+    """Poll run ``run_id`` until it ends; return its final state. Raises InputError when no
+    worker takes it within ``pickup_timeout`` seconds (the run stays scheduled)."""
+    import time
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + pickup_timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            state = client.read_flow_run(UUID(run_id)).state
+            if state is not None and state.is_final():
+                return state
+            if (state is None or state.is_scheduled()) and time.monotonic() > deadline:
+                raise InputError(f"no worker took flow run {run_id} within "
+                                 f"{pickup_timeout:g} s (it stays scheduled): is `dapx up` "
+                                 "running, or a worker on the dapx pool?")
+            time.sleep(0.5)
+
+
+def run_artifacts(run_id: str, kind: str) -> list[Any]:
+    """The artifacts of type ``kind`` (markdown, table) a run left, oldest first."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId,
+                                                ArtifactFilterType)
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+                any_=[UUID(run_id)]), type=ArtifactFilterType(any_=[kind])),
+            sort=ArtifactSort.CREATED_DESC)[::-1]
 
 
 def remove_job(name: str) -> None:

@@ -1,0 +1,103 @@
+"""Deploy tier: `dapx job` does what a person expects. Creating a job under a name that exists
+is refused unless --replace (which keeps a paused schedule paused); a schedule paused with
+`prefect deployment schedule pause` shows as paused; schedules carry a time zone; `job run
+--plan` waits and prints the plan, `--wait` prints the result and exits 1 when the run fails."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from dapx.deployments import server
+from dapx.deployments.processes import stop_tree
+from tests.deploy.conftest import run_cli
+
+JOB = ["dapx", "job", "create", "replica", "--source", "pve1", "--guest", "100", "--dest",
+       "pve3", "--dest-vmid", "9700", "--name", "ux-job"]
+
+
+@pytest.fixture
+def worker(prefect_api: str, lab: dict):  # noqa: ANN201
+    server.ensure_work_pool()
+    proc = subprocess.Popen(server.worker_argv(limit=2), env=server.worker_env(),
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    yield proc
+    stop_tree(proc, grace=10)
+
+
+def _schedule_id(name: str) -> str:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return str(client.read_deployment_by_name(f"zfs-replica/{name}").schedules[0].id)
+
+
+def test_create_replace_pause_and_time_zone(prefect_api: str, lab: dict) -> None:
+    run_cli("dapx", "lab", "register")
+    run_cli(*JOB, "--schedule", "0 2 * * *", "--timezone", "Europe/Rome")
+    try:
+        again = run_cli(*JOB, "--schedule", "0 3 * * *", check=False)
+        assert again.returncode == 2 and "--replace" in again.stderr, again.stderr
+        assert "Traceback" not in again.stderr
+        listed = run_cli("dapx", "job", "list").stdout
+        assert "0 2 * * * (Europe/Rome)" in listed and "active" in listed, listed
+
+        run_cli("prefect", "deployment", "schedule", "pause", "zfs-replica/ux-job",
+                _schedule_id("ux-job"))
+        line = next(l for l in run_cli("dapx", "job", "list").stdout.splitlines()
+                    if l.startswith("ux-job"))
+        assert line.rstrip().endswith("paused"), line
+
+        run_cli(*JOB, "--schedule", "0 4 * * *", "--keep", "5", "--replace")
+        line = next(l for l in run_cli("dapx", "job", "list").stdout.splitlines()
+                    if l.startswith("ux-job"))
+        assert "0 4 * * *" in line and line.rstrip().endswith("paused"), line
+
+        bad = run_cli(*JOB, "--timezone", "Mars/Olympus", "--replace", check=False)
+        assert bad.returncode == 2 and "time zone 'Mars/Olympus'" in bad.stderr
+    finally:
+        run_cli("dapx", "job", "remove", "ux-job")
+
+
+def test_run_plan_and_wait(prefect_api: str, lab: dict, worker) -> None:  # noqa: ANN001
+    run_cli("dapx", "lab", "register")
+    from dapx.flows.trust import trust_nodes
+
+    import asyncio
+
+    asyncio.run(trust_nodes("pve1", "pve3"))
+    run_cli(*JOB, "--paused")
+    try:
+        plan = run_cli("dapx", "job", "run", "ux-job", "--plan")
+        assert "# Replication plan: guest 100" in plan.stdout and "full send" in plan.stdout
+        assert "completed" in plan.stdout
+
+        done = run_cli("dapx", "job", "run", "ux-job", "--wait")
+        assert "vm-9700-disk-0" in done.stdout and "completed" in done.stdout, done.stdout
+
+        # A run that fails: its destination VMID belongs to another guest (VM 300 on pve3).
+        run_cli(*JOB, "--dest-vmid", "300", "--paused", "--replace")
+        failed = run_cli("dapx", "job", "run", "ux-job", "--wait", check=False)
+        assert failed.returncode == 1, failed.stdout + failed.stderr
+        assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+        assert "failed" in failed.stderr and "VMID 300" in failed.stderr, failed.stderr
+    finally:
+        run_cli("dapx", "job", "remove", "ux-job")
+        _forget_replica(9700)
+
+
+def _forget_replica(vmid: int) -> None:
+    """Undo what the successful run made on the shared lab: the replica, its config, the
+    source's snapshots of this job."""
+    from dapx.lab import estate
+
+    estate.run("pve3", ["rm", "-f", f"/etc/pve/nodes/pve3/qemu-server/{vmid}.conf"])
+    for disk in (0, 1):
+        estate.run("pve3", ["zfs", "destroy", "-r", f"rpool/replica/vm-{vmid}-disk-{disk}"])
+        listing = estate.run("pve1", ["zfs", "list", "-H", "-o", "name", "-t", "snapshot",
+                                      "-r", f"rpool/data/vm-100-disk-{disk}"]).stdout
+        for snap in listing.split():
+            if f"@dapx_pve3-{vmid}_" in snap:
+                estate.run("pve1", ["zfs", "destroy", snap])
