@@ -24,7 +24,8 @@ from dapx.deployments import server
 from dapx.deployments.processes import descendants, stop_tree
 from dapx.lab import estate
 from tests.deploy.conftest import OwnServer, prefect_env, run_cli
-from tests.lab.test_replica_helpers import find_process, sha256, wait_for_process, write_random
+from tests.lab.test_replica_helpers import (find_process, preserved, sha256, wait_for_process,
+                                            write_random)
 
 SRC, DST, VMID, NEW = "pve1", "pve3", 100, 9500
 DISKS = {f"rpool/data/vm-100-disk-{i}": f"rpool/replica/vm-{NEW}-disk-{i}" for i in (0, 1)}
@@ -60,7 +61,7 @@ def product(lab: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Own
     """A server with the product's blocks, pool, automations and two jobs of one guest (a
     fast one and one slowed to 1 MiB/s), and the lab trusted pve1 -> pve3."""
     own = OwnServer(tmp_path_factory.mktemp("reliability-prefect-home"))
-    with prefect_env(own.home, own.api_url):
+    with prefect_env(own.home, own.api_url), preserved(SRC, list(DISKS)):
         own.start()
         try:
             server.register_blocks()

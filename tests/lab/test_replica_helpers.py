@@ -7,6 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -101,3 +102,19 @@ async def latest_artifact(key: str):  # noqa: ANN201
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
             sort=ArtifactSort.CREATED_DESC, limit=1)
     return found[0] if found else None
+
+
+@contextmanager
+def preserved(node: str, datasets: list[str]) -> Iterator[None]:
+    """Give the datasets back as they were: the lab is shared by every test of a session
+    (the lab tier checks the seeded guests' bytes), so a test that writes into a seeded disk
+    snapshots it first and rolls back to it at the end (dropping the snapshots taken since)."""
+    mark = f"test-keep-{os.getpid()}"
+    for dataset in datasets:
+        sh(node, ["zfs", "snapshot", f"{dataset}@{mark}"])
+    try:
+        yield
+    finally:
+        for dataset in datasets:
+            sh(node, ["zfs", "rollback", "-r", f"{dataset}@{mark}"])
+            sh(node, ["zfs", "destroy", f"{dataset}@{mark}"])
