@@ -45,7 +45,9 @@ def server_env(port: int | None = None, credential: str | None = None) -> dict[s
     """Settings of the Prefect server the product runs (on top of the caller's environment);
     with ``credential``, authentication and CORS limited to the UI's origins on ``port``."""
     env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": LEASE_STORAGE}
+           "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": LEASE_STORAGE,
+           # The UI calls the API at this URL: on another port than 4200 it would call nothing.
+           "PREFECT_UI_API_URL": f"http://127.0.0.1:{port or DEFAULT_PORT}/api"}
     if credential:
         env |= {"PREFECT_SERVER_API_AUTH_STRING": credential,
                 "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS": ui_origins(port or DEFAULT_PORT)}
@@ -275,7 +277,8 @@ def with_heartbeats(template: dict, heartbeat_seconds: int) -> bool:
     """Make every flow run of a process pool send heartbeats (so a run whose process dies with
     its worker is marked Crashed: ``dapx.deployments.automations``), keeping whatever else
     the template's environment holds. True when ``template`` changed."""
-    env = template["variables"]["properties"].setdefault("env", {"type": "object"})
+    properties = template.setdefault("variables", {}).setdefault("properties", {})
+    env = properties.setdefault("env", {"type": "object"})
     default = env.get("default") or {}
     if default.get(HEARTBEAT_ENV):
         return False
@@ -305,7 +308,11 @@ def ensure_work_pool(name: str = WORK_POOL) -> None:
             except ObjectAlreadyExists:  # created meanwhile by another process
                 pass
             return
-        if with_heartbeats(template, HEARTBEAT_SECONDS):
+        if not template.get("job_configuration"):  # a pool made without a template
+            template = ProcessWorker.get_default_base_job_template()
+            with_heartbeats(template, HEARTBEAT_SECONDS)
+            client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
+        elif with_heartbeats(template, HEARTBEAT_SECONDS):
             client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
 
 

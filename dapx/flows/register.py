@@ -43,6 +43,7 @@ from dapx.tasks.guests import (
 )
 from dapx.tasks.base import dapx_task
 from dapx.tasks.ssh import node_sessions
+from dapx.ui_extensions.artifacts import readable
 
 
 class Registration(BaseModel):
@@ -75,8 +76,9 @@ def dropped_note(keys: list[str]) -> str:
 def registration_note(job: ReplicaJob, guest: SourceGuest) -> str:
     """The plan's line about registration: VMID, bridges, cpu host and every config key the
     replica will not carry."""
+    bridges = readable(job.bridge_map) if job.bridge_map else "unchanged"
     return (f"would register the guest as VMID {job.target_vmid} on {job.destination} "
-            f"(bridges {job.bridge_map or 'unchanged'}{', cpu host' if job.cpu_host else ''})"
+            f"(bridges {bridges}{', cpu host' if job.cpu_host else ''})"
             + dropped_note(dropped_keys(guest.config, job.carry_keys)))
 
 
