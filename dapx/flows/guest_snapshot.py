@@ -17,6 +17,7 @@ from typing import Literal, Optional
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from dapx.flows import KEPT_RESULTS
 from dapx.blocks.manage import aload_nodes
 from dapx.blocks.node import ProxmoxNode
 from dapx.core.guestconfig import GuestConfig, Section, list_disks
@@ -123,7 +124,7 @@ async def _act(node: ProxmoxNode, kind: str, vmid: int, action: Action, name: st
     return f"rolled back to {name}"
 
 
-@flow(name="guest-snapshot", log_prints=False)
+@flow(name="guest-snapshot", log_prints=False, **KEPT_RESULTS)
 async def guest_snapshot(node: NodeName, guest: Vmid, action: Action = "list",
                          name: Optional[str] = None, description: Optional[str] = None,
                          vmstate: bool = False) -> GuestSnapshotResult:

@@ -18,6 +18,7 @@ import difflib
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from dapx.flows import KEPT_RESULTS
 from dapx.blocks.manage import aload_nodes
 from dapx.core import sanoidconf
 from dapx.core.guestconfig import list_disks
@@ -88,7 +89,7 @@ def unified(old: str, new: str) -> str:
                                         sanoidconf.CONF_PATH, sanoidconf.CONF_PATH + " (new)"))
 
 
-@flow(name="snapshot-policy", log_prints=False)
+@flow(name="snapshot-policy", log_prints=False, **KEPT_RESULTS)
 async def snapshot_policy(node: NodeName, guest: Vmid, policy: SanoidPolicy = SanoidPolicy(),
                           dry_run: bool = False) -> PolicyResult:
     """S2: set guest ``guest``'s sanoid policy on node ``node`` (template, per-period

@@ -20,6 +20,7 @@ from typing import Literal, Optional
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from dapx.flows import KEPT_RESULTS
 from dapx.blocks.manage import aload_nodes
 from dapx.blocks.node import ProxmoxNode
 from dapx.core.btrfs_argv import snapshots_of
@@ -241,7 +242,7 @@ async def _read(names: Optional[list[str]]) -> tuple[list[JobRef], list[str]]:
     return refs, notes
 
 
-@flow(name="snapshot-retention", log_prints=False)
+@flow(name="snapshot-retention", log_prints=False, **KEPT_RESULTS)
 async def snapshot_retention(dry_run: bool = False, jobs: Optional[list[str]] = None,
                              lock_wait: float = DEFAULT_WAIT,
                              notify: NotifyMode = "failure") -> RetentionResult:

@@ -19,6 +19,7 @@ from typing import Optional
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from dapx.flows import KEPT_RESULTS
 from dapx.blocks.manage import aload_nodes, list_nodes
 from dapx.core.btrfs_argv import snapshots_of
 from dapx.core.jobspec import ReplicaJob
@@ -282,7 +283,7 @@ def build_view(names: list[str], guest: Optional[int], listings: dict[str, NodeL
     return view
 
 
-@flow(name="snapshot-view", log_prints=False)
+@flow(name="snapshot-view", log_prints=False, **KEPT_RESULTS)
 async def snapshot_view(node: Optional[NodeName] = None, guest: Optional[Vmid] = None,
                         all_nodes: bool = False) -> SnapshotView:
     """S3: every snapshot of guest ``guest`` (every guest when empty) on node ``node`` (every
