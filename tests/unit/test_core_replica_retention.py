@@ -52,7 +52,8 @@ def histories(draw):  # noqa: ANN201
     count = draw(st.integers(0, 25))
     source = [snap(f"{draw(_names)}{i}", i + 1, guid=1000 + i) for i in range(count)]
     shared = draw(st.lists(st.sampled_from(source), unique_by=lambda s: s.name)) if source else []
-    extra = draw(st.lists(st.tuples(_names, st.integers(0, 10**6)), max_size=8))
+    extra = draw(st.lists(st.tuples(_names, st.integers(0, 10**6)), max_size=8,
+                          unique_by=lambda t: t))  # names are unique within a dataset
     target = [snap(s.name, s.createtxg + 500, guid=s.guid) for s in shared]
     target += [snap(f"{p}t{n}", 100 + i, guid=5_000_000 + n) for i, (p, n) in enumerate(extra)]
     return source, target
