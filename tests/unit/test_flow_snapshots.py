@@ -90,3 +90,46 @@ def test_cli_refuses_bad_input_in_one_line(argv: list[str], expected: str, capsy
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+U = ["0c24c2af-b99d-3f46-86e9-1d0f6a4d62bd", "e1a63b70-781f-ac46-9aa4-e04529fd4fa6",
+     "7a92abaf-93dd-2047-9676-2a7e517fdf10", "c8c4dd96-3fd5-0d4c-a941-d68cdd314fc6",
+     "11111111-2222-3333-4444-555555555555", "22222222-3333-4444-5555-666666666666"]
+BTRFS_STORAGE = "btrfs: local-btrfs\n\tpath /var/lib/pve/local-btrfs\n\tcontent images\n"
+
+
+def btrfs_line(sid: int, cgen: int, parent: str, received: str, uuid: str, path: str) -> str:
+    return (f"ID {sid} gen {cgen} cgen {cgen} top level 5 parent_uuid {parent}    "
+            f"received_uuid {received}    uuid {uuid} path {path}")
+
+
+def btrfs_listing(lines: list[str], config: str = "") -> object:
+    return parse_listing("@@dapx-section btrfs /var/lib/pve/local-btrfs\n" + "\n".join(lines)
+                         + f"\n@@dapx-section storage\n{BTRFS_STORAGE}@@dapx-section configs\n"
+                         + config)
+
+
+def test_btrfs_view_and_retention_match_received_snapshots_by_uuid() -> None:
+    disk = "images/200/vm-200-disk-0"
+    source = btrfs_listing([
+        btrfs_line(256, 7, "-", "-", U[0], disk),
+        btrfs_line(257, 8, U[0], "-", U[1], f"{disk}@dapx_pve3-9200_1"),
+        btrfs_line(258, 9, U[0], "-", U[2], f"{disk}@dapx_pve3-9200_2"),
+        btrfs_line(259, 10, U[0], "-", U[3], f"{disk}@dapx_pve3-9200_3")],
+        "/etc/pve/qemu-server/200.conf:scsi0: local-btrfs:200/vm-200-disk-0.raw,size=1M\n")
+    received = "replica/pve2-200/vm-200-disk-0"
+    dest = btrfs_listing([btrfs_line(300, 20, "-", U[1], U[4], f"{received}@dapx_pve3-9200_1"),
+                          btrfs_line(301, 21, "-", U[2], U[5], f"{received}@dapx_pve3-9200_2")])
+    ref = JobRef("vm200-to-pve3", "btrfs-replica",
+                 ReplicaJob(source="pve2", guest=200, destination="pve3", dest_vmid=9200,
+                            keep=1))
+    view = build_view(["pve2"], 200, {"pve2": source, "pve3": dest}, [ref], [])
+    held = {s.name: s.held_by for s in view.guests[0].snapshots}
+    assert held == {"dapx_pve3-9200_1": ["pve3"], "dapx_pve3-9200_2": ["pve3"],
+                    "dapx_pve3-9200_3": []}
+    assert view.guests[0].replicas[0].common == "dapx_pve3-9200_2"
+    src_side, dst_side = plan_job(job_disks(ref, source, dest), {"pve2": source, "pve3": dest})
+    assert src_side.removed == ["dapx_pve3-9200_1"]
+    assert src_side.kept == ["dapx_pve3-9200_2", "dapx_pve3-9200_3"]
+    assert dst_side.where == f"/var/lib/pve/local-btrfs/{received}"
+    assert dst_side.removed == ["dapx_pve3-9200_1"] and dst_side.kept == ["dapx_pve3-9200_2"]
