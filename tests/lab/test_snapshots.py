@@ -262,6 +262,9 @@ async def test_view_after_a_replica_run_shows_groups_and_what_pve3_holds() -> No
         assert entry.disks == ["scsi0", "scsi1"] and entry.creation > 0
         assert entry.used is not None and entry.referenced is not None
     assert [(r.job, r.common) for r in guest.replicas] == [(JOB_NAME, second.snapshot)]
+    everywhere = await snapshot_view(guest=VMID, all_nodes=True)
+    assert [g.node for g in everywhere.guests] == [SRC]
+    assert set(everywhere.nodes) == {"pve1", "pve2", "pve3"}
     table = await latest_artifact("snapshots-pve1-100")
     assert table is not None and first.snapshot in str(table.data)
 
