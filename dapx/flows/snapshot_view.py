@@ -264,7 +264,8 @@ def build_view(names: list[str], guest: Optional[int], listings: dict[str, NodeL
         for vmid in vmids:
             if vmid not in listing.configs:
                 continue
-            held, states = {}, []
+            held: dict[str, dict[str, set[int]]] = {}
+            states: list[ReplicaState] = []
             for ref in jobs:
                 if ref.job.source != name or ref.job.guest != vmid:
                     continue
@@ -273,7 +274,10 @@ def build_view(names: list[str], guest: Optional[int], listings: dict[str, NodeL
                     states.append(ReplicaState(job=ref.name, destination=ref.job.destination,
                                                note="destination could not be read"))
                     continue
-                held[ref.job.destination], state = held_by_job(ref, listing, dest, name)
+                found, state = held_by_job(ref, listing, dest, name)
+                merged = held.setdefault(ref.job.destination, {})
+                for key, guids in found.items():  # two jobs to one node: either copy counts
+                    merged[key] = merged.get(key, set()) | guids
                 states.append(state)
             entry = build_guest(name, listing, vmid, held)
             entry.replicas = states
