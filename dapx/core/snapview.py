@@ -1,7 +1,7 @@
 """Every snapshot of every guest of a node, from ONE command's output (S3).
 
-``LISTING_SCRIPT`` is a constant shell script run once per node: one ``zfs get -r`` per
-pool, two ``btrfs subvolume list`` per BTRFS mount (identities, then creation times), the
+``LISTING_SCRIPT`` is a constant shell script run once per node: every dataset's snapshots
+(``zfs get -d 1``, a few processes at once), two ``btrfs subvolume list`` per BTRFS mount (identities, then creation times), the
 node's ``storage.cfg`` and every guest config (``grep -r -H``), separated by marker lines.
 ``parse_listing`` turns that output into a ``NodeListing``; ``guest_disks`` maps a guest's
 disks to datasets or subvolumes; ``classify`` names a snapshot's group. Pure: no I/O.
@@ -31,12 +31,29 @@ GROUPS: tuple[Group, ...] = ("proxmox", "sanoid", "syncoid", "replication", "oth
 SNAP_PROPS = ("guid", "createtxg", "creation", "used", "referenced")
 MARK = "@@dapx-section"
 
-# Values arrive only as arguments ($1: the props); every section starts with a marker line.
-LISTING_SCRIPT = r'''props=$1
-echo "@@dapx-section zfs"
+LIST_WORKERS = 4
+"""``zfs get`` processes listing at once: ZFS answers one snapshot per round trip (zfs-fuse:
+~0.45 ms each), so a few in parallel list a node of 4000 snapshots in ~60 % of the time."""
+
+# Values arrive only as arguments ($1: the props, $2: workers); every section starts with a
+# marker line. The datasets are listed first (cheap: no snapshots), then split round-robin
+# over $2 ``zfs get -d 1`` (each dataset's own snapshots, once), each into its own file so
+# their output never interleaves mid-line.
+LISTING_SCRIPT = r'''props=$1 workers=$2
+tmp=$(mktemp -d /tmp/dapx-list.XXXXXX) || exit 70
+trap 'rm -rf "$tmp"' EXIT
 for pool in $(zpool list -H -o name 2>/dev/null); do
-  zfs get -H -p -r -o name,property,value "$props" "$pool"
-done
+  zfs list -H -o name -t filesystem,volume -r "$pool"
+done > "$tmp/datasets"
+echo "@@dapx-section zfs"
+if [ -s "$tmp/datasets" ]; then
+  split -n "r/$workers" "$tmp/datasets" "$tmp/part."
+  for part in "$tmp"/part.*; do
+    xargs -r zfs get -H -p -d 1 -o name,property,value "$props" < "$part" > "$part.out" &
+  done
+  wait
+  cat "$tmp"/part.*.out
+fi
 for mount in $(findmnt -t btrfs -n -r -o TARGET 2>/dev/null); do
   echo "@@dapx-section btrfs $mount"
   btrfs subvolume list -u -q -R -c "$mount"
@@ -55,7 +72,7 @@ _OTIME_LINE = re.compile(r"ID (\d+) gen \d+ cgen \d+ top level \d+ otime (\S+ \S
 
 def listing_argv() -> list[str]:
     """The one command that lists everything ``parse_listing`` reads."""
-    return ["sh", "-c", LISTING_SCRIPT, "sh", ",".join(SNAP_PROPS)]
+    return ["sh", "-c", LISTING_SCRIPT, "sh", ",".join(SNAP_PROPS), str(LIST_WORKERS)]
 
 
 @dataclass

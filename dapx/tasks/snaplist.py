@@ -20,7 +20,9 @@ async def list_node_snapshots(node: "ProxmoxNode") -> NodeListing:
     """Parse the node's one-command listing. Raises CommandError when a listing tool failed
     (its last stderr line), ConnectionLost as every SSH task."""
     result = await run(node, listing_argv(), check=False, timeout=300)
-    errors = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    # A dataset destroyed between the listing of names and its ``zfs get`` is no error.
+    errors = [ln for ln in result.stderr.splitlines()
+              if ln.strip() and "does not exist" not in ln]
     if result.exit_status != 0 or errors:
         raise CommandError(f"listing snapshots on {node.name} failed: "
                            f"{(errors or ['exit status ' + str(result.exit_status)])[-1]}",

@@ -59,7 +59,7 @@ def test_parse_listing_reads_every_part_in_one_output() -> None:
     assert sorted(listing.configs) == [100, 101, 200]
     assert guest_config(listing, 100).snapshot_names == ["before-upgrade"]
     assert listing.snapshot_count() == 3
-    assert listing_argv()[:2] == ["sh", "-c"] and listing_argv()[-1].startswith("guid,")
+    assert listing_argv()[:2] == ["sh", "-c"] and listing_argv()[4].startswith("guid,")
 
 
 def test_guest_disks_map_to_datasets_and_subvolumes() -> None:
