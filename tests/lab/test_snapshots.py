@@ -16,6 +16,7 @@ ZFS, its creation times and every command sanoid runs stay real.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -43,6 +44,7 @@ def sanoid_at(hours: int, *args: str) -> str:
     """``sanoid ARGS`` (default ``--cron``) on pve1 as if ``hours`` (and a minute, since ZFS
     creation times have whole seconds) had passed."""
     shift = hours * 3600 + (60 if hours else 0)
+    time.sleep(1.1)  # distinct creation seconds: sanoid orders snapshots by creation time
     return sh(SRC, ["perl", "-e", SANOID_AT, "--", str(shift), *(args or ["--cron"]),
                     "--verbose"])
 
