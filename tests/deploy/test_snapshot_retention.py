@@ -30,7 +30,7 @@ def _clean() -> None:
 def _job_args(keep: int) -> list[str]:
     return ["dapx", "job", "create", "replica", "--source", "pve1", "--guest", "100", "--dest",
             "pve2", "--dest-vmid", "8200", "--no-register", "--name", JOB, "--keep", str(keep),
-            "--schedule", "0 4 1 1 *", "--paused"]
+            "--schedule", "0 4 1 1 *", "--paused", "--replace"]
 
 
 def test_snapshot_retention_runs_as_a_scheduled_deployment(prefect_api: str, lab: dict) -> None:

@@ -24,7 +24,8 @@ from dapx.core.jobspec import ReplicaJob
 from dapx.core.sanoidconf import BEGIN_MARK, CONF_PATH, SanoidPolicy
 from dapx.errors import ConflictError, InputError
 from dapx.lab import estate
-from test_replica_helpers import harness, lab_state, latest_artifact, sh, sha256, zfs_snapshots
+from test_replica_helpers import (harness, lab_state, latest_artifact, preserved, sh, sha256,
+                                  zfs_snapshots)
 
 pytestmark = pytest.mark.lab
 
@@ -88,9 +89,10 @@ async def remove_job() -> None:
 def prefect_lab(request: pytest.FixtureRequest):
     lab_state(request)
     clean_lab()
-    yield from harness(request)
-    asyncio.run(remove_job())
-    clean_lab()
+    with preserved(SRC, list(DISKS)):  # the seeded bytes come back at the end
+        yield from harness(request)
+        asyncio.run(remove_job())
+        clean_lab()
 
 
 async def test_bad_input_is_refused_before_anything_runs() -> None:
@@ -227,7 +229,8 @@ async def _replica_job() -> None:
             await client.create_work_pool(WorkPoolCreate(name="dapx", type="process"))
         except ObjectAlreadyExists:
             pass
-    await asyncio.to_thread(create_job, JOB_NAME, "zfs-replica", job(), paused=True)
+    await asyncio.to_thread(create_job, JOB_NAME, "zfs-replica", job(), paused=True,
+                            replace=True)
 
 
 async def test_view_after_a_replica_run_shows_groups_and_what_pve3_holds() -> None:
@@ -282,7 +285,8 @@ async def test_tight_retention_keeps_the_newest_common_and_replication_goes_on()
     from dapx.flows.replica import zfs_replica
     from dapx.flows.snapshot_retention import snapshot_retention
 
-    await asyncio.to_thread(create_job, JOB_NAME, "zfs-replica", job(keep=1), paused=True)
+    await asyncio.to_thread(create_job, JOB_NAME, "zfs-replica", job(keep=1), paused=True,
+                            replace=True)
     before_src = {d: ours(SRC, d, TAG) for d in DISKS}
     common = before_src["rpool/data/vm-100-disk-0"][-1]
     # A run whose transfer died leaves a newer snapshot on the source only.
