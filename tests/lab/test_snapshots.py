@@ -218,17 +218,8 @@ async def test_a_broken_config_never_replaces_the_file() -> None:
 
 
 async def _replica_job() -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists
+    from dapx.deployments.jobs import create_job  # makes the dapx work pool when missing
 
-    from dapx.deployments.jobs import create_job
-
-    async with get_client() as client:
-        try:
-            await client.create_work_pool(WorkPoolCreate(name="dapx", type="process"))
-        except ObjectAlreadyExists:
-            pass
     await asyncio.to_thread(create_job, JOB_NAME, "zfs-replica", job(), paused=True,
                             replace=True)
 
