@@ -25,7 +25,16 @@ BUILTIN_FLOWS = (
     "dapx.flows.replica.zfs_replica",
     "dapx.flows.btrfs_replica.btrfs_replica",
     "dapx.flows.dataset.dataset_replica",
+    "dapx.flows.guest_snapshot.guest_snapshot",
+    "dapx.flows.snapshot_view.snapshot_view",
+    "dapx.flows.snapshot_policy.snapshot_policy",
+    "dapx.flows.snapshot_retention.snapshot_retention",
 )
+
+BUILTIN_SCHEDULES = {
+    # Every job's retention, hourly (each replica run also prunes its own job after a copy).
+    "dapx.flows.snapshot_retention.snapshot_retention": "17 * * * *",
+}
 
 
 def load_flow(path: str):  # noqa: ANN201 - returns a prefect Flow
@@ -62,4 +71,4 @@ def deploy_flow(path: str, name: str = DEFAULT_DEPLOYMENT, *, cron: str | None =
 
 def deploy_builtin() -> list[str]:
     """Create or update every built-in deployment; return their names."""
-    return [deploy_flow(path) for path in BUILTIN_FLOWS]
+    return [deploy_flow(path, cron=BUILTIN_SCHEDULES.get(path)) for path in BUILTIN_FLOWS]
