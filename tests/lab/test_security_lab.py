@@ -89,6 +89,8 @@ async def test_the_key_works_only_from_the_source() -> None:
     from dapx.flows.trust import REPLICATION_KEY
 
     await trusted()
+    # Test only: the probe plays an attacker's ssh, which pins nothing; what is checked is
+    # that the destination refuses the key from anywhere but the source (from="...").
     probe = ["ssh", "-i", "/root/dapx-stolen-key", "-o", "BatchMode=yes", "-o",
              "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
              "-o", "IdentitiesOnly=yes", "root@198.18.213.13", "true"]
