@@ -5,6 +5,8 @@
     dapx node add|test|list|remove   node blocks (N1, N2)
     dapx lab up|down|status|reset|ssh|register   the simulated estate (X8)
     dapx snapshot list|create|delete|rollback|policy|retention   snapshots (S1-S4)
+    dapx notify add|list|test|remove|settings    notification targets (A1-A4)
+    dapx status                      protection state of every guest (X4)
 
 A user mistake prints one line on stderr and exits 2; no traceback.
 """
@@ -189,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_job_parser(sub)
     _add_snapshot_parser(sub)
+    _add_notify_parsers(sub)
     return parser
 
 
@@ -202,6 +205,12 @@ def _add_snapshot_parser(sub: argparse._SubParsersAction) -> None:
     from dapx.deployments.snapshot_cli import add_snapshot_parser
 
     add_snapshot_parser(sub)
+
+
+def _add_notify_parsers(sub: argparse._SubParsersAction) -> None:
+    from dapx.deployments.notify_cli import add_notify_parsers
+
+    add_notify_parsers(sub)
 
 
 def _use_running_server() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 
 from dapx.errors import InputError
 
@@ -90,3 +91,63 @@ def validate_cron(line: str) -> str:
         for item in text.split(","):
             _check_item(field, item, line)
     return " ".join(fields)
+
+
+# -----------------------------------------------------------------------------------------------
+# How often a schedule fires (for "late" in the protection state, X4)
+
+_MACRO_LINES = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
+                "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
+                "@hourly": "0 * * * *"}
+_WINDOW_DAYS = 8 * 366
+"""Days scanned for fire times: eight years, so a 29 February schedule fires twice."""
+
+
+def _expand(field: _Field, text: str, line: str) -> set[int]:
+    """The values one (already validated) field matches."""
+    values: set[int] = set()
+    for item in text.split(","):
+        match = _ITEM.fullmatch(item)
+        assert match is not None  # validate_cron checked every item
+        step = int(match["step"] or 1)
+        if match["range"] == "*":
+            low, high = field.low, field.high
+        else:
+            start, _, end = match["range"].partition("-")
+            low = _value(field, start, line)
+            # "5/15" runs from 5 to the end of the field, as cron reads it
+            high = _value(field, end, line) if end else (field.high if match["step"] else low)
+        values.update(range(low, high + 1, step))
+    return values
+
+
+def longest_gap(line: str) -> timedelta | None:
+    """The longest time between two consecutive fire times of cron ``line`` (a job's
+    interval, taken at its widest so a weekday-only job is not called late on Monday).
+
+    In: a cron line (validated here). Out: a timedelta, or None when the line never fires
+    twice (``0 0 30 2 *``). Raises InputError for a bad line. Pure: no clock is read.
+    """
+    from datetime import date
+
+    line = validate_cron(line)
+    fields = _MACRO_LINES.get(line, line).split()
+    minute, hour, dom, month, dow = (_expand(f, t, line) for f, t in zip(_FIELDS, fields))
+    dow = {d % 7 for d in dow}  # 7 is Sunday too
+    times = sorted(h * 60 + m for h in hour for m in minute)
+    # Day of month and day of week: when both are restricted a day matching either fires
+    # (classic cron); when one is "*" only the other restricts.
+    either = fields[2] != "*" and fields[4] != "*"
+    gap, last_day, first = 0, None, date(2024, 1, 1)
+    within = max((b - a for a, b in zip(times, times[1:])), default=0)
+    for offset in range(_WINDOW_DAYS):
+        day = first + timedelta(days=offset)
+        by_dom, by_dow = day.day in dom, (day.weekday() + 1) % 7 in dow
+        if day.month not in month or not ((by_dom or by_dow) if either else (by_dom and by_dow)):
+            continue
+        if last_day is not None:
+            gap = max(gap, (day - last_day).days * 1440 - times[-1] + times[0])
+        gap, last_day = max(gap, within), day
+    if last_day is None or (gap == 0 and len(times) < 2):
+        return None
+    return timedelta(minutes=gap)

@@ -46,12 +46,13 @@ def load_flow(path: str):  # noqa: ANN201 - returns a prefect Flow
 def deploy_flow(path: str, name: str = DEFAULT_DEPLOYMENT, *, cron: str | None = None,
                 timezone: str | None = None, parameters: dict | None = None,
                 tags: list[str] | None = None, description: str | None = None,
-                paused: bool = False) -> str:
+                paused: bool = False, triggers: list | None = None) -> str:
     """Create or update the deployment ``<flow>/<name>`` for the flow at ``path``, with the
     cron schedule ``cron`` in ``timezone`` (IANA name; UTC when None) if given.
 
     The entrypoint is the module path, so a process worker with DAPX installed runs it without
-    fetching code. Returns ``"<flow-name>/<name>"``.
+    fetching code. ``triggers`` are Prefect deployment triggers (Prefect replaces their
+    automations on every deploy, so this stays idempotent). Returns ``"<flow-name>/<name>"``.
     """
     from prefect.deployments.runner import EntrypointType, deploy
     from prefect.schedules import Cron
@@ -60,7 +61,7 @@ def deploy_flow(path: str, name: str = DEFAULT_DEPLOYMENT, *, cron: str | None =
     schedules = [Cron(cron, timezone=timezone, active=not paused)] if cron else None
     deployment = flow.to_deployment(
         name=name, schedules=schedules, parameters=parameters or {}, tags=tags or ["dapx"],
-        description=description, paused=paused,
+        description=description, paused=paused, triggers=triggers,
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
     with contextlib.redirect_stdout(io.StringIO()):  # deploy() prints a table per call

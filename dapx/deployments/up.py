@@ -3,7 +3,8 @@
 1. a Prefect server on 127.0.0.1 with its embedded SQLite (unless PREFECT_API_URL points at one);
 2. the block types registered, the `dapx` process work pool and the product's automations;
 3. the lab, when no real nodes are configured (or when asked), its nodes saved as blocks;
-4. the built-in deployments and every job's deployment;
+4. the built-in deployments and every job's deployment; notify-run (with its automation for
+   crashed job runs), daily-summary and protection-status;
 5. a process worker on the pool, which runs scheduled and manual runs.
 
 Ctrl-C, SIGTERM (systemd, `docker stop`) and SIGHUP stop everything it started, in reverse
@@ -150,7 +151,9 @@ def _run(stack: ExitStack, port: int, with_lab: str, worker_limit: int) -> int:
         print(f"dapx: lab up; node blocks: {', '.join(register_lab_nodes())}")
     from dapx.deployments.builtin import deploy_builtin
 
-    names = deploy_builtin()
+    from dapx.deployments.notify import deploy_notifications
+
+    names = deploy_builtin() + deploy_notifications()
     print(f"dapx: {len(names)} deployments ready: {', '.join(names)}")
     stack.callback(_mark_runs_in_flight, "dapx up was stopped while this run was in flight")
     worker = stack.enter_context(_worker(worker_limit))

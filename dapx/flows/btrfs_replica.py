@@ -27,6 +27,7 @@ from dapx.core.snapnames import job_prefix
 from dapx.core.snapshots import FullSend, Plan
 from dapx.core.volumes import btrfs_subvolume
 from dapx.errors import ConflictError, DapxError, InputError
+from dapx.flows.hooks import job_hooks
 from dapx.flows.register import check_vmid_available, register_guest
 from dapx.flows.replica import (
     DiskResult,
@@ -218,7 +219,7 @@ async def _btrfs_replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNo
                                                        guest=guest))
 
 
-@flow(name="btrfs-replica", log_prints=False, **KEPT_RESULTS)
+@flow(name="btrfs-replica", log_prints=False, **KEPT_RESULTS, **job_hooks())
 async def btrfs_replica(job: ReplicaJob, dry_run: bool = False, force: bool = False,
                         lock_wait: float = DEFAULT_WAIT) -> ReplicaResult:
     """Replicate a guest whose disks are on BTRFS (``btrfs send -p`` from the newest

@@ -26,6 +26,7 @@ from dapx.blocks.node import ProxmoxNode
 from dapx.core.jobspec import DatasetJob
 from dapx.core.snapnames import new_snapshot_name
 from dapx.errors import PermanentError
+from dapx.flows.hooks import job_hooks, record_protection
 from dapx.flows.replica import (
     DiskResult,
     ZfsDisk,
@@ -109,7 +110,7 @@ async def _replicate(job: DatasetJob, source: ProxmoxNode, dest: ProxmoxNode, dr
                              parent if "/" in parent else None)
 
 
-@flow(name="dataset-replica", log_prints=False, **KEPT_RESULTS)
+@flow(name="dataset-replica", log_prints=False, **KEPT_RESULTS, **job_hooks())
 async def dataset_replica(job: DatasetJob, dry_run: bool = False, force: bool = False,
                           lock_wait: float = DEFAULT_WAIT) -> DatasetResult:
     """Replicate ``job.dataset`` (and its children when ``job.recursive``) from
@@ -141,4 +142,8 @@ async def dataset_replica(job: DatasetJob, dry_run: bool = False, force: bool = 
         raise PermanentError(f"replication of dataset {job.dataset} to {job.destination} "
                              f"failed for {len(result.failures)} dataset(s): "
                              f"{'; '.join(result.failures)}")
+    if not dry_run:
+        await record_protection("replica", job.source, job.dataset, job.destination,
+                                ref=result.snapshot, bytes_sent=result.bytes_sent,
+                                seconds=result.seconds)
     return result

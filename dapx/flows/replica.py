@@ -34,6 +34,7 @@ from dapx.core.snapshots import FullSend, Plan, Snapshot
 from dapx.core.syncoid_argv import SyncoidOptions
 from dapx.core.volumes import destination_dataset, zfs_dataset
 from dapx.errors import ConflictError, DapxError, InputError, PermanentError
+from dapx.flows.hooks import job_hooks, record_protection
 from dapx.flows.register import check_vmid_available, register_guest, registration_note
 from dapx.flows.trust import KNOWN_HOSTS, REPLICATION_KEY, check_trust
 from dapx.tasks import zfs
@@ -497,10 +498,14 @@ async def run_guest_replica(job: ReplicaJob, dry_run: bool, force: bool, lock_wa
     if result.failures:
         raise PermanentError(f"replication of guest {job.guest} to {job.destination} failed "
                              f"for {len(result.failures)} disk(s): {'; '.join(result.failures)}")
+    if not dry_run:
+        await record_protection("replica", job.source, job.guest, job.destination,
+                                ref=result.snapshot, bytes_sent=result.bytes_sent,
+                                seconds=result.seconds)
     return result
 
 
-@flow(name="zfs-replica", log_prints=False, **KEPT_RESULTS)
+@flow(name="zfs-replica", log_prints=False, **KEPT_RESULTS, **job_hooks())
 async def zfs_replica(job: ReplicaJob, dry_run: bool = False, force: bool = False,
                       lock_wait: float = DEFAULT_WAIT) -> ReplicaResult:
     """Replicate guest ``job.guest`` from ``job.source`` to ``job.destination`` with syncoid.

@@ -1,0 +1,245 @@
+"""Protection state per guest (X4), as pure functions over three lists.
+
+In: the guests the nodes report (``Guest``), what each job covers (``Cover``, from the job's
+deployment: flow, parameters, cron) and the successful runs the store recorded (``Record``).
+Out: one ``Protection`` row per guest (and per dataset a job replicates): the age of its newest
+replica and backup, and its state:
+
+- ``ok``: every job covering it succeeded within twice its interval;
+- ``late``: some job's newest success is older than twice its interval (or it has none and
+  the job is older than that);
+- ``pending``: a job covers it but has not run yet and is younger than twice its interval;
+- ``unprotected``: no job covers it.
+
+A guest that is the replica a job registered on its destination is a copy, not a guest to
+protect, and is left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Iterable, Literal, Mapping
+
+Kind = Literal["replica", "backup"]
+State = Literal["ok", "late", "pending", "unprotected"]
+RECORD_KINDS = ("replica", "backup", "recovery")
+"""What ``record_protection`` accepts; a recovery (a replica through PBS, R5) counts as a
+replica."""
+LATE_FACTOR = 2
+"""A job is late when its newest success is older than this many intervals."""
+_SEVERITY = {"unprotected": 0, "late": 1, "pending": 2, "ok": 3}
+
+
+@dataclass(frozen=True)
+class Guest:
+    """A guest as a node's API lists it."""
+
+    node: str
+    vmid: int
+    name: str = ""
+    kind: str = "qemu"
+
+    @property
+    def subject(self) -> str:
+        return guest_subject(self.node, self.vmid)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One successful replica, backup or recovery (a row of the store)."""
+
+    subject: str
+    """``pve1/100`` for a guest, ``pve1:rpool/data/share`` for a dataset."""
+    kind: str
+    destination: str
+    at: datetime
+    job: str = ""
+    ref: str = ""
+    """The snapshot or backup id made."""
+    bytes_sent: int = 0
+    seconds: float = 0.0
+    flow_run_id: str = ""
+
+    @property
+    def counts_as(self) -> Kind:
+        return "backup" if self.kind == "backup" else "replica"
+
+
+@dataclass(frozen=True)
+class Cover:
+    """One job protecting one subject."""
+
+    job: str
+    """``zfs-replica/vm100-to-pve3``."""
+    kind: Kind
+    subject: str
+    destination: str = ""
+    interval: timedelta | None = None
+    """Longest gap of the job's schedule; None for a job without one (run by hand)."""
+    created: datetime | None = None
+    paused: bool = False
+    replica: str = ""
+    """The guest this job registers on its destination (``pve3/9100``), a copy."""
+
+
+@dataclass(frozen=True)
+class Protection:
+    """One guest's (or dataset's) row."""
+
+    subject: str
+    name: str = ""
+    state: State = "unprotected"
+    replica_at: datetime | None = None
+    replica_to: str = ""
+    backup_at: datetime | None = None
+    backup_to: str = ""
+    jobs: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = field(default_factory=tuple)
+    """Why it is late or unprotected, one line each."""
+
+    @property
+    def problem(self) -> bool:
+        return self.state in ("late", "unprotected")
+
+
+def guest_subject(node: str, vmid: object) -> str:
+    return f"{node}/{vmid}"
+
+
+def dataset_subject(node: str, dataset: str) -> str:
+    return f"{node}:{dataset}"
+
+
+def job_kind(flow_name: str) -> Kind | None:
+    """What a job's flow does for protection: ``backup`` flows back up, ``replica`` and
+    ``recovery`` flows replicate; any other flow (snapshots, migration) protects nothing."""
+    if "backup" in flow_name:
+        return "backup"
+    if "replica" in flow_name or "recovery" in flow_name:
+        return "replica"
+    return None
+
+
+def covers_of_job(job: str, flow_name: str, parameters: Mapping[str, Any],
+                  interval: timedelta | None, *, created: datetime | None = None,
+                  paused: bool = False) -> list[Cover]:
+    """What a job deployment covers, read from its ``job`` parameter: ``source`` (or
+    ``node``) with ``guest`` (a VMID), ``guests`` (VMIDs) or ``dataset``; ``destination``
+    (or ``pbs``) names where copies go; ``dest_vmid`` the replica's VMID."""
+    kind = job_kind(flow_name)
+    spec = parameters.get("job") if isinstance(parameters.get("job"), Mapping) else parameters
+    node = spec.get("source") or spec.get("node")
+    if kind is None or not isinstance(node, str):
+        return []
+    destination = str(spec.get("destination") or spec.get("pbs") or "")
+    if "dataset" in spec and "guest" not in spec:
+        subjects = [(dataset_subject(node, spec["dataset"]), None)]
+    else:
+        vmids = spec.get("guests") or ([spec["guest"]] if "guest" in spec else [])
+        subjects = [(guest_subject(node, v), v) for v in vmids]
+    covers = []
+    for subject, vmid in subjects:
+        replica = ""
+        if kind == "replica" and vmid is not None and destination and \
+                spec.get("register_vm", True):
+            replica = guest_subject(destination, spec.get("dest_vmid") or vmid)
+        covers.append(Cover(job=job, kind=kind, subject=subject, destination=destination,
+                            interval=interval, created=created, paused=paused,
+                            replica=replica))
+    return covers
+
+
+def _newest(records: Iterable[Record]) -> Record | None:
+    return max(records, key=lambda r: r.at, default=None)
+
+
+def _satisfies(record: Record, cover: Cover) -> bool:
+    """A record counts for a job when that job made it, or when it copied the same subject
+    the same way to the same place (a run of the same work outside the job)."""
+    if record.subject != cover.subject or record.counts_as != cover.kind:
+        return False
+    return record.job == cover.job or (bool(cover.destination)
+                                        and record.destination == cover.destination)
+
+
+def cover_state(cover: Cover, records: list[Record], now: datetime) -> tuple[State, str]:
+    """(state, reason) of one job for one subject."""
+    newest = _newest(r for r in records if _satisfies(r, cover))
+    if cover.interval is None:
+        if newest is None:
+            return "pending", f"{cover.job} has no schedule and has not run yet"
+        return "ok", ""
+    allowed = cover.interval * LATE_FACTOR
+    if newest is None:
+        if cover.created is not None and now - cover.created <= allowed:
+            return "pending", f"{cover.job} has not run yet"
+        return "late", f"{cover.job}: no successful {cover.kind} yet"
+    age = now - newest.at
+    if age > allowed:
+        return "late", (f"{cover.job}: last {cover.kind} {_age(age)} ago, schedule allows "
+                        f"{_age(allowed)}" + (" (schedule paused)" if cover.paused else ""))
+    return "ok", ""
+
+
+def _age(delta: timedelta) -> str:
+    from dapx.core.notify import format_duration
+
+    return format_duration(max(delta.total_seconds(), 0.0))
+
+
+def protection_rows(guests: list[Guest], covers: list[Cover], records: list[Record],
+                    now: datetime) -> list[Protection]:
+    """One row per guest and per covered subject, problems first, then by subject.
+
+    Guests that are a job's registered replica are left out (they are copies)."""
+    copies = {c.replica for c in covers if c.replica}
+    names = {g.subject: g.name for g in guests}
+    by_cover = _group(covers)
+    by_record = _group(records)
+    subjects = [g.subject for g in guests if g.subject not in copies]
+    rows = [_row(s, names.get(s, ""), by_cover.get(s, []), by_record.get(s, []), now)
+            for s in dict.fromkeys(subjects + [c.subject for c in covers])]
+    return sorted(rows, key=lambda r: (_SEVERITY[r.state], r.subject))
+
+
+def _group(items: Iterable[Any]) -> dict[str, list[Any]]:
+    grouped: dict[str, list[Any]] = {}
+    for item in items:
+        grouped.setdefault(item.subject, []).append(item)
+    return grouped
+
+
+def _row(subject: str, name: str, covers: list[Cover], records: list[Record],
+         now: datetime) -> Protection:
+    replica = _newest(r for r in records if r.counts_as == "replica")
+    backup = _newest(r for r in records if r.counts_as == "backup")
+    if not covers:
+        state: State = "unprotected"
+        reasons = ("no job replicates or backs it up",)
+    else:
+        judged = [cover_state(c, records, now) for c in covers]
+        state = min((s for s, _ in judged), key=_SEVERITY.__getitem__)
+        reasons = tuple(r for s, r in judged if s == state and r)
+    return Protection(subject=subject, name=name, state=state,
+                      replica_at=replica.at if replica else None,
+                      replica_to=replica.destination if replica else "",
+                      backup_at=backup.at if backup else None,
+                      backup_to=backup.destination if backup else "",
+                      jobs=tuple(dict.fromkeys(c.job for c in covers)), reasons=reasons)
+
+
+def age_text(at: datetime | None, now: datetime) -> str:
+    """``5 min 3 s`` ago, or ``never``."""
+    return "never" if at is None else _age(now - at)
+
+
+def table_rows(rows: list[Protection], now: datetime) -> list[dict[str, str]]:
+    """Rows for `dapx status` and the table artifact."""
+    return [{"guest": r.subject, "name": r.name, "state": r.state,
+             "replica age": age_text(r.replica_at, now) + (f" ({r.replica_to})"
+                                                          if r.replica_to else ""),
+             "backup age": age_text(r.backup_at, now) + (f" ({r.backup_to})"
+                                                        if r.backup_to else ""),
+             "jobs": ", ".join(r.jobs) or "-", "why": "; ".join(r.reasons) or "-"}
+            for r in rows]

@@ -1,0 +1,101 @@
+"""The protection store from flows: where it is, and the task job flows call on success.
+
+Location: ``DAPX_STORE_URL`` (any SQLAlchemy URL: ``postgresql://user:pass@db/dapx`` when
+workers run on several hosts), else SQLite at ``$PREFECT_HOME/dapx/protection.db`` beside
+Prefect's own database. Every process that runs flows, and `dapx status`, must see the same
+store: the same PREFECT_HOME on one host, or the same DAPX_STORE_URL.
+
+``record_protection`` is how a job flow takes part in the protection state (X4); see
+``dapx.flows.hooks`` for the whole API other flows use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+from dapx.core.protection import RECORD_KINDS, Record, dataset_subject, guest_subject
+from dapx.errors import InputError
+from dapx.tasks.base import dapx_task
+from dapx.transports.store import ProtectionStore
+
+STORE_URL_ENV = "DAPX_STORE_URL"
+log = logging.getLogger("dapx.store")
+
+
+def store_url() -> str:
+    """The configured store URL (see the module docstring)."""
+    url = os.environ.get(STORE_URL_ENV, "").strip()
+    if url:
+        return url
+    from prefect.settings import PREFECT_HOME
+
+    return f"sqlite:///{Path(PREFECT_HOME.value()).expanduser() / 'dapx' / 'protection.db'}"
+
+
+def open_store() -> ProtectionStore:
+    """The store, to use as ``async with open_store() as store``."""
+    return ProtectionStore(store_url())
+
+
+def _run_identity() -> tuple[str, str]:
+    """(flow run id, job name ``<flow>/<deployment>`` or "") of the current run."""
+    from prefect.runtime import deployment, flow_run
+
+    run_id = str(flow_run.get_id() or "")
+    name = deployment.get_name() if run_id else None
+    return run_id, (f"{flow_run.get_flow_name()}/{name}" if name else "")
+
+
+def subject_of(source: str, guest: int | str) -> str:
+    """``pve1/100`` for a VMID, ``pve1:rpool/data/share`` for a dataset name."""
+    if isinstance(guest, int) or (isinstance(guest, str) and guest.isdigit()):
+        return guest_subject(source, int(guest))
+    return dataset_subject(source, guest)
+
+
+@dapx_task(name="record-protection", retries=0)
+async def record_protection(kind: str, source: str, guest: int | str, destination: str, *,
+                            ref: str = "", bytes_sent: int = 0, seconds: float = 0.0) -> bool:
+    """Record one successful ``kind`` (``replica``, ``backup`` or ``recovery``) of ``guest``
+    (a VMID, or a dataset name) on node ``source``, copied to ``destination`` (a node, or
+    ``pbs1:store`` for a backup), with the snapshot or backup id ``ref``, bytes moved and
+    seconds taken. The flow run and its job are read from the run context.
+
+    Out: True when stored. A store that cannot be written is logged and returns False: the
+    copy succeeded, and recording it must not turn the run into a failure.
+    Raises InputError for an unknown ``kind`` (a programming error in the calling flow).
+    """
+    if kind not in RECORD_KINDS:
+        raise InputError(f"protection kind {kind!r} must be one of {', '.join(RECORD_KINDS)}")
+    run_id, job = _run_identity()
+    record = Record(subject=subject_of(source, guest), kind=kind, destination=destination,
+                    at=datetime.now(timezone.utc), job=job, ref=ref, bytes_sent=int(bytes_sent),
+                    seconds=float(seconds), flow_run_id=run_id)
+    try:
+        async with open_store() as store:
+            await store.add(record)
+    except Exception as exc:  # the store must never fail a good copy
+        _run_logger().error("could not record the %s of %s in the protection store (%s): %s",
+                            kind, record.subject, type(exc).__name__, exc)
+        return False
+    return True
+
+
+@dapx_task(name="read-protection-records")
+async def latest_records() -> list[Record]:
+    """The newest record of every subject, kind, destination and job."""
+    async with open_store() as store:
+        return await store.latest()
+
+
+def _run_logger() -> logging.Logger | logging.LoggerAdapter:
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return log
