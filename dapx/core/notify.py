@@ -148,6 +148,18 @@ def format_duration(seconds: float) -> str:
     return f"{minutes} min {secs} s"
 
 
+_PREFECT_PREFIX = re.compile(r"^(Flow run encountered an exception|Task run encountered an "
+                             r"exception|Flow run failed due to):?\s*")
+
+
+def state_detail(message: str | None, limit: int = 500) -> str:
+    """The first line of a final state's message, without Prefect's lead-in:
+    ``Flow run encountered an exception: InputError: guest 555 ...`` ->
+    ``InputError: guest 555 ...``."""
+    lines = (message or "").strip().splitlines()
+    return _PREFECT_PREFIX.sub("", lines[0])[:limit] if lines else ""
+
+
 def run_url(ui_url: str | None, flow_run_id: object) -> str:
     """The run's page in the Prefect UI, or "" when no UI address is known."""
     return f"{ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}" if ui_url else ""

@@ -22,7 +22,7 @@ from prefect.logging.loggers import flow_run_logger
 
 from dapx.blocks.notifications import aload_notifications
 from dapx.core.notify import (RunNotice, describe_job, job_mode, run_body, run_subject,
-                              should_notify)
+                              should_notify, state_detail)
 from dapx.tasks.notify import log_deliveries, send_notice
 from dapx.tasks.runs import RunFacts, flow_run_url, read_run_facts
 from dapx.tasks.store import open_store
@@ -99,9 +99,8 @@ def build_notice(facts: RunFacts, state: Any, outcome: str, records: list) -> Ru
     started = run.start_time
     ended = getattr(state, "timestamp", None) or run.end_time
     seconds = (ended - started).total_seconds() if started and ended else None
-    detail = (getattr(state, "message", "") or "").strip()
     return RunNotice(job=facts.job, outcome=outcome, what=what, nodes=nodes,
-                     detail=detail.splitlines()[0][:500] if detail else "",
+                     detail=state_detail(getattr(state, "message", "")),
                      started=started, seconds=seconds,
                      bytes_sent=sum(r.bytes_sent for r in records) if records else None,
                      refs=tuple(r.ref for r in records if r.ref), url=flow_run_url(run.id))

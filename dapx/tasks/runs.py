@@ -14,7 +14,7 @@ from typing import Any
 from uuid import UUID
 
 from dapx.core.digest import JobRun, NodeCheck
-from dapx.core.notify import run_url, ui_url_from_api
+from dapx.core.notify import run_url, state_detail, ui_url_from_api
 from dapx.tasks.base import dapx_task
 
 JOB_TAG = "dapx-job"
@@ -49,7 +49,7 @@ def flow_run_url(flow_run_id: object) -> str:
 
 @dapx_task(name="read-jobs")
 async def read_jobs() -> list[JobInfo]:
-    """Every job deployment with its active cron schedules."""
+    """Every job deployment with its cron schedules (paused ones too)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
 
@@ -60,11 +60,12 @@ async def read_jobs() -> list[JobInfo]:
     jobs = []
     for dep in deployments:
         flow = flows.get(dep.flow_id, "?")
-        crons = tuple(s.schedule.cron for s in dep.schedules
-                      if getattr(s.schedule, "cron", None) and s.active)
-        jobs.append(JobInfo(name=f"{flow}/{dep.name}", flow=flow, crons=crons,
-                            paused=bool(dep.paused), parameters=dict(dep.parameters or {}),
-                            created=dep.created))
+        schedules = [s for s in dep.schedules if getattr(s.schedule, "cron", None)]
+        # A paused job keeps its interval: it is late once it should have run (X4).
+        paused = bool(dep.paused) or any(not s.active for s in schedules)
+        jobs.append(JobInfo(name=f"{flow}/{dep.name}", flow=flow,
+                            crons=tuple(s.schedule.cron for s in schedules), paused=paused,
+                            parameters=dict(dep.parameters or {}), created=dep.created))
     return sorted(jobs, key=lambda j: j.name)
 
 
@@ -104,17 +105,14 @@ def _job_run(job: str, run: Any) -> JobRun:
     return JobRun(job=job, state_type=state.type.value if state else "",
                   state_name=state.name if state else "",
                   at=run.start_time or run.expected_start_time,
-                  detail=_first_line(state.message if state else ""),
+                  detail=state_detail(state.message if state else "", 300),
                   url=flow_run_url(run.id))
 
 
-def _first_line(text: str | None) -> str:
-    return (text or "").strip().splitlines()[0][:300] if (text or "").strip() else ""
-
-
 @dapx_task(name="read-node-checks")
-async def read_node_checks(limit: int = 500) -> list[NodeCheck]:
-    """The newest finished node-check run of each node (of the last ``limit`` runs)."""
+async def read_node_checks(limit: int = 200) -> list[NodeCheck]:
+    """The newest finished node-check run of each node (of the last ``limit`` runs; the
+    API returns 200 at most)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter,
                                                 FlowRunFilterState, FlowRunFilterStateType)
@@ -134,7 +132,7 @@ async def read_node_checks(limit: int = 500) -> list[NodeCheck]:
         if isinstance(node, str) and node not in newest:
             newest[node] = NodeCheck(node=node, ok=run.state.is_completed(),
                                      at=run.end_time or run.start_time,
-                                     detail=_first_line(run.state.message),
+                                     detail=state_detail(run.state.message, 300),
                                      url=flow_run_url(run.id))
     return sorted(newest.values(), key=lambda c: c.node)
 

@@ -32,7 +32,10 @@ def store_url() -> str:
         return url
     from prefect.settings import PREFECT_HOME
 
-    return f"sqlite:///{Path(PREFECT_HOME.value()).expanduser() / 'dapx' / 'protection.db'}"
+    # The environment first, as Prefect reads it: a process's settings are loaded once, and
+    # a PREFECT_HOME exported later (a test, a wrapper script) must still name one store.
+    home = os.environ.get("PREFECT_HOME") or str(PREFECT_HOME.value())
+    return f"sqlite:///{Path(home).expanduser() / 'dapx' / 'protection.db'}"
 
 
 def open_store() -> ProtectionStore:

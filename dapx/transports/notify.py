@@ -78,7 +78,10 @@ def _deliver_one(name: str, url: str, title: str, body: str) -> Delivery:
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
         try:
-            sent = bool(server.notify(body=body, title=title))
+            # Our text is plain text: said so, Apprise keeps its lines in the mail's text
+            # part and escapes it (line breaks kept) for the HTML part.
+            sent = bool(server.notify(body=body, title=title,
+                                      body_format=apprise.NotifyFormat.TEXT))
         except Exception as exc:  # a plugin bug must not escape into a flow's hook
             sent = False
             buffer.write(f"{type(exc).__name__}: {exc}\n")

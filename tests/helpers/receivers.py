@@ -67,9 +67,12 @@ class Mail:
 
     @property
     def text(self) -> str:
+        """The text part, with the wire's CRLF line ends as \n."""
         part = self.message.get_body(("plain", "html"))
-        return part.get_content() if part is not None else ""
+        return part.get_content().replace("\r\n", "\n") if part is not None else ""
 
+
+SMTP_PASSWORD = "s3cret-Mail-Pass"
 
 IMPLICIT_TLS_WARNING = "ignore:Requiring AUTH while not requiring TLS"
 """For ``pytest.mark.filterwarnings``: aiosmtpd warns on every implicit-TLS session that AUTH
@@ -83,7 +86,7 @@ class SmtpReceiver:
     before AUTH (587-style)."""
 
     def __init__(self, directory: Path, *, implicit_tls: bool, user: str = "dapx",
-                 password: str = "s3cret-Mail-Pass") -> None:
+                 password: str = SMTP_PASSWORD) -> None:
         self.cert, self.key = self_signed_cert(directory)
         self.user, self.password = user, password
         self.implicit_tls = implicit_tls
