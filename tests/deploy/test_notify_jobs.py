@@ -65,10 +65,10 @@ def setup(prefect_api: str, lab: dict, receivers, tmp_path_factory):  # noqa: AN
     from dapx.flows.trust import trust_nodes
 
     assert "notify-run/default" in deploy_notifications()
+    trust = asyncio.run(trust_nodes(source="pve1", destination="pve2"))
     with get_client(sync_client=True) as client:  # no scheduled summary in the middle of a test
         for name in ("daily-summary/default", "protection-status/default"):
             client.pause_deployment(client.read_deployment_by_name(name).id)
-    asyncio.run(trust_nodes(source="pve1", destination="pve2"))
     _add_targets(smtp, hook, tmp_path_factory.mktemp("urls"))
     worker = subprocess.Popen(
         [str(BIN / "prefect"), "worker", "start", "--pool", "dapx", "--type", "process",
@@ -85,6 +85,11 @@ def setup(prefect_api: str, lab: dict, receivers, tmp_path_factory):  # noqa: AN
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait()
         remove_jobs(GOOD, FAIL, DAILY, CRASH, LATE)
+        if trust.key_authorised:  # leave pve2 as the lab tier expects it: pve1 not trusted
+            estate.run("pve2", ["sh", "-c", 'grep -vxF -- "$1" /root/.ssh/authorized_keys > '
+                                "/root/.ssh/authorized_keys.dapx-test; mv "
+                                "/root/.ssh/authorized_keys.dapx-test /root/.ssh/authorized_keys",
+                                "sh", trust.public_key])
         for vmid in REPLICA_VMIDS:
             estate.run("pve2", ["rm", "-f", f"/etc/pve/nodes/pve2/qemu-server/{vmid}.conf"])
             for disk in (0, 1):
@@ -405,7 +410,9 @@ def test_status_shows_ages_and_flags_a_guest_whose_job_is_late(setup) -> None:  
     with get_client(sync_client=True) as client:
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
+        from prefect.client.schemas.sorting import ArtifactSort
+
         (artifact,) = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["dapx-protection"])),
-            limit=1)
+            sort=ArtifactSort.CREATED_DESC, limit=1)
     assert "pve1/101" in str(artifact.data) and "late" in str(artifact.data)
