@@ -15,6 +15,7 @@ from datetime import timedelta
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
+from dapx.flows import KEPT_RESULTS
 from dapx.blocks.notifications import aload_notifications
 from dapx.core.digest import summary
 from dapx.core.notify import job_mode
@@ -36,7 +37,7 @@ class SummaryResult(BaseModel):
     not_sent: dict[str, str] = {}
 
 
-@flow(name="daily-summary", log_prints=False)
+@flow(name="daily-summary", log_prints=False, **KEPT_RESULTS)
 async def daily_summary() -> SummaryResult:
     """A4: the last day's runs of every job, guests late or unprotected, nodes whose last
     check failed; sent to every notification target. Out: the message and who got it."""

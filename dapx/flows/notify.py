@@ -20,6 +20,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.logging.loggers import flow_run_logger
 
+from dapx.flows import KEPT_RESULTS
 from dapx.blocks.notifications import aload_notifications
 from dapx.core.notify import (RunNotice, describe_job, job_mode, run_body, run_subject,
                               should_notify, state_detail)
@@ -106,7 +107,7 @@ def build_notice(facts: RunFacts, state: Any, outcome: str, records: list) -> Ru
                      refs=tuple(r.ref for r in records if r.ref), url=flow_run_url(run.id))
 
 
-@flow(name="notify-run", log_prints=False)
+@flow(name="notify-run", log_prints=False, **KEPT_RESULTS)
 async def notify_run(flow_run_id: str) -> str:
     """Notify a job's run that ended without running its hooks (Crashed: killed, or marked
     by the worker or the heartbeat automation), per its job's notify mode, unless its hooks

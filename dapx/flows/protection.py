@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from dapx.flows import KEPT_RESULTS
 from dapx.blocks.manage import aload_nodes, list_nodes
 from dapx.core.cron import longest_gap
 from dapx.core.protection import Cover, Guest, Protection, covers_of_job, protection_rows
@@ -92,7 +93,7 @@ async def publish_protection(rows: list[Protection], unreachable: dict[str, str]
     return ProtectionReport(at=now, rows=table, unreachable=unreachable, problems=problems)
 
 
-@flow(name="protection-status", log_prints=False)
+@flow(name="protection-status", log_prints=False, **KEPT_RESULTS)
 async def protection_status() -> ProtectionReport:
     """X4: every guest's newest replica and backup, late and unprotected guests, as the table
     artifact ``dapx-protection``. Out: the same rows."""

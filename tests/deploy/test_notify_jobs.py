@@ -329,20 +329,21 @@ def _wait_notify_run(target: uuid.UUID, timeout: float = 60.0):  # noqa: ANN202
 
 
 def test_a_run_killed_with_sigkill_is_notified_exactly_once(setup) -> None:  # noqa: ANN001
-    from prefect.concurrency.sync import concurrency
-
-    from dapx.tasks.locks import ensure_limit, replica_lock_name
+    from dapx.tasks.locks import acquire, ensure_limit, release, replica_lock_name
 
     smtp, hook = setup
     create_job(CRASH, 100, "failure", "--dest-vmid", "8400")
     lock = replica_lock_name("pve1", 100, "pve2")
     asyncio.run(ensure_limit(lock))
-    with concurrency(lock, occupy=1, strict=True):  # the run waits here, touching nothing
+    lease = asyncio.run(acquire(lock, "holding VM 100 for a test", 30, None))
+    try:  # the run waits for this lock, touching nothing, until it is killed
         run_id = start(CRASH)
         pid = _flow_process(run_id)
         wait_running(run_id)
         os.kill(pid, signal.SIGKILL)
         run = wait_final(run_id)
+    finally:
+        asyncio.run(release(lock, lease))
     assert run.state.is_crashed(), run.state
     notify_runs = _wait_notify_run(run_id)
     assert len(notify_runs) == 1 and notify_runs[0].state.is_completed()
