@@ -86,10 +86,7 @@ def setup(prefect_api: str, lab: dict, receivers, tmp_path_factory):  # noqa: AN
             worker.wait()
         remove_jobs(GOOD, FAIL, DAILY, CRASH, LATE)
         if trust.key_authorised:  # leave pve2 as the lab tier expects it: pve1 not trusted
-            estate.run("pve2", ["sh", "-c", 'grep -vxF -- "$1" /root/.ssh/authorized_keys > '
-                                "/root/.ssh/authorized_keys.dapx-test; mv "
-                                "/root/.ssh/authorized_keys.dapx-test /root/.ssh/authorized_keys",
-                                "sh", trust.public_key])
+            asyncio.run(trust_nodes(source="pve1", destination="pve2", revoke=True))
         for vmid in REPLICA_VMIDS:
             estate.run("pve2", ["rm", "-f", f"/etc/pve/nodes/pve2/qemu-server/{vmid}.conf"])
             for disk in (0, 1):
