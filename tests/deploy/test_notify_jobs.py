@@ -78,12 +78,9 @@ def setup(prefect_api: str, lab: dict, receivers, tmp_path_factory):  # noqa: AN
     try:
         yield smtp, hook
     finally:
-        os.killpg(worker.pid, signal.SIGINT)
-        try:
-            worker.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        from dapx.deployments.processes import stop_tree
+
+        stop_tree(worker, grace=3.0)  # it runs nothing by now: no need to wait long
         remove_jobs(GOOD, FAIL, DAILY, CRASH, LATE)
         if trust.key_authorised:  # leave pve2 as the lab tier expects it: pve1 not trusted
             asyncio.run(trust_nodes(source="pve1", destination="pve2", revoke=True))
