@@ -29,6 +29,7 @@ from prefect.client.orchestration import get_client
 
 from dapx.lab import estate
 from tests.deploy.conftest import BIN, run_cli
+from tests.lab.test_replica_helpers import preserved
 from tests.helpers.receivers import SMTP_PASSWORD, HttpReceiver, SmtpReceiver
 
 GOOD, FAIL, DAILY, CRASH, LATE = "nt-good", "nt-fail", "nt-daily", "nt-crash", "nt-late"
@@ -75,8 +76,11 @@ def setup(prefect_api: str, lab: dict, receivers, tmp_path_factory):  # noqa: AN
          "--limit", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "1",
              "PREFECT_WORKER_PREFETCH_SECONDS": "1"}, start_new_session=True)
+    # the replicas snapshot VM 100's seeded disks: they are given back as they were after
+    seeded = preserved("pve1", [f"rpool/data/vm-100-disk-{i}" for i in (0, 1)])
     try:
-        yield smtp, hook
+        with seeded:
+            yield smtp, hook
     finally:
         from dapx.deployments.processes import stop_tree
 
@@ -105,7 +109,7 @@ def dapx(*argv: str) -> int:
 def create_job(name: str, guest: int, notify: str, *extra: str) -> None:
     assert dapx("job", "create", "replica", "--source", "pve1", "--guest", str(guest),
                 "--dest", "pve2", "--name", name, "--notify", notify, "--keep", "2",
-                *extra) == 0
+                "--replace", *extra) == 0
 
 
 def remove_jobs(*names: str) -> None:
