@@ -87,8 +87,14 @@ class ProtectionStore:
         self._engine = create_async_engine(self.url, **options)
         if self.url.startswith("sqlite"):
             sa.event.listen(self._engine.sync_engine, "connect", _sqlite_wal)
-        async with self._engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+        try:
+            async with self._engine.begin() as conn:
+                await conn.run_sync(metadata.create_all)
+        except BaseException:
+            # No connection may outlive a failed open: aiosqlite keeps a (non-daemon) thread
+            # per connection, which would hold the process open at exit.
+            await self.__aexit__()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -128,3 +128,4 @@ def test_urls_get_async_drivers_and_never_show_a_password() -> None:
     assert async_url("postgresql://u:p@db/dapx") == "postgresql+asyncpg://u:p@db/dapx"
     assert async_url("postgresql+asyncpg://u:p@db/x") == "postgresql+asyncpg://u:p@db/x"
     assert "Db-Pa55" not in repr(ProtectionStore("postgresql://dapx:Db-Pa55@db:5432/dapx"))
+
