@@ -151,3 +151,17 @@ def longest_gap(line: str) -> timedelta | None:
     if last_day is None or (gap == 0 and len(times) < 2):
         return None
     return timedelta(minutes=gap)
+
+
+def validate_timezone(name: str) -> str:
+    """An IANA time zone name (``Europe/Rome``, ``UTC``); InputError otherwise."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_+/-]{1,64}", name):
+            raise ValueError(name)
+        ZoneInfo(name)
+    except (ValueError, ZoneInfoNotFoundError):
+        raise InputError(f"time zone {name!r} is not an IANA zone name (e.g. Europe/Rome, "
+                         "UTC)") from None
+    return name

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Literal, Mapping
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from dapx.core.cron import validate_timezone  # noqa: F401 - used here and re-exported
 from dapx.errors import InputError
 
 Outcome = Literal["Completed", "Failed", "Crashed"]
@@ -196,20 +197,6 @@ def validate_clock(text: str) -> str:
     if not isinstance(text, str) or not _CLOCK.fullmatch(text):
         raise InputError(f"time {text!r} must be HH:MM on a 24-hour clock, e.g. 08:00")
     return text
-
-
-def validate_timezone(name: str) -> str:
-    """An IANA time zone name (``Europe/Rome``, ``UTC``); InputError otherwise."""
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    try:
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_+/-]{1,64}", name):
-            raise ValueError(name)
-        ZoneInfo(name)
-    except (ValueError, ZoneInfoNotFoundError):
-        raise InputError(f"time zone {name!r} is not an IANA zone name (e.g. Europe/Rome, "
-                         "UTC)") from None
-    return name
 
 
 def daily_cron(clock: str) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from dapx.core.cron import validate_cron
+from dapx.core.cron import validate_cron, validate_timezone
 from dapx.deployments.builtin import deploy_flow
 from dapx.errors import InputError
 
@@ -95,18 +95,6 @@ def list_jobs() -> list[dict[str, Any]]:
         rows.append({"name": dep.name, "flow": flows.get(dep.flow_id, "?"),
                      "schedule": schedule, "paused": paused, "parameters": dep.parameters})
     return sorted(rows, key=lambda r: r["name"])
-
-
-def validate_timezone(name: str) -> str:
-    """An IANA time zone name (``Europe/Rome``); InputError otherwise."""
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise InputError(f"time zone {name!r} is unknown; use an IANA name such as "
-                         "Europe/Rome or UTC") from None
-    return name
 
 
 def local_timezone() -> str:

@@ -203,6 +203,7 @@ async def acquire(name: str, what: str, wait: float, flow_run: str | None) -> UU
     from prefect.client.orchestration import get_client
 
     deadline = time.monotonic() + wait
+    freed: set[str] = set()
     async with get_client() as client:
         while True:
             lease = await _try_acquire(client, name, flow_run)
@@ -210,8 +211,10 @@ async def acquire(name: str, what: str, wait: float, flow_run: str | None) -> UU
                 await _write_holder(client, name, Holder.now(flow_run, lease))
                 return lease
             holder, state, run_name = await _free_if_dead(client, name)
-            if state not in LIVE_STATES and state != "UNKNOWN":
-                continue  # its slot was just freed: try again at once
+            if holder is not None and state not in LIVE_STATES and state != "UNKNOWN" \
+                    and holder.lease not in freed:
+                freed.add(holder.lease)
+                continue  # its slot was just freed: try again at once (once per holder)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise LockTimeout(_timeout_message(name, what, wait, holder, state, run_name))

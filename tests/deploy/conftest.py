@@ -56,6 +56,17 @@ def prefect_env(home: Path, api_url: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def drain_to_server() -> None:
+    """Send what this process still holds for the current server (events and logs of flows
+    it ran) before that server stops; Prefect's own drain at exit has no time limit and would
+    wait forever for a server that is gone."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (EventsWorker, APILogWorker):
+        worker.drain_all(timeout=15)
+
+
 class OwnServer:
     """A Prefect server of this module's own (its own home and database), restartable."""
 
@@ -70,6 +81,7 @@ class OwnServer:
         server.wait_healthy(self.api_url)
 
     def stop(self) -> None:
+        drain_to_server()
         server.stop_server(self.proc)
 
     def restart(self) -> None:
@@ -87,6 +99,7 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with prefect_server(port, log_path=home / "server.log", home=home) as url:
             server.connect_clients(url, home)  # as dapx up: URL and credential in the profile
             yield url
+            drain_to_server()
 
 
 def run_cli(*argv: str, check: bool = True, input: str | None = None, timeout: float = 300,
@@ -105,3 +118,18 @@ def run_cli(*argv: str, check: bool = True, input: str | None = None, timeout: f
         raise AssertionError(f"{' '.join(argv)} exited {result.returncode}:\n"
                              f"{result.stdout}\n{result.stderr}")
     return result
+
+
+def trust(source: str, destination: str, *, revoke: bool = False) -> None:
+    """Run the trust-nodes flow in a process of its own against the current test server.
+
+    Not in the test process: a flow run in it leaves events and logs queued for that server,
+    and when the server stops before the session ends, Prefect's exit-time drain waits for
+    it forever."""
+    code = ("import asyncio, sys; from dapx.flows.trust import trust_nodes; "
+            "asyncio.run(trust_nodes(sys.argv[1], sys.argv[2], revoke=sys.argv[3] == 'yes'))")
+    result = subprocess.run([sys.executable, "-c", code, source, destination,
+                             "yes" if revoke else "no"], capture_output=True, text=True,
+                            timeout=300, env={**os.environ})
+    if result.returncode != 0:
+        raise AssertionError(f"trust-nodes {source} -> {destination} failed:\n{result.stderr}")

@@ -11,7 +11,7 @@ import pytest
 
 from dapx.deployments import server
 from dapx.deployments.processes import stop_tree
-from tests.deploy.conftest import run_cli
+from tests.deploy.conftest import run_cli, trust
 
 JOB = ["dapx", "job", "create", "replica", "--source", "pve1", "--guest", "100", "--dest",
        "pve3", "--dest-vmid", "9700", "--name", "ux-job"]
@@ -63,11 +63,7 @@ def test_create_replace_pause_and_time_zone(prefect_api: str, lab: dict) -> None
 
 def test_run_plan_and_wait(prefect_api: str, lab: dict, worker) -> None:  # noqa: ANN001
     run_cli("dapx", "lab", "register")
-    from dapx.flows.trust import trust_nodes
-
-    import asyncio
-
-    asyncio.run(trust_nodes("pve1", "pve3"))
+    trust("pve1", "pve3")
     run_cli(*JOB, "--paused")
     try:
         plan = run_cli("dapx", "job", "run", "ux-job", "--plan")

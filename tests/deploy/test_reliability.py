@@ -23,7 +23,7 @@ from prefect.client.orchestration import get_client
 from dapx.deployments import server
 from dapx.deployments.processes import descendants, stop_tree
 from dapx.lab import estate
-from tests.deploy.conftest import OwnServer, prefect_env, run_cli
+from tests.deploy.conftest import OwnServer, prefect_env, run_cli, trust
 from tests.lab.test_replica_helpers import (find_process, preserved, sha256, wait_for_process,
                                             write_random)
 
@@ -71,11 +71,8 @@ def product(lab: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Own
             ensure_automations(zombie_after=ZOMBIE_AFTER)
             run_cli("dapx", "lab", "register")
             from dapx.deployments.builtin import deploy_flow
-            from dapx.flows.trust import trust_nodes
 
-            import asyncio
-
-            asyncio.run(trust_nodes(SRC, DST))
+            trust(SRC, DST)
             deploy_flow("dapx.flows.nodes.node_check")
             for name, extra in ((FAST, []), (SLOW, ["--bwlimit", "1M"])):
                 run_cli("dapx", "job", "create", "replica", "--source", SRC, "--guest",

@@ -10,7 +10,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from dapx.lab import estate
-from tests.deploy.conftest import run_cli
+from tests.deploy.conftest import run_cli, trust
 from tests.lab.test_replica_helpers import sha256
 
 JOB = "vm100-to-pve2"
@@ -66,6 +66,7 @@ def test_replica_job_runs_from_prefect_deployment_run(prefect_api: str, lab: dic
         estate.run("pve2", ["rm", "-f", "/etc/pve/nodes/pve2/qemu-server/8100.conf"])
         for disk in ("vm-8100-disk-0", "vm-8100-disk-1"):
             estate.run("pve2", ["zfs", "destroy", "-r", f"rpool/replica/{disk}"])
+        trust("pve1", "pve2", revoke=True)  # the lab tier expects pve1 not to trust pve2
     run_cli("dapx", "job", "remove", JOB)
     assert JOB not in run_cli("dapx", "job", "list").stdout
 

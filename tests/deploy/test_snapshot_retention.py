@@ -11,7 +11,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from dapx.lab import estate
-from tests.deploy.conftest import run_cli
+from tests.deploy.conftest import run_cli, trust
 from tests.lab.test_replica_helpers import zfs_snapshots
 
 JOB = "vm100-to-pve2-retention"
@@ -37,7 +37,6 @@ def test_snapshot_retention_runs_as_a_scheduled_deployment(prefect_api: str, lab
     from dapx.core.jobspec import ReplicaJob
     from dapx.deployments.builtin import deploy_builtin
     from dapx.flows.replica import zfs_replica
-    from dapx.flows.trust import trust_nodes
 
     run_cli("dapx", "lab", "register")
     run_cli("prefect", "work-pool", "create", "dapx", "--type", "process", check=False)
@@ -51,7 +50,7 @@ def test_snapshot_retention_runs_as_a_scheduled_deployment(prefect_api: str, lab
         run_cli(*_job_args(keep=2))
         job = ReplicaJob(source="pve1", guest=100, destination="pve2", dest_vmid=8200,
                          register_vm=False, keep=2)
-        asyncio.run(trust_nodes("pve1", "pve2"))
+        trust("pve1", "pve2")
         asyncio.run(zfs_replica(job=job))
         newest = asyncio.run(zfs_replica(job=job)).snapshot
         assert all(len([s for s in zfs_snapshots("pve1", d) if s.startswith(TAG)]) == 2
@@ -75,3 +74,4 @@ def test_snapshot_retention_runs_as_a_scheduled_deployment(prefect_api: str, lab
     finally:
         run_cli("dapx", "job", "remove", JOB, check=False)
         _clean()
+        trust("pve1", "pve2", revoke=True)  # the lab tier expects pve1 not to trust pve2

@@ -4,7 +4,6 @@ saying why) and the server; nothing is left running, and the lab it did not star
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ from prefect.client.orchestration import get_client
 
 from dapx.deployments import server
 from dapx.lab import estate
-from tests.deploy.conftest import BIN, free_port, prefect_env, run_cli
+from tests.deploy.conftest import BIN, free_port, prefect_env, run_cli, trust
 from tests.lab.test_replica_helpers import find_process, sh, wait_for_process
 
 SRC, DST, NEW = "pve1", "pve3", 9600
@@ -57,9 +56,7 @@ def test_sigterm_stops_everything_dapx_up_started(lab: dict, tmp_path: Path) -> 
     try:
         wait_line(up, "worker started")
         with prefect_env(home, api_url):
-            from dapx.flows.trust import trust_nodes
-
-            asyncio.run(trust_nodes(SRC, DST))
+            trust(SRC, DST)
             run_cli("dapx", "job", "create", "replica", "--source", SRC, "--guest", "100",
                     "--dest", DST, "--dest-vmid", str(NEW), "--bwlimit", "1M", "--name", "up-slow")
             out = run_cli("prefect", "deployment", "run", "zfs-replica/up-slow").stdout
