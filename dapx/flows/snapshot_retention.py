@@ -33,6 +33,7 @@ from dapx.errors import DapxError, InputError, PermanentError
 from dapx.flows.btrfs_replica import btrfs_disks, btrfs_storage
 from dapx.flows.dataset import dataset_pairs, dataset_tag
 from dapx.flows.replica import job_tag, zfs_disks
+from dapx.flows.hooks import job_hooks
 from dapx.tasks import btrfs, zfs
 from dapx.tasks.guests import SourceGuest
 from dapx.tasks.jobs import JobRef, replica_jobs
@@ -242,7 +243,7 @@ async def _read(names: Optional[list[str]]) -> tuple[list[JobRef], list[str]]:
     return refs, notes
 
 
-@flow(name="snapshot-retention", log_prints=False, **KEPT_RESULTS)
+@flow(name="snapshot-retention", log_prints=False, **KEPT_RESULTS, **job_hooks())
 async def snapshot_retention(dry_run: bool = False, jobs: Optional[list[str]] = None,
                              lock_wait: float = DEFAULT_WAIT,
                              notify: NotifyMode = "failure") -> RetentionResult:
