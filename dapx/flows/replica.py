@@ -477,6 +477,13 @@ class ZfsPlan:
     staged: dict[str, Plan] = field(default_factory=dict)
     """disk key -> the transfer into its staged copy (disks a forced resend replaces)"""
 
+    def unused_copies(self) -> list[str]:
+        """Scratch copies a cut resend left that this run does not resend into (the target
+        shares a snapshot with the source again): dapx's own, removed by a real run."""
+        staged = {self.staging.incoming[d.target] for d in self.disks if d.key in self.staged}
+        return [c for c in self.staging.incoming.values()
+                if c not in staged and self.dst[c].exists]
+
     def into(self, disk: ZfsDisk) -> str:
         """The dataset this run receives the disk into: its target or its staged copy."""
         return self.staging.incoming[disk.target] if disk.key in self.staged else disk.target
@@ -536,12 +543,15 @@ async def measure_written(dest: ProxmoxNode, targets: list[zfs.DatasetState]) ->
 async def replicate_datasets(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
                              plan: ZfsPlan, results: dict[str, DiskResult], name: str,
                              parent: str | None) -> None:
-    """Snapshot every source dataset atomically (creating ``parent`` on the destination
-    meanwhile, unless None: a pool, and the scratch parent of a resend), transfer, swap a
-    resend in, prune both sides. Failures are recorded in ``results``."""
+    """Snapshot every source dataset atomically (meanwhile, on the destination: create
+    ``parent`` unless None, a pool, and the scratch parent of a resend; remove scratch copies
+    no longer needed), transfer, swap a resend in, prune both sides. Failures are recorded in
+    ``results``."""
     steps = [zfs.take_snapshots(source, [d.source for d in plan.disks], name)]
     parents = ([parent] if parent else []) + (plan.staging.parents() if plan.staged else [])
     steps += [zfs.create_parents(dest, p) for p in parents]
+    if plan.unused_copies():
+        steps.append(zfs.destroy_existing(dest, plan.unused_copies()))
     await asyncio.gather(*steps)
     await transfer_all(run, source, dest, plan, results)
     if plan.staged:

@@ -168,8 +168,9 @@ def run_flow_in_subprocess(code: str) -> subprocess.Popen:
 
 
 async def release_dead_holder(limit: str) -> None:
-    """Free the concurrency limit a killed run held (its lease would last minutes): the
-    next run recreates the limit."""
+    """Free the lock a killed run held: in the product, the heartbeat automation marks such a
+    run crashed and the next run frees its slot; the test server has no automation, and the
+    lease would last a minute. The next run creates the limit again."""
     from prefect.client.orchestration import get_client
 
     async with get_client() as client:

@@ -159,3 +159,17 @@ def test_written_probe_counts_file_data_only(tmp_path) -> None:
     (tmp_path / "zstreamdump").write_text("#!/bin/sh\ncat >/dev/null\n")  # a stream cut short
     failed = subprocess.run(argv, capture_output=True, text=True, env=env)
     assert failed.returncode == 1 and "cannot measure" in failed.stderr
+
+
+def test_scratch_copies_a_run_does_not_resend_into_are_removed() -> None:
+    from dapx.flows.replica import ZfsDisk, ZfsPlan
+
+    disks = [ZfsDisk(f"scsi{i}", "", f"rpool/data/vm-1-disk-{i}", f"rpool/r/vm-9-disk-{i}")
+             for i in (0, 1)]
+    stage = resend.staging_for([d.target for d in disks], tree=False)
+    dst = {n: zfs.DatasetState(n, exists=n.endswith("new.vm-9-disk-1") or "/new." not in n)
+           for n in stage.all_names()}
+    plan = ZfsPlan(disks, {}, dst, {}, None, stage, staged={})
+    assert plan.unused_copies() == ["rpool/r/dapx-resend/new.vm-9-disk-1"]
+    plan.staged = {"scsi1": None}  # type: ignore[dict-item]  # resent into: kept
+    assert plan.unused_copies() == []
