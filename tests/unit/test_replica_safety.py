@@ -13,7 +13,7 @@ from dapx.core import staging
 from dapx.core.btrfs_argv import find_new, parse_find_new
 from dapx.core.processes import busy_message, receives_into
 from dapx.core.registration import source_volname
-from dapx.errors import InputError, PermanentError
+from dapx.errors import CommandError, InputError, PermanentError
 from dapx.flows import resend
 from dapx.tasks import zfs
 from dapx.tasks.syncoid import tied_argv
@@ -173,3 +173,42 @@ def test_scratch_copies_a_run_does_not_resend_into_are_removed() -> None:
     assert plan.unused_copies() == ["rpool/r/dapx-resend/new.vm-9-disk-1"]
     plan.staged = {"scsi1": None}  # type: ignore[dict-item]  # resent into: kept
     assert plan.unused_copies() == []
+
+
+class _Node:
+    name = "pve3"
+
+
+def _answers(monkeypatch, replies: list[tuple[int, str, str]]) -> list[list[str]]:  # noqa: ANN001
+    """Stand in for the SSH runner (no real ZFS with ``written`` here): each command gets the
+    next (exit status, stdout, stderr); returns the commands run."""
+    from dapx.transports.ssh import Result
+
+    seen: list[list[str]] = []
+
+    async def run(node, argv, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        seen.append(argv)
+        status, out, err = replies.pop(0)
+        return Result(stdout=out, stderr=err, exit_status=status)
+
+    monkeypatch.setattr(zfs, "run", run)
+    return seen
+
+
+async def test_written_property_where_the_pool_has_it(monkeypatch) -> None:  # noqa: ANN001
+    # OpenZFS: one `zfs get written`, no probe (only real ZFS runs this path end to end)
+    seen = _answers(monkeypatch, [(0, "rpool/r/a\t0\nrpool/r/b\t40960\n", "")])
+    heads = {"rpool/r/a": "s1", "rpool/r/b": "s2"}
+    assert await zfs.head_written.fn(_Node(), heads) == {"rpool/r/a": 0, "rpool/r/b": 40960}
+    assert seen == [["zfs", "get", "-H", "-p", "-o", "name,value", "written", "rpool/r/a",
+                     "rpool/r/b"]]
+
+
+async def test_written_probe_where_the_pool_lacks_the_property(monkeypatch) -> None:  # noqa: ANN001
+    seen = _answers(monkeypatch, [
+        (1, "", "bad property list: invalid property 'written'\n"), (0, "rpool/r/a\t512\n", "")])
+    assert await zfs.head_written.fn(_Node(), {"rpool/r/a": "s1"}) == {"rpool/r/a": 512}
+    assert seen[1][:2] == ["sh", "-c"] and seen[1][4:] == ["dapx-probe", "rpool/r/a", "s1"]
+    _answers(monkeypatch, [(1, "", "cannot open 'rpool/r/a': I/O error\n")])
+    with pytest.raises(CommandError, match="zfs get written failed on node pve3"):
+        await zfs.head_written.fn(_Node(), {"rpool/r/a": "s1"})
