@@ -148,3 +148,39 @@ def parse_subvolume_show(output: str) -> dict[str, str | None]:
     if "uuid" not in found:
         raise PermanentError("'btrfs subvolume show' output has no UUID line")
     return found
+
+
+def filesystem_sync(path: str) -> list[str]:
+    """``btrfs filesystem sync <path>``: commit, so writes after it carry a newer generation."""
+    return ["btrfs", "filesystem", "sync", validate_abs_path(path, "BTRFS path")]
+
+
+def find_new(subvolume: str, generation: int) -> list[str]:
+    """``btrfs subvolume find-new <subvol> <gen>``: the file extents written in generation
+    ``gen`` or later."""
+    return ["btrfs", "subvolume", "find-new", validate_abs_path(subvolume, "BTRFS subvolume"),
+            str(int(generation))]
+
+
+def parse_find_new(output: str) -> int:
+    """Bytes of data in the extents ``find_new`` lists (``inode N file offset O len L ...``).
+
+    Only data counts: reading a file (atime) lists nothing. Raises PermanentError on a line
+    that is neither an extent nor the closing ``transid marker``.
+    """
+    total = 0
+    for line in output.splitlines():
+        fields = line.split()
+        if not fields or line.startswith("transid marker"):
+            continue
+        if fields[0] != "inode" or len(fields) < 7 or fields[5] != "len" or not fields[6].isdigit():
+            raise PermanentError(f"unexpected 'btrfs subvolume find-new' line: {line[:120]!r}")
+        total += int(fields[6])
+    return total
+
+
+def rename(source: str, target: str) -> list[str]:
+    """``mv -T -- <source> <target>`` (a subvolume is renamed like a directory; ``-T`` never
+    moves it INTO an existing directory)."""
+    return ["mv", "-T", "--", validate_abs_path(source, "BTRFS subvolume"),
+            validate_abs_path(target, "BTRFS subvolume")]

@@ -62,6 +62,9 @@ class ReplicaJob(BaseModel):
         "serialN/parallelN on host ports; for containers devN and raw lxc.* keys). Dropped "
         "unless named here; the plan and the result list what was dropped.",
         examples=[["hostpci0", "lxc.mount.entry"]])
+    remove_dropped_disks: bool = Field(
+        default=False, description="Destroy the replica of a disk the guest no longer has, "
+        "and this job's snapshots of it on the source. Off: each run reports them.")
 
     @field_validator("bridge_map", mode="before")
     @classmethod

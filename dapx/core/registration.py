@@ -120,6 +120,16 @@ def rename_volume(volname: str, old_vmid: int, new_vmid: int) -> str:
     return f"{new_vmid}/{renamed}" if directory is not None else renamed
 
 
+def source_volname(replica_volname: str, source_vmid: int) -> str | None:
+    """The source volume name a replica's volume was renamed from: ``vm-9100-disk-1`` ->
+    ``vm-100-disk-1`` for guest 100 (whatever VMID the replica carries); None when the name
+    is not one PVE makes."""
+    match = _VOLNAME.fullmatch(replica_volname)
+    if not match or match["dir"] is not None:
+        return None
+    return f"{match['kind']}-{int(source_vmid)}-{match['rest']}"
+
+
 def _with_value(line: ConfigLine, value: str) -> ConfigLine:
     """The line with a new value, keeping its key and line ending."""
     ending = line.raw[len(line.raw.rstrip("\r\n")):]

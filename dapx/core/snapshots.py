@@ -96,35 +96,56 @@ class ForeignTarget(ConflictError):
     """The target dataset exists and was not created by dapx."""
 
 
-def _diverged(dataset: str, common: Snapshot, extra: list[Snapshot], written: bool) -> Diverged:
+def size_text(count: int) -> str:
+    """``1.5 MiB`` for a byte count (messages only)."""
+    value, unit = float(count), "bytes"
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+
+
+def _diverged(dataset: str, common: Snapshot, extra: list[Snapshot], written: int) -> Diverged:
     names = tuple(s.name for s in extra)
     what = []
     if names:
         what.append(f"has snapshots the source lacks after {common.name} ({', '.join(names)})")
     if written:
-        what.append("was written to since its last snapshot")
+        what.append(f"was written to since its newest snapshot ({size_text(written)} written)")
+    consequence = [f"destroys {', '.join(names)}"] if names else []
+    consequence += ["discards what was written"] if written else []
     message = (f"{dataset} diverged: it {' and '.join(what)}; run with force to roll it back "
-               f"to {common.name}" + (f" (destroys {', '.join(names)})" if names else ""))
+               f"to {common.name} ({' and '.join(consequence)})")
     return Diverged(message, common=common, extra=names)
 
 
 def plan_incremental(source: list[Snapshot], target: list[Snapshot] | None, *,
-                     target_written: bool = False, target_owned: bool = True,
+                     target_written: int = 0, target_owned: bool = True,
+                     other_owner: str | None = None, target_can_branch: bool = False,
                      force: bool = False, dataset: str = "the destination") -> Plan:
     """The next transfer from ``source`` to ``target``.
 
     In: both sides' snapshots (``target`` None when the target dataset does not exist);
-    ``target_written`` when the target changed since its newest snapshot; ``target_owned``
-    when the target carries dapx's owner mark; ``force`` to allow destructive recovery;
-    ``dataset`` names the target in messages. Out: FullSend, Incremental or UpToDate.
-    Raises NothingToSend, ForeignTarget, NoCommonSnapshot or Diverged (the last two only
-    without ``force``; ``force`` never overrides ForeignTarget).
+    ``target_written`` bytes written into the target's head since its newest snapshot (0:
+    none; with no snapshot at all: the data it holds); ``target_owned`` when the target is
+    dapx's; ``other_owner`` the owner mark of ANOTHER dapx job when the target carries one;
+    ``target_can_branch`` when a receive from an older common snapshot keeps the target's
+    later snapshots (BTRFS: each received snapshot is its own subvolume), so they are no
+    conflict; ``force`` to allow destructive recovery; ``dataset`` names the target in
+    messages. Out: FullSend, Incremental or UpToDate. Raises NothingToSend, ForeignTarget
+    (never overridden by ``force``), NoCommonSnapshot or Diverged (the last two only without
+    ``force``).
     """
     if not source:
         raise NothingToSend(f"the source for {dataset} has no snapshot; take one first")
     newest = ordered(source)[-1]
     if target is None:
         return FullSend(to=newest)
+    if other_owner is not None:
+        raise ForeignTarget(f"{dataset} is the replica of another dapx job ({other_owner}); "
+                            "it is never overwritten, force or not: choose another "
+                            "destination VMID, pool or sub-folder")
     if not target_owned:
         raise ForeignTarget(f"{dataset} exists but was not created by dapx; choose another "
                             "destination pool or sub-folder, or remove it by hand")
@@ -132,16 +153,19 @@ def plan_incremental(source: list[Snapshot], target: list[Snapshot] | None, *,
         # Ours without snapshots (a full send died before its snapshot landed): replace it,
         # unless someone wrote data into it since.
         if target_written and not force:
-            raise NoCommonSnapshot(f"{dataset} has no snapshot but holds written data; run "
-                                   "with force to replace it")
+            raise NoCommonSnapshot(f"{dataset} has no snapshot but holds written data "
+                                   f"({size_text(target_written)}); run with force to "
+                                   "replace it")
         return FullSend(to=newest, replace_target=True)
     common = newest_common(source, target)
     if common is None:
         if force:
             return FullSend(to=newest, replace_target=True)
         raise NoCommonSnapshot(f"{dataset} has snapshots but none shared with the source; run "
-                               "with force to destroy it and send everything again")
-    extra = [t for t in ordered(target) if t.createtxg > common.createtxg]
+                               "with force to send everything again (the old copy stays until "
+                               "the new one has arrived)")
+    extra = [] if target_can_branch else [t for t in ordered(target)
+                                          if t.createtxg > common.createtxg]
     if extra or target_written:
         if not force:
             raise _diverged(dataset, common, extra, target_written)
@@ -149,6 +173,19 @@ def plan_incremental(source: list[Snapshot], target: list[Snapshot] | None, *,
     if newest.guid == common.guid:
         return UpToDate(common=common)
     return Incremental(base=common, to=newest)
+
+
+def plan_staged(source: list[Snapshot], staged: list[Snapshot] | None) -> FullSend | Incremental:
+    """The transfer into dapx's own copy BESIDE a target that a forced full send replaces.
+
+    ``staged`` is what a cut earlier attempt left there (None: nothing): when it holds a
+    source snapshot the transfer goes on incrementally from it (rolling back anything later:
+    the copy is dapx's scratch space), else it is a full send (replacing that copy).
+    """
+    plan = plan_incremental(source, staged, force=True)
+    if isinstance(plan, UpToDate):  # callers always plan a snapshot newer than any held
+        raise ValueError("a staged copy cannot already hold the snapshot being sent")
+    return plan
 
 
 def _forced(newest: Snapshot, common: Snapshot, extra: list[Snapshot]) -> Plan:
@@ -162,8 +199,9 @@ def _forced(newest: Snapshot, common: Snapshot, extra: list[Snapshot]) -> Plan:
 def describe(plan: Plan) -> str:
     """One line for logs and the dry-run artifact."""
     if isinstance(plan, FullSend):
-        return f"full send of {plan.to.name}" + (" replacing the target" if plan.replace_target
-                                                 else "")
+        return f"full send of {plan.to.name}" + (
+            " beside the old copy, swapped in when every disk arrived" if plan.replace_target
+            else "")
     prefix = f"roll back to {plan.rollback_to.name}, then " if plan.rollback_to else ""
     if isinstance(plan, UpToDate):
         return prefix + f"up to date at {plan.common.name}"

@@ -5,13 +5,19 @@ Read-only snapshots beside each disk subvolume on the source are sent with ``btr
 SSH), received into ``<storage>/<subfolder>/<source>-<vmid>/``; a writable snapshot of the
 newest one at PVE's path (``images/<new vmid>/vm-<new vmid>-disk-N``) is the registered
 guest's disk. The incremental parent is the newest snapshot both sides hold (checked on the
-destination, never assumed). The run's frame (lock, results) is shared with zfs-replica.
+destination, never assumed); received snapshots the source has since deleted are no conflict
+(each is a subvolume of its own: a receive from an older parent keeps them). Every snapshot
+is received beside the ones already there, so a cut transfer (or a forced full resend) never
+touches the disk PVE uses: the writable disks are swapped in only when every disk arrived, and
+a disk written since it was made (someone used the replica) is only replaced with force. The
+run's frame (lock, results) is shared with zfs-replica.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from prefect import flow
 
@@ -23,12 +29,12 @@ from dapx.core.guestconfig import list_disks
 from dapx.core.jobspec import ReplicaJob
 from dapx.core.registration import rename_volume
 from dapx.core.retention import select_for_deletion
-from dapx.core.snapnames import job_prefix
+from dapx.core.snapnames import job_prefix, new_snapshot_name
 from dapx.core.snapshots import FullSend, Plan
 from dapx.core.volumes import btrfs_subvolume
 from dapx.errors import ConflictError, DapxError, InputError
 from dapx.flows.hooks import job_hooks
-from dapx.flows.register import check_vmid_available, register_guest
+from dapx.flows.register import check_vmid_available
 from dapx.flows.replica import (
     DiskResult,
     ReplicaResult,
@@ -37,12 +43,14 @@ from dapx.flows.replica import (
     not_zfs_message,
     planned_snapshot,
     publish_plan,
+    register_after_copy,
     run_guest_replica,
 )
 from dapx.flows.trust import KNOWN_HOSTS, REPLICATION_KEY, check_trust
 from dapx.tasks import btrfs
 from dapx.tasks.guests import STORAGE_CFG, SourceGuest, read_files, read_guest
 from dapx.tasks.locks import DEFAULT_WAIT
+from dapx.tasks.processes import refuse_running_receive
 from dapx.tasks.syncoid import run_pipe
 from dapx.ui_extensions.artifacts import Progress, artifact_key
 
@@ -104,8 +112,9 @@ def btrfs_disks(guest: SourceGuest, job: ReplicaJob, dest_storages: dict[str, di
 
 
 def btrfs_plans(disks: list[BtrfsDisk], src: list, dst: list, name: str, *, force: bool,
-                destination: str) -> dict[str, Plan]:
-    """Plans for every disk from both sides' subvolume lists; one ConflictError for all."""
+                destination: str, written: dict[str, int]) -> dict[str, Plan]:
+    """Plans for every disk from both sides' subvolume lists and the bytes written into each
+    writable disk (``written``: writable path -> bytes); one ConflictError for all."""
 
     plans, conflicts = {}, []
     for disk in disks:
@@ -114,12 +123,20 @@ def btrfs_plans(disks: list[BtrfsDisk], src: list, dst: list, name: str, *, forc
         try:
             plans[disk.key] = snapplan.plan_incremental(
                 source + [planned_snapshot(name, source)], target or None, force=force,
+                target_written=written.get(disk.writable, 0), target_can_branch=True,
                 dataset=f"{destination}:{disk.receive_dir}")
         except ConflictError as exc:
-            conflicts.append(f"{disk.key}: {exc}")
+            conflicts.append(f"{disk.key}: {exc}".replace(
+                "since its newest snapshot", f"(the disk {disk.writable}) since it was made"))
     if conflicts:
         raise ConflictError("; ".join(conflicts))
     return plans
+
+
+def writable_generations(disks: list[BtrfsDisk], dst: list) -> dict[str, int]:
+    """writable path -> the generation it was created in, for the disks that exist."""
+    cgen = {s.path: s.cgen for s in dst}
+    return {d.writable: cgen[d.writable_rel] for d in disks if d.writable_rel in cgen}
 
 
 def btrfs_prune(subvolumes: list, rel: str, job: ReplicaJob, protect: str,
@@ -133,14 +150,9 @@ def btrfs_prune(subvolumes: list, rel: str, job: ReplicaJob, protect: str,
 async def btrfs_send_disk(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode,
                           disk: BtrfsDisk, plan: Plan, name: str, dst: list,
                           tracker: TransferProgress, result: DiskResult) -> None:
-    """Clean up, send, and refresh the writable disk of one BTRFS disk."""
+    """Clean up what a cut receive left, and receive the new snapshot beside the others."""
 
-    received = f"{disk.dest_mount}/{disk.received_rel}"
     stale = [f"{disk.dest_mount}/{p}" for p in interrupted_receives(dst, disk.received_rel)]
-    if isinstance(plan, FullSend) and plan.replace_target:
-        stale += [f"{received}@{s.name}"
-                  for s in snapshots_of(dst, disk.received_rel, received=True)]
-    stale += [f"{received}@{n}" for n in getattr(plan, "destroys", ())]
     await btrfs.delete_subvolumes(dest, stale)
     parent = f"{disk.source}@{plan.base.name}" if isinstance(plan, snapplan.Incremental) else None
     argv = btrfs.pipe_argv(parent, f"{disk.source}@{name}", dest.host, disk.receive_dir,
@@ -149,9 +161,24 @@ async def btrfs_send_disk(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNod
     sync = await run_pipe(source, argv, f"btrfs send {disk.source} -> {dest.name}",
                           on_bytes=tracker.on_bytes)
     result.bytes_sent, result.seconds = sync.bytes_sent, round(sync.seconds, 3)
-    exists = any(s.path == disk.writable_rel for s in dst)
-    await btrfs.replace_writable(dest, f"{disk.dest_mount}/{disk.received_rel}@{name}",
-                                 disk.writable, exists)
+
+
+async def swap_writables(dest: ProxmoxNode, disks: list[BtrfsDisk], plans: dict[str, Plan],
+                         dst: list, name: str, results: dict[str, DiskResult]) -> None:
+    """Every disk arrived: swap each writable disk for a snapshot of the new one, then drop
+    what a forced full resend replaced (the received snapshots of the old copy)."""
+    for disk in disks:
+        try:
+            await btrfs.swap_writable(dest, f"{disk.dest_mount}/{disk.received_rel}@{name}",
+                                      disk.writable, disk.receive_dir, disk.dest_mount)
+        except DapxError as exc:
+            results[disk.key].error = f"received, but the disk could not be swapped in: {exc}"
+            return
+        plan = plans[disk.key]
+        if isinstance(plan, FullSend) and plan.replace_target:
+            await btrfs.delete_subvolumes(dest, [
+                f"{disk.dest_mount}/{disk.received_rel}@{s.name}"
+                for s in snapshots_of(dst, disk.received_rel, received=True)])
 
 
 async def btrfs_retention(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode,
@@ -177,7 +204,7 @@ async def btrfs_retention(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNod
 async def _btrfs_replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode,
                            dry_run: bool, force: bool, result: ReplicaResult) -> None:
 
-    name = result.snapshot
+    result.snapshot = name = new_snapshot_name(job_tag(job), datetime.now(timezone.utc))
     guest, dest_files = await asyncio.gather(read_guest(source, job.guest),
                                              read_files(dest, [STORAGE_CFG]))
     dest_storages = dest_files.storages()
@@ -185,11 +212,15 @@ async def _btrfs_replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNo
     disks = btrfs_disks(guest, job, dest_storages, dest_sid)
     src_mount = disks[0].source[: -len(disks[0].source_rel) - 1]
     checks = [btrfs.list_subvolumes(source, src_mount),
-              btrfs.list_subvolumes(dest, disks[0].dest_mount), check_trust(source, dest)]
+              btrfs.list_subvolumes(dest, disks[0].dest_mount), check_trust(source, dest),
+              refuse_running_receive(dest, sorted({d.receive_dir for d in disks}))]
     if job.register_vm:
-        checks.append(check_vmid_available(job, source, dest, guest.kind))
+        checks.append(check_vmid_available(job, source, dest, guest.kind, api_optional=True))
     src, dst, *_ = await asyncio.gather(*checks)
-    plans = btrfs_plans(disks, src, dst, name, force=force, destination=job.destination)
+    written = await btrfs.written_since(dest, disks[0].dest_mount,
+                                        writable_generations(disks, dst))
+    plans = btrfs_plans(disks, src, dst, name, force=force, destination=job.destination,
+                        written=written)
     results = {d.key: DiskResult(disk=d.key, source_dataset=d.source, dest_dataset=d.writable,
                                  plan=snapplan.describe(plans[d.key])) for d in disks}
     result.disks = list(results.values())
@@ -213,10 +244,10 @@ async def _btrfs_replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNo
             results[disk.key].error = str(exc)
         tracker.done += 1
         await progress.update(tracker.percent, force=True)
+    if not result.failures:
+        await swap_writables(dest, disks, plans, dst, name, results)
     await btrfs_retention(job, source, dest, disks, results, name, src_mount)
-    if job.register_vm and not result.failures:
-        result.registration = str(await register_guest(job, source, dest, "btrfs", dest_sid,
-                                                       guest=guest))
+    await register_after_copy(job, source, dest, result, "btrfs", dest_sid, guest=guest)
 
 
 @flow(name="btrfs-replica", log_prints=False, **KEPT_RESULTS, **job_hooks())

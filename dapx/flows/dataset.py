@@ -51,7 +51,8 @@ class DatasetResult(BaseModel):
     dataset: str
     destination: str
     dest_dataset: str
-    snapshot: str = Field(description="Snapshot this run took (planned, for a dry run).")
+    snapshot: str = Field(default="", description="Snapshot this run took (planned, for a "
+                          "dry run), named when the run holds its lock.")
     dry_run: bool = False
     datasets: list[DiskResult] = Field(default_factory=list,
                                        description="One row per dataset, parents first.")
@@ -93,17 +94,17 @@ def dataset_pairs(job: DatasetJob, tree: list[str]) -> list[ZfsDisk]:
 
 async def _replicate(job: DatasetJob, source: ProxmoxNode, dest: ProxmoxNode, dry_run: bool,
                      force: bool, result: DatasetResult) -> None:
+    result.snapshot = new_snapshot_name(dataset_tag(job), datetime.now(timezone.utc))
     name, run = result.snapshot, dataset_run(job)
     tree = await zfs.dataset_tree(source, job.dataset) if job.recursive else [job.dataset]
     disks = dataset_pairs(job, tree)
-    plan = await read_and_plan(run, source, dest, disks, name, force=force)
+    plan = await read_and_plan(run, source, dest, disks, name, force=force, dry_run=dry_run)
     results = plan.results()
     result.datasets = list(results.values())
     if dry_run:
         facts = {"dataset": f"{job.source}:{job.dataset}", "recursive": job.recursive,
                  "destination": f"{job.destination}:{job.dest_dataset}"}
-        await publish_run_plan(run, facts, plan_rows(disks, plan.plans, plan.src, plan.dst,
-                                                     run, name), name)
+        await publish_run_plan(run, facts, plan_rows(disks, plan, run, name), name)
         return
     parent = job.dest_dataset.rsplit("/", 1)[0]
     await replicate_datasets(run, source, dest, plan, results, name,
@@ -117,17 +118,16 @@ async def dataset_replica(job: DatasetJob, dry_run: bool = False, force: bool = 
     ``job.source`` to ``job.dest_dataset`` on ``job.destination`` with syncoid.
 
     ``dry_run`` publishes the plan and changes nothing; ``force`` lets the plan roll back a
-    diverged target or replace one that shares nothing with the source (never one dapx did
-    not create); ``lock_wait`` is how long to wait for another run of the same dataset and
+    diverged or written target or send again in full one that shares nothing with the source
+    (received beside it, then swapped in; never one dapx did not create or another job owns);
+    ``lock_wait`` is how long to wait for another run of the same dataset and
     destination. Raises InputError for bad input (a missing dataset, a child whose name dapx
     refuses), ConflictError for a conflict, LockTimeout, PermanentError naming failed datasets.
     """
     started = time.monotonic()
     source, dest = await aload_nodes(job.source, job.destination)
     result = DatasetResult(source=job.source, dataset=job.dataset, destination=job.destination,
-                           dest_dataset=job.dest_dataset, dry_run=dry_run,
-                           snapshot=new_snapshot_name(dataset_tag(job),
-                                                      datetime.now(timezone.utc)))
+                           dest_dataset=job.dest_dataset, dry_run=dry_run)
     await run_exclusively(dataset_lock_name(job.source, job.dataset, job.destination),
                           f"replicating dataset {job.dataset} from {job.source} to "
                           f"{job.destination}", lock_wait, dry_run,

@@ -31,7 +31,7 @@ from dapx.core.jobspec import ReplicaJob
 from dapx.core.registration import (RegistrationOptions, dropped_keys,
                                     rewrite_for_destination)
 from dapx.core.validate import validate_storage_id
-from dapx.errors import ConflictError
+from dapx.errors import ConflictError, TransientError
 from dapx.tasks.guests import (
     SourceGuest,
     config_path,
@@ -120,9 +120,14 @@ def ensure_zfs_storage(dest: ProxmoxNode, pool: str, subfolder: str) -> tuple[st
     return sid, True
 
 
-def vmid_owner(dest: ProxmoxNode, vmid: int) -> dict | None:
+API_CHECK_TIMEOUT = 10.0
+"""Seconds the pre-copy cluster check waits for the destination's API before going on."""
+
+
+def vmid_owner(dest: ProxmoxNode, vmid: int, timeout: float = 30.0) -> dict | None:
     """The cluster resource using ``vmid`` as the destination's API lists it, or None."""
-    return next((g for g in dest.api().guests() if int(g.get("vmid", 0)) == vmid), None)
+    return next((g for g in dest.api(timeout=timeout).guests()
+                 if int(g.get("vmid", 0)) == vmid), None)
 
 
 async def existing_config(dest: ProxmoxNode, kind: str, vmid: int, source: str,
@@ -146,13 +151,30 @@ async def existing_config(dest: ProxmoxNode, kind: str, vmid: int, source: str,
 
 @dapx_task
 async def check_vmid_available(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode,
-                               kind: str) -> None:
-    """Refuse, before any data moves, a destination VMID another guest uses."""
-    owner = vmid_owner(dest, job.target_vmid)
+                               kind: str, api_optional: bool = False) -> str:
+    """Refuse (ConflictError) a destination VMID another guest uses: its config files on the
+    destination, read over SSH, and the cluster's guest list from the destination's API.
+
+    ``api_optional`` (the check before any data moves): an API that cannot be reached only
+    skips the cluster part and is returned as a note, so the copy goes on; registration
+    checks again and needs the API. Returns "" or that note.
+    """
+    await existing_config(dest, kind, job.target_vmid, source.name, job.guest)
+    try:
+        owner = vmid_owner(dest, job.target_vmid,
+                           API_CHECK_TIMEOUT if api_optional else 30.0)
+    except TransientError as exc:
+        if not api_optional:
+            raise
+        from prefect.logging import get_run_logger
+
+        note = f"cluster-wide VMID check skipped, the API cannot be reached: {exc}"
+        get_run_logger().warning("%s (copying anyway; registration checks again)", note)
+        return note
     if owner is not None and owner.get("node") != dest.name:
         raise ConflictError(f"VMID {job.target_vmid} is in use on node {owner.get('node')}; "
                             "choose another destination VMID")
-    await existing_config(dest, kind, job.target_vmid, source.name, job.guest)
+    return ""
 
 
 @dapx_task

@@ -1,20 +1,26 @@
 """``zfs-replica`` and ``btrfs-replica``: copy a guest's disks to another node (R1, R2).
 
 Shape of a run (flows -> tasks -> core): load the node blocks; read the guest config and the
-source's storage.cfg in one round trip; map disks to datasets; check node trust; read both
-sides' snapshots (one ``zfs get`` per node); plan every disk with ``core.snapshots`` (any
-conflict stops the run before anything changes; ``force`` is explicit); a dry run publishes
-the plan and stops. Otherwise, under a global concurrency limit for guest+destination: one
-atomic snapshot of all disks, syncoid per disk ON THE SOURCE node pushing to the destination,
-retention on both sides for the disks that made it, registration, a result table. A failing
-disk does not hide the others: the run fails at the end naming every failure.
+source's storage.cfg in one round trip; map disks to datasets; check node trust, that no
+receive into a target still runs, and that the destination VMID is free; read both sides'
+snapshots (one ``zfs get`` per node) and what was written into each target since its newest
+snapshot; plan every disk with ``core.snapshots`` (any conflict stops the run before anything
+changes: a diverged or written target, a target of another job; ``force`` is explicit); a dry
+run publishes the plan and stops. Otherwise, under a global concurrency limit for
+guest+destination: one atomic snapshot of all disks, named when taken, syncoid per disk ON THE
+SOURCE node pushing to the destination (tied to the SSH channel: it dies with the run), a
+forced full resend received beside the old replica and swapped in only when every disk
+arrived (``dapx.flows.resend``), retention on both sides for the disks that made it, disks the
+guest no longer has reported (or removed when the job says so), registration, a result table.
+A failing disk does not hide the others (a forced resend stops at the first): the run fails
+at the end naming every failure, and a registration that failed after the copy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
@@ -34,10 +40,12 @@ from dapx.core.snapshots import FullSend, Plan, Snapshot
 from dapx.core.syncoid_argv import SyncoidOptions
 from dapx.core.volumes import destination_dataset, zfs_dataset
 from dapx.errors import ConflictError, DapxError, InputError, PermanentError
+from dapx.flows import dropped, resend
 from dapx.flows.hooks import job_hooks, record_protection
 from dapx.flows.register import check_vmid_available, register_guest, registration_note
 from dapx.flows.trust import KNOWN_HOSTS, REPLICATION_KEY, check_trust
 from dapx.tasks import zfs
+from dapx.tasks.processes import refuse_running_receive
 from dapx.tasks.guests import SourceGuest, read_guest
 from dapx.tasks.locks import DEFAULT_WAIT, replica_lock_name, run_exclusively
 from dapx.tasks.syncoid import run_pipe, run_syncoid
@@ -76,10 +84,15 @@ class ReplicaResult(BaseModel):
     guest: int
     destination: str
     dest_vmid: int
-    snapshot: str = Field(description="Snapshot this run took (planned, for a dry run).")
+    snapshot: str = Field(default="", description="Snapshot this run took (planned, for a "
+                          "dry run), named when the run holds its lock.")
     dry_run: bool = False
     disks: list[DiskResult] = Field(default_factory=list)
     registration: str = ""
+    registration_error: str = Field(default="", description="Why registration failed after "
+                                    "the copy (the next run registers).")
+    dropped: list[str] = Field(default_factory=list, description="Replicas and snapshots of "
+                               "disks the guest no longer has: reported, or removed.")
     seconds: float = 0.0
 
     @property
@@ -183,24 +196,30 @@ def target_owned(state: zfs.DatasetState) -> bool:
         s.name.startswith(SNAPSHOT_PREFIX) for s in state.snapshots))
 
 
+def with_planned(source: zfs.DatasetState, name: str) -> list[Snapshot]:
+    """The source's snapshots and the one this run will take."""
+    return source.snapshots + [planned_snapshot(name, source.snapshots)]
+
+
 def plan_disk(disk: ZfsDisk, source: zfs.DatasetState, target: zfs.DatasetState, name: str,
-              *, force: bool, destination: str) -> Plan:
-    """The plan for one disk, as if ``name`` had been taken. Raises ConflictError."""
-    snaps = source.snapshots + [planned_snapshot(name, source.snapshots)]
+              *, force: bool, destination: str, owner: str | None = None) -> Plan:
+    """The plan for one disk, as if ``name`` had been taken; ``owner`` is this job's owner
+    mark (a target marked by another job is refused). Raises ConflictError."""
+    other = target.owner if owner and target.owner not in (None, owner) else None
     return snapplan.plan_incremental(
-        snaps, target.snapshots if target.exists else None, target_written=target.written,
-        target_owned=target_owned(target), force=force,
-        dataset=f"{destination}:{disk.target}")
+        with_planned(source, name), target.snapshots if target.exists else None,
+        target_written=target.written_bytes, target_owned=target_owned(target),
+        other_owner=other, force=force, dataset=f"{destination}:{disk.target}")
 
 
 def plan_all(disks: list[ZfsDisk], src: dict, dst: dict, name: str, *, force: bool,
-             destination: str) -> dict[str, Plan]:
+             destination: str, owner: str | None = None) -> dict[str, Plan]:
     """Plans for every disk; raises one ConflictError naming every conflicting disk."""
     plans, conflicts = {}, []
     for disk in disks:
         try:
             plans[disk.key] = plan_disk(disk, src[disk.source], dst[disk.target], name,
-                                        force=force, destination=destination)
+                                        force=force, destination=destination, owner=owner)
         except ConflictError as exc:
             conflicts.append(f"{disk.key}: {exc}")
     if conflicts:
@@ -227,26 +246,29 @@ def syncoid_options(run: ZfsRun, dest: ProxmoxNode, resume: bool) -> SyncoidOpti
 # Dry run
 
 
-def plan_rows(disks: list[ZfsDisk], plans: dict[str, Plan], src: dict, dst: dict,
-              run: ZfsRun, name: str) -> list[dict[str, Any]]:
+def plan_rows(disks: list[ZfsDisk], plan: "ZfsPlan", run: ZfsRun,
+              name: str) -> list[dict[str, Any]]:
     rows = []
     for disk in disks:
-        new = planned_snapshot(name, src[disk.source].snapshots)
+        src, dst = plan.src[disk.source], plan.dst[disk.target]
+        new = planned_snapshot(name, src.snapshots)
         rows.append({"disk": disk.key, "source": disk.source,
-                     "destination": disk.target, "plan": snapplan.describe(plans[disk.key]),
-                     "size": human_bytes(src[disk.source].referenced),
-                     "retention (source)": ", ".join(
-                         prune_list(src[disk.source], run, name, new)) or "nothing",
-                     "retention (destination)": ", ".join(
-                         prune_list(dst[disk.target], run, name, new)) or "nothing"})
+                     "destination": disk.target, "plan": plan.describe(disk),
+                     "size": human_bytes(src.referenced),
+                     "retention (source)": ", ".join(prune_list(src, run, name, new))
+                     or "nothing",
+                     "retention (destination)": ", ".join(prune_list(dst, run, name, new))
+                     or "nothing"})
     return rows
 
 
 async def publish_plan(job: ReplicaJob, rows: list[dict[str, Any]], name: str,
-                       guest: SourceGuest) -> None:
+                       guest: SourceGuest, dropped_notes: list[str] | None = None) -> None:
     facts = {"guest": f"{job.source}/{job.guest}", "destination":
              f"{job.destination}/{job.target_vmid}"}
-    notes = [registration_note(job, guest)] if job.register_vm else []
+    notes = list(dropped_notes or [])
+    if job.register_vm:
+        notes.append(registration_note(job, guest))
     await publish_run_plan(guest_run(job), facts, rows, name, notes)
 
 
@@ -265,37 +287,38 @@ async def publish_run_plan(run: ZfsRun, facts: dict[str, Any], rows: list[dict[s
 # Transfer
 
 
-async def prepare_target(dest: ProxmoxNode, disk: ZfsDisk, plan: Plan) -> None:
-    """Carry out what a forced plan asks of the target before the send."""
+async def prepare_target(dest: ProxmoxNode, into: str, plan: Plan) -> None:
+    """Carry out what a plan asks of the dataset it receives into before the send: only a
+    staged copy is ever replaced (it is dapx's scratch copy); a forced plan rolls back."""
     if isinstance(plan, FullSend) and plan.replace_target:
-        await zfs.destroy_dataset(dest, disk.target)
+        await zfs.destroy_existing(dest, [into])
     elif getattr(plan, "rollback_to", None) is not None:
-        await zfs.rollback(dest, disk.target, plan.rollback_to.name)
+        await zfs.rollback(dest, into, plan.rollback_to.name)
 
 
-def direct_pipe(run: ZfsRun, dest: ProxmoxNode, disk: ZfsDisk, plan: Plan) -> list[str]:
+def direct_pipe(run: ZfsRun, dest: ProxmoxNode, source: str, into: str, plan: Plan) -> list[str]:
     """The send pipeline for nodes where syncoid cannot list remote snapshots."""
     base = plan.base.name if isinstance(plan, snapplan.Incremental) else None
-    return zfs.pipe_argv(disk.source, base, plan.to.name, dest.host, disk.target,
+    return zfs.pipe_argv(source, base, plan.to.name, dest.host, into,
                          key=REPLICATION_KEY, known_hosts=KNOWN_HOSTS, port=dest.ssh_port,
                          rate=run.bwlimit)
 
 
 async def send_disk(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode, disk: ZfsDisk,
-                    plan: Plan, options: SyncoidOptions | None, progress: "TransferProgress",
-                    result: DiskResult) -> None:
-    """Prepare the target, send (syncoid, or the direct pipe when ``options`` is None) on the
-    source node, mark the target ours."""
-    await prepare_target(dest, disk, plan)
+                    into: str, plan: Plan, options: SyncoidOptions | None,
+                    progress: "TransferProgress", result: DiskResult) -> None:
+    """Prepare ``into`` (the target, or its staged copy), send (syncoid, or the direct pipe
+    when ``options`` is None) on the source node, mark it ours."""
+    await prepare_target(dest, into, plan)
     if options is not None:
-        sync = await run_syncoid(source, disk.source, dest.host, disk.target, options,
+        sync = await run_syncoid(source, disk.source, dest.host, into, options,
                                  on_bytes=progress.on_bytes)
     else:
-        sync = await run_pipe(source, direct_pipe(run, dest, disk, plan),
-                              f"zfs send {disk.source} -> {dest.name}:{disk.target}",
+        sync = await run_pipe(source, direct_pipe(run, dest, disk.source, into, plan),
+                              f"zfs send {disk.source} -> {dest.name}:{into}",
                               on_bytes=progress.on_bytes)
     result.bytes_sent, result.seconds = sync.bytes_sent, round(sync.seconds, 3)
-    await zfs.mark_owned(dest, disk.target, run.owner)
+    await zfs.mark_owned(dest, into, run.owner)
 
 
 class TransferProgress:
@@ -333,58 +356,87 @@ async def choose_transport(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
     return syncoid_options(run, dest, await zfs.supports_resume(dest, run.dest_pool))
 
 
-async def transfer_all(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
-                       disks: list[ZfsDisk], plans: dict[str, Plan], src: dict,
-                       results: dict[str, DiskResult], options: SyncoidOptions | None) -> None:
-    """Send every disk in turn (syncoid with ``options``, else the direct pipe); a failing
-    disk is recorded and the next one still runs. With ``options.recursive`` one syncoid
-    run sends the first dataset and its children (``disks`` lists them, parent first)."""
+async def transfer_all(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode, plan: "ZfsPlan",
+                       results: dict[str, DiskResult]) -> None:
+    """Send every disk in turn (syncoid with ``plan.options``, else the direct pipe) into its
+    target, or into its staged copy when a forced resend replaces the target. A failing disk
+    is recorded and the next one still runs, except in a resend, which stops at the first.
+    With ``options.recursive`` one syncoid run sends the first dataset and its children."""
     progress = Progress(artifact_key("replica-progress", run.source, run.key, run.destination),
                         f"{run.subject}: {run.source} -> {run.destination}")
     await progress.start()
-    tracker = TransferProgress(progress, len(disks))
+    tracker = TransferProgress(progress, len(plan.disks))
     follower = asyncio.create_task(tracker.follow())
     try:
-        if options is not None and options.recursive:
-            await send_recursive(run, source, dest, disks, plans, src, results, options, tracker)
+        if plan.options is not None and plan.options.recursive:
+            await send_recursive(run, source, dest, plan, results, tracker)
         else:
-            for disk in disks:
-                full = isinstance(plans[disk.key], FullSend)
-                tracker.start_disk(src[disk.source].referenced if full else 0)
-                try:
-                    await send_disk(run, source, dest, disk, plans[disk.key], options, tracker,
-                                    results[disk.key])
-                except DapxError as exc:
-                    results[disk.key].error = str(exc)
-                tracker.done += 1
+            await send_each(run, source, dest, plan, results, tracker)
     finally:
         follower.cancel()
     await progress.update(100.0, force=True)
 
 
-async def send_recursive(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
-                         disks: list[ZfsDisk], plans: dict[str, Plan], src: dict,
-                         results: dict[str, DiskResult], options: SyncoidOptions,
-                         tracker: TransferProgress) -> None:
-    """``syncoid --recursive`` for ``disks[0]`` and its children: prepare every target, one
-    transfer (its bytes are reported on the first row), mark every target ours. A failure
-    is recorded on every dataset: syncoid does not say which child it stopped at."""
-    root = disks[0]
-    tracker.start_disk(sum(src[d.source].referenced for d in disks
-                           if isinstance(plans[d.key], FullSend)))
+async def send_each(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode, plan: "ZfsPlan",
+                    results: dict[str, DiskResult], tracker: "TransferProgress") -> None:
+    """One transfer per disk, parents first."""
+    failed = ""
+    for disk in plan.disks:
+        if failed and plan.staged:
+            results[disk.key].error = (f"not sent: {failed} failed first (a forced resend "
+                                       "stops at the first failing disk)")
+            continue
+        disk_plan = plan.transfer_plan(disk)
+        full = isinstance(disk_plan, FullSend)
+        tracker.start_disk(plan.src[disk.source].referenced if full else 0)
+        try:
+            await send_disk(run, source, dest, disk, plan.into(disk), disk_plan, plan.options,
+                            tracker, results[disk.key])
+        except DapxError as exc:
+            results[disk.key].error = str(exc)
+            failed = failed or disk.key
+        tracker.done += 1
+
+
+async def send_recursive(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode, plan: "ZfsPlan",
+                         results: dict[str, DiskResult], tracker: "TransferProgress") -> None:
+    """``syncoid --recursive`` for ``disks[0]`` and its children: prepare every target (or
+    staged copy), one transfer (its bytes are reported on the first row), mark every one
+    ours. A failure is recorded on every dataset: syncoid does not say which child it
+    stopped at."""
+    disks, root = plan.disks, plan.disks[0]
+    tracker.start_disk(sum(plan.src[d.source].referenced for d in disks
+                           if isinstance(plan.transfer_plan(d), FullSend)))
     try:
         for disk in disks:
-            await prepare_target(dest, disk, plans[disk.key])
-        sync = await run_syncoid(source, root.source, dest.host, root.target, options,
+            await prepare_target(dest, plan.into(disk), plan.transfer_plan(disk))
+        sync = await run_syncoid(source, root.source, dest.host, plan.into(root), plan.options,
                                  on_bytes=tracker.on_bytes)
         results[root.key].bytes_sent = sync.bytes_sent
         results[root.key].seconds = round(sync.seconds, 3)
         for disk in disks:
-            await zfs.mark_owned(dest, disk.target, run.owner)
+            await zfs.mark_owned(dest, plan.into(disk), run.owner)
     except DapxError as exc:
         for disk in disks:
             results[disk.key].error = str(exc)
     tracker.done = len(disks)
+
+
+async def finish_resend(dest: ProxmoxNode, plan: "ZfsPlan",
+                        results: dict[str, DiskResult]) -> None:
+    """Swap the staged copies in when every disk arrived; otherwise say why they wait."""
+    staged = [d for d in plan.disks if d.key in plan.staged]
+    failed = [d.key for d in plan.disks if results[d.key].error]
+    why = ""
+    if failed:
+        why = (f"received beside the old copy but not swapped in: {failed[0]} failed (the old "
+               "copy stays in use; the next forced run reuses this one)")
+    else:
+        roots = [t for t in plan.staging.roots if t in {d.target for d in staged}]
+        why = await resend.swap_all(dest, plan.staging, roots)
+    for disk in staged:
+        if why and not results[disk.key].error:
+            results[disk.key].error = why
 
 
 async def retention(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
@@ -421,73 +473,142 @@ class ZfsPlan:
     dst: dict[str, zfs.DatasetState]
     plans: dict[str, Plan]
     options: SyncoidOptions | None
+    staging: resend.Staging
+    staged: dict[str, Plan] = field(default_factory=dict)
+    """disk key -> the transfer into its staged copy (disks a forced resend replaces)"""
+
+    def unused_copies(self) -> list[str]:
+        """Scratch copies a cut resend left that this run does not resend into (the target
+        shares a snapshot with the source again): dapx's own, removed by a real run."""
+        staged = {self.staging.incoming[d.target] for d in self.disks if d.key in self.staged}
+        return [c for c in self.staging.incoming.values()
+                if c not in staged and self.dst[c].exists]
+
+    def into(self, disk: ZfsDisk) -> str:
+        """The dataset this run receives the disk into: its target or its staged copy."""
+        return self.staging.incoming[disk.target] if disk.key in self.staged else disk.target
+
+    def transfer_plan(self, disk: ZfsDisk) -> Plan:
+        return self.staged.get(disk.key, self.plans[disk.key])
+
+    def describe(self, disk: ZfsDisk) -> str:
+        text = snapplan.describe(self.plans[disk.key])
+        staged = self.staged.get(disk.key)
+        if isinstance(staged, snapplan.Incremental):
+            text += f" (resuming the copy a cut run left, from {staged.base.name})"
+        return text
 
     def results(self) -> dict[str, DiskResult]:
         return {d.key: DiskResult(disk=d.key, source_dataset=d.source, dest_dataset=d.target,
-                                  plan=snapplan.describe(self.plans[d.key])) for d in self.disks}
+                                  plan=self.describe(d)) for d in self.disks}
 
 
 async def read_and_plan(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
-                        disks: list[ZfsDisk], name: str, *, force: bool,
+                        disks: list[ZfsDisk], name: str, *, force: bool, dry_run: bool,
                         checks: tuple = ()) -> ZfsPlan:
-    """Both sides' states, the transport, node trust and the caller's ``checks`` (awaitables)
-    at once (each is a round trip), then the plans. Raises PermanentError for a missing
-    source dataset, ConflictError naming every conflict, and whatever a check raises."""
+    """Both sides' states (targets and their scratch copies), the transport, node trust, no
+    receive still running into a target, and the caller's ``checks`` (awaitables) at once
+    (each is a round trip); then what a swap cut by a dead run left is settled (a dry run
+    only pretends), what was written into each target measured, and the plans made.
+    Raises PermanentError for a missing source dataset, ConflictError naming every conflict
+    or a running receive, and whatever a check raises."""
+    tree = run.recursive
+    staging = resend.staging_for([d.target for d in disks], tree)
     src, dst, options, *_ = await asyncio.gather(
         zfs.dataset_states(source, [d.source for d in disks]),
-        zfs.dataset_states(dest, [d.target for d in disks]),
-        choose_transport(run, source, dest, disks), check_trust(source, dest), *checks)
+        zfs.dataset_states(dest, staging.all_names()),
+        choose_transport(run, source, dest, disks), check_trust(source, dest),
+        refuse_running_receive(dest, list(staging.incoming) + list(staging.incoming.values())),
+        *checks)
     missing = [d.source for d in disks if not src[d.source].exists]
     if missing:
         raise PermanentError(f"source datasets missing on {run.source}: {', '.join(missing)}")
-    plans = plan_all(disks, src, dst, name, force=force, destination=run.destination)
-    return ZfsPlan(disks, src, dst, plans, options)
+    dst = await resend.settle_swaps(dest, staging, dst, dry_run=dry_run)
+    await measure_written(dest, [dst[d.target] for d in disks])
+    plans = plan_all(disks, src, dst, name, force=force, destination=run.destination,
+                     owner=run.owner)
+    staged = resend.staged_plans(plans, {d.key: with_planned(src[d.source], name) for d in disks},
+                                 staging, dst, {d.key: d.target for d in disks}, tree)
+    return ZfsPlan(disks, src, dst, plans, options, staging, staged)
+
+
+async def measure_written(dest: ProxmoxNode, targets: list[zfs.DatasetState]) -> None:
+    """Fill in ``written`` for every target that has a snapshot (one round trip)."""
+    heads = {t.name: t.snapshots[-1].name for t in targets if t.exists and t.snapshots}
+    written = await zfs.head_written(dest, heads)
+    for target in targets:
+        target.written = written.get(target.name)
 
 
 async def replicate_datasets(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
                              plan: ZfsPlan, results: dict[str, DiskResult], name: str,
                              parent: str | None) -> None:
-    """Snapshot every source dataset atomically (creating ``parent`` on the destination
-    meanwhile, unless None: a pool), transfer, prune both sides. Failures are recorded in
+    """Snapshot every source dataset atomically (meanwhile, on the destination: create
+    ``parent`` unless None, a pool, and the scratch parent of a resend; remove scratch copies
+    no longer needed), transfer, swap a resend in, prune both sides. Failures are recorded in
     ``results``."""
     steps = [zfs.take_snapshots(source, [d.source for d in plan.disks], name)]
-    if parent:
-        steps.append(zfs.create_parents(dest, parent))
+    parents = ([parent] if parent else []) + (plan.staging.parents() if plan.staged else [])
+    steps += [zfs.create_parents(dest, p) for p in parents]
+    if plan.unused_copies():
+        steps.append(zfs.destroy_existing(dest, plan.unused_copies()))
     await asyncio.gather(*steps)
-    await transfer_all(run, source, dest, plan.disks, plan.plans, plan.src, results,
-                       plan.options)
+    await transfer_all(run, source, dest, plan, results)
+    if plan.staged:
+        await finish_resend(dest, plan, results)
     await retention(run, source, dest, plan.disks, results, name)
 
 
 async def _replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode, dry_run: bool,
                      force: bool, result: ReplicaResult) -> None:
+    result.snapshot = new_snapshot_name(job_tag(job), datetime.now(timezone.utc))
     name, run = result.snapshot, guest_run(job)
     guest = await read_guest(source, job.guest)
     disks = zfs_disks(guest, job)
-    checks = (check_vmid_available(job, source, dest, guest.kind),) if job.register_vm else ()
-    plan = await read_and_plan(run, source, dest, disks, name, force=force, checks=checks)
+    checks = (check_vmid_available(job, source, dest, guest.kind, api_optional=True),) \
+        if job.register_vm else ()
+    plan = await read_and_plan(run, source, dest, disks, name, force=force, dry_run=dry_run,
+                               checks=checks)
     results = plan.results()
     result.disks = list(results.values())
-    if dry_run:
-        await publish_plan(job, plan_rows(disks, plan.plans, plan.src, plan.dst, run, name),
-                           name, guest)
-        return
     parent = destination_dataset(job.dest_pool, job.subfolder, "x").rsplit("/", 1)[0]
+    if dry_run:
+        result.dropped = await dropped.dropped_disks(job, run, source, dest, disks, parent,
+                                                     remove=False)
+        await publish_plan(job, plan_rows(disks, plan, run, name), name, guest, result.dropped)
+        return
     await replicate_datasets(run, source, dest, plan, results, name, parent)
-    if job.register_vm and not result.failures:
-        result.registration = str(await register_guest(job, source, dest, "zfs", guest=guest))
+    if not result.failures:
+        result.dropped = await dropped.dropped_disks(job, run, source, dest, disks, parent,
+                                                     remove=job.remove_dropped_disks)
+    await register_after_copy(job, source, dest, result, "zfs", guest=guest)
+
+
+async def register_after_copy(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode,
+                              result: ReplicaResult, kind: str, storage: str | None = None,
+                              guest: SourceGuest | None = None) -> None:
+    """Register the copy when the job says so and every disk made it. A registration that
+    fails (the API is down...) does not undo the copy: it is recorded for the run to fail
+    naming it, and the next run registers."""
+    if not job.register_vm or result.failures:
+        return
+    try:
+        result.registration = str(await register_guest(job, source, dest, kind, storage,
+                                                       guest=guest))
+    except DapxError as exc:
+        result.registration, result.registration_error = "failed", str(exc)
 
 
 async def run_guest_replica(job: ReplicaJob, dry_run: bool, force: bool, lock_wait: float,
                             replicate: Callable[..., Awaitable[None]]) -> ReplicaResult:
     """What both guest replica flows do around ``replicate(job, source, dest, dry_run, force,
     result)``: load the nodes, hold the guest+destination lock (not for a dry run), publish
-    the result table, and fail at the end naming every disk that failed."""
+    the result table, and fail at the end naming every disk that failed, or the
+    registration that failed after the copy."""
     started = time.monotonic()
     source, dest = await aload_nodes(job.source, job.destination)
     result = ReplicaResult(source=job.source, guest=job.guest, destination=job.destination,
-                           dest_vmid=job.target_vmid, dry_run=dry_run,
-                           snapshot=new_snapshot_name(job_tag(job), datetime.now(timezone.utc)))
+                           dest_vmid=job.target_vmid, dry_run=dry_run)
     await run_exclusively(replica_lock_name(job.source, job.guest, job.destination),
                           f"replicating guest {job.guest} from {job.source} to {job.destination}",
                           lock_wait, dry_run,
@@ -499,9 +620,14 @@ async def run_guest_replica(job: ReplicaJob, dry_run: bool, force: bool, lock_wa
         raise PermanentError(f"replication of guest {job.guest} to {job.destination} failed "
                              f"for {len(result.failures)} disk(s): {'; '.join(result.failures)}")
     if not dry_run:
+        # Every disk arrived: the guest's data is protected even if registration failed.
         await record_protection("replica", job.source, job.guest, job.destination,
                                 ref=result.snapshot, bytes_sent=result.bytes_sent,
                                 seconds=result.seconds)
+    if result.registration_error:
+        raise PermanentError(f"guest {job.guest} was copied to {job.destination} (every disk) "
+                             f"but not registered as VMID {job.target_vmid}: "
+                             f"{result.registration_error}. The next run registers it")
     return result
 
 
@@ -511,9 +637,12 @@ async def zfs_replica(job: ReplicaJob, dry_run: bool = False, force: bool = Fals
     """Replicate guest ``job.guest`` from ``job.source`` to ``job.destination`` with syncoid.
 
     ``dry_run`` publishes the plan and changes nothing; ``force`` lets the plan roll back a
-    diverged target or replace one that shares nothing with the source; ``lock_wait`` is how
-    long to wait for another run of the same guest and destination. Raises InputError for bad
-    input, ConflictError for a conflict, LockTimeout, PermanentError naming failed disks.
+    diverged or written target (discarding what was written) or send again in full one that
+    shares nothing with the source (received beside it, swapped in when every disk arrived);
+    never a target of another job. ``lock_wait`` is how long to wait for another run of the
+    same guest and destination. Raises InputError for bad input, ConflictError for a conflict
+    or a receive still running into a target, LockTimeout, PermanentError naming failed disks
+    (or a registration that failed after the copy).
     """
     return await run_guest_replica(job, dry_run, force, lock_wait, _replicate)
 
@@ -527,8 +656,17 @@ def result_rows(disks: list[DiskResult], registration: str = "") -> list[dict[st
              "registration": registration or "-", "error": d.error or "-"} for d in disks]
 
 
+def dropped_rows(notes: list[str]) -> list[dict[str, Any]]:
+    """Result-table rows for disks the guest no longer has (what was kept or removed)."""
+    return [{"disk": "(dropped)", "destination": note, "plan": "-", "bytes sent": 0,
+             "size": "-", "seconds": 0, "common snapshot": "-", "pruned": 0,
+             "registration": "-", "error": "-"} for note in notes]
+
+
 async def publish_result(result: ReplicaResult) -> None:
-    rows = result_rows(result.disks, result.registration)
+    registration = result.registration + (f": {result.registration_error}"
+                                          if result.registration_error else "")
+    rows = result_rows(result.disks, registration) + dropped_rows(result.dropped)
     await publish_table(artifact_key("replica-result", result.source, result.guest,
                                      result.destination), rows,
                         f"guest {result.guest}: {result.source} -> {result.destination}/"

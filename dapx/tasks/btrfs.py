@@ -1,5 +1,5 @@
-"""BTRFS on a node over SSH: subvolume lists, read-only snapshots, deletes, writable copies,
-and the send pipeline (``btrfs send [-p parent] | pv | ssh dest btrfs receive DIR``) run on
+"""BTRFS on a node over SSH: subvolume lists, read-only snapshots, deletes, writable copies
+swapped in, what was written into them, and the send pipeline (``btrfs send [-p parent] | pv | ssh dest btrfs receive DIR``) run on
 the source node. Argv comes from ``dapx.core.btrfs_argv``; the pipeline is a constant script
 with every value passed as a positional argument.
 """
@@ -56,13 +56,53 @@ async def make_dirs(node: "ProxmoxNode", paths: list[str]) -> None:
     await run(node, ["mkdir", "-p", "--", *[validate_abs_path(p) for p in paths]])
 
 
+# The writable disk PVE uses is swapped, never deleted first: a new writable snapshot of the
+# newest received one is made beside it (in the receive directory), the old disk renamed
+# aside, the new one renamed into place, the old one deleted; then a commit, so any later
+# write into the disk carries a newer generation than the disk's own (see written_since).
+_SWAP_WRITABLE = r'''snap=$1 writable=$2 new=$3 old=$4 mount=$5
+if [ -e "$new" ]; then btrfs subvolume delete "$new" >/dev/null || exit 1; fi
+btrfs subvolume snapshot "$snap" "$new" >/dev/null || exit 1
+if [ -e "$writable" ]; then
+  if [ -e "$old" ]; then btrfs subvolume delete "$old" >/dev/null || exit 1; fi
+  mv -T -- "$writable" "$old" || exit 1
+fi
+if ! mv -T -- "$new" "$writable"; then
+  if [ -e "$old" ]; then mv -T -- "$old" "$writable"; fi
+  exit 1
+fi
+if [ -e "$old" ]; then btrfs subvolume delete "$old" >/dev/null || exit 1; fi
+btrfs filesystem sync "$mount" >/dev/null'''
+
+
 @dapx_task
-async def replace_writable(node: "ProxmoxNode", snapshot: str, subvolume: str,
-                           exists: bool) -> None:
-    """Make ``subvolume`` a writable snapshot of ``snapshot`` (the disk PVE uses)."""
-    if exists:
-        await run(node, btrfs_argv.delete(subvolume), timeout=300)
-    await run(node, btrfs_argv.writable_snapshot(snapshot, subvolume), timeout=300)
+async def swap_writable(node: "ProxmoxNode", snapshot: str, subvolume: str, scratch_dir: str,
+                        mount: str) -> None:
+    """Make ``subvolume`` (the disk PVE uses) a writable snapshot of ``snapshot``, swapped in
+    beside the old one (``scratch_dir`` holds the two for a moment). Safe to repeat."""
+    base = validate_abs_path(subvolume, "BTRFS subvolume").rsplit("/", 1)[1]
+    scratch = validate_abs_path(scratch_dir, "BTRFS directory")
+    await run(node, ["sh", "-c", _SWAP_WRITABLE, "sh", validate_abs_path(snapshot, "BTRFS snapshot"),
+                     subvolume, f"{scratch}/dapx-new.{base}", f"{scratch}/dapx-old.{base}",
+                     validate_abs_path(mount, "BTRFS mount point")], timeout=600)
+
+
+@dapx_task
+async def written_since(node: "ProxmoxNode", mount: str,
+                        subvolumes: dict[str, int]) -> dict[str, int]:
+    """Bytes of file data written into each subvolume after the generation given for it
+    (``path -> generation``: a writable disk's own creation generation). A commit first, so
+    recent writes are counted. Reading (atime) counts nothing; a deletion alone is not seen."""
+    if not subvolumes:
+        return {}
+    await run(node, btrfs_argv.filesystem_sync(mount), timeout=300)
+    found = {}
+    for path, generation in subvolumes.items():
+        # find-new lists extents of the given generation and later: the disk's own
+        # generation holds what it was made with (the swap commits right after making it)
+        result = await run(node, btrfs_argv.find_new(path, generation + 1), timeout=600)
+        found[path] = btrfs_argv.parse_find_new(result.stdout)
+    return found
 
 
 def pipe_argv(parent: str | None, snapshot: str, target_host: str, receive_dir: str, *,

@@ -3,8 +3,13 @@
 The argv comes from ``dapx.core.syncoid_argv``; here we add pv's numeric output so the bytes
 moved can be counted and reported while they move: ``--pv-options=-f -n -b -i 1`` makes pv
 print the running byte count, one number per line. syncoid writes pv's output and its own
-messages to stderr, so the command runs under a constant ``sh -c 'exec 2>&1; exec "$@"'``
-(the argv passed positionally, never inside the script) to stream both as lines.
+messages to stderr, so every transfer runs under the constant script ``TIED`` (the argv passed
+positionally, never inside the script), which merges stderr into stdout to stream both as
+lines, and ties the transfer to its SSH channel: the channel is the script's stdin, held open
+and never written; when it closes (the run ended, was cancelled or its process was killed),
+the script kills its whole process group, so no ``zfs send | ... | zfs receive`` (or btrfs
+pipe, or syncoid) outlives the run that started it. The receive on the destination then
+reads a cut stream and aborts, leaving the target at its last snapshot.
 """
 
 from __future__ import annotations
@@ -21,7 +26,19 @@ if TYPE_CHECKING:
     from dapx.blocks.node import ProxmoxNode
 
 PV_OPTIONS = "--pv-options=-f -n -b -i 1"
-_MERGE_STDERR = 'exec 2>&1; exec "$@"'
+# sshd starts the command in a session (and process group) of its own; in a shell without job
+# control every child stays in it, so ``kill 0`` reaches the whole transfer. Background jobs
+# get /dev/null as stdin, hence the channel is handed to the watcher as fd 3.
+TIED = r'''exec 2>&1 3<&0
+"$@" </dev/null 3<&- &
+job=$!
+{ while read -r _; do :; done; kill -TERM 0; } <&3 &
+watch=$!
+exec 3<&-
+wait "$job"
+status=$?
+kill "$watch" 2>/dev/null
+exit "$status"'''
 TRANSFER_TIMEOUT = 24 * 3600.0
 TRANSIENT_OUTPUT = ("connection reset", "broken pipe", "connection closed", "timed out",
                     "connection refused", "dataset is busy")
@@ -61,10 +78,14 @@ class SyncResult:
 
 def transfer_argv(source_dataset: str, target_host: str, target_dataset: str,
                   options: SyncoidOptions) -> list[str]:
-    """``sh -c <merge stderr> sh syncoid ... --pv-options=... SRC root@HOST:DST``."""
+    """``syncoid ... --pv-options=... SRC root@HOST:DST``."""
     argv = syncoid_argv(source_dataset, target_host, target_dataset, options)
-    argv = argv[:-2] + [PV_OPTIONS] + argv[-2:]
-    return ["sh", "-c", _MERGE_STDERR, "sh", *argv]
+    return argv[:-2] + [PV_OPTIONS] + argv[-2:]
+
+
+def tied_argv(argv: list[str]) -> list[str]:
+    """``sh -c TIED sh ARGV...``: ``argv`` with stderr merged, killed with its channel."""
+    return ["sh", "-c", TIED, "sh", *argv]
 
 
 def classify_output(output: str) -> type[CommandError]:
@@ -96,7 +117,7 @@ async def run_pipe(node: "ProxmoxNode", argv: list[str], what: str,
 
 async def stream_transfer(node: "ProxmoxNode", argv: list[str], what: str,
                           on_bytes: Callable[[int], None] | None) -> SyncResult:
-    """Run a transfer whose output (stderr merged) carries pv's numeric counts."""
+    """Run a transfer whose output carries pv's numeric counts, tied to its SSH channel."""
     from dapx.tasks.ssh import get_session
 
     counter, messages = ByteCounter(), []
@@ -110,7 +131,8 @@ async def stream_transfer(node: "ProxmoxNode", argv: list[str], what: str,
 
     started = time.monotonic()
     session = await get_session(node)
-    result = await session.stream(argv, on_line, timeout=TRANSFER_TIMEOUT, check=False)
+    result = await session.stream(tied_argv(argv), on_line, timeout=TRANSFER_TIMEOUT,
+                                  check=False, hold_stdin=True)
     if result.exit_status != 0:
         tail = "\n".join(messages[-20:])
         last = messages[-1] if messages else "no output"

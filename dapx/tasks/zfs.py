@@ -20,11 +20,13 @@ from dapx.tasks.ssh import run
 if TYPE_CHECKING:
     from dapx.blocks.node import ProxmoxNode
 
-STATE_PROPS = ("guid", "createtxg", "creation", OWNER_PROPERTY, "used", "referenced")
-WRITTEN_SLACK = 1024 * 1024
-"""Bytes of difference tolerated before we call a target written to since its newest
-snapshot: on zfs-fuse a rollback, an aborted receive or atime updates leave ~80 KiB of
-metadata that the newest snapshot no longer shares with the head."""
+STATE_PROPS = ("guid", "createtxg", "creation", OWNER_PROPERTY, "referenced")
+EMPTY_SLACK = 1024 * 1024
+"""Bytes a dataset without any snapshot may reference and still count as holding no data
+(an empty filesystem references some KiB of metadata)."""
+PROBE_SNAPSHOT = "dapx-probe"
+"""Snapshot the written-probe takes and destroys at once (pools without ``written``); one
+left by a killed run is ignored by planning and removed by the next probe."""
 
 
 @dataclass
@@ -36,21 +38,17 @@ class DatasetState:
     owner: str | None = None
     referenced: int = 0
     snapshots: list[Snapshot] = field(default_factory=list)
-    snapshot_space: dict[str, tuple[int, int]] = field(default_factory=dict)
-    """short name -> (used, referenced) of each snapshot"""
+    written: int | None = None
+    """Bytes written into the head since its newest snapshot (``head_written``); None: not
+    measured."""
 
     @property
-    def written(self) -> bool:
-        """True when the head changed since its newest snapshot.
-
-        zfs-fuse has no ``written`` property and its ``usedbydataset`` is unreliable, so: the
-        head's size differs from the newest snapshot's, or that snapshot now owns blocks of
-        its own (the head overwrote them). Writes smaller than WRITTEN_SLACK can slip by.
-        """
+    def written_bytes(self) -> int:
+        """What planning counts as written: the measured bytes; for a dataset without any
+        snapshot, the data it holds beyond an empty filesystem's metadata."""
         if not self.snapshots:
-            return False
-        used, referenced = self.snapshot_space.get(self.snapshots[-1].name, (0, 0))
-        return used > WRITTEN_SLACK or abs(self.referenced - referenced) > WRITTEN_SLACK
+            return self.referenced if self.referenced > EMPTY_SLACK else 0
+        return self.written or 0
 
 
 def states_argv(datasets: list[str]) -> list[str]:
@@ -68,13 +66,13 @@ def parse_states(output: str, datasets: list[str]) -> dict[str, DatasetState]:
         if len(parts) != 4:
             continue
         name, prop, value, source = parts
-        base = name.partition("@")[0]
+        base, at, short = name.partition("@")
         if base not in states:
             continue
         state = states[base]
-        if "@" in name:
-            snapshot_lines[base].append("\t".join(parts[:3]))
-            _space(state, name.partition("@")[2], prop, value)
+        if at:
+            if short != PROBE_SNAPSHOT:
+                snapshot_lines[base].append("\t".join(parts[:3]))
             continue
         state.exists = True
         if prop == OWNER_PROPERTY and value != "-" and source.startswith(("local", "received")):
@@ -84,14 +82,6 @@ def parse_states(output: str, datasets: list[str]) -> dict[str, DatasetState]:
     for name, lines in snapshot_lines.items():
         states[name].snapshots = zfs_argv.parse_snapshot_props("\n".join(lines), name)
     return states
-
-
-def _space(state: DatasetState, short: str, prop: str, value: str) -> None:
-    """Record a snapshot's used/referenced bytes."""
-    if prop in ("used", "referenced") and value.isdigit():
-        used, referenced = state.snapshot_space.get(short, (0, 0))
-        state.snapshot_space[short] = ((int(value), referenced) if prop == "used"
-                                       else (used, int(value)))
 
 
 @dapx_task
@@ -164,21 +154,181 @@ async def rollback(node: "ProxmoxNode", dataset: str, name: str) -> None:
 
 
 @dapx_task
-async def destroy_dataset(node: "ProxmoxNode", dataset: str) -> None:
-    """``zfs destroy -r dataset``: only from a forced plan that replaces the target."""
-    await run(node, zfs_argv.destroy_dataset(dataset), timeout=600)
-
-
-@dapx_task
 async def create_parents(node: "ProxmoxNode", dataset: str) -> None:
     """``zfs create -p dataset`` (idempotent): the parent a receive needs."""
     await run(node, zfs_argv.create_parents(dataset), timeout=120)
 
 
+# Marks a dataset dapx's and turns atime off on a filesystem: a replica that is only read
+# (browsed, backed up) then stays unwritten, so ``written`` tells real writes apart.
+_MARK = r'''zfs set "$2" "$1" || exit 1
+[ "$(zfs get -H -o value type "$1")" = filesystem ] || exit 0
+zfs set atime=off "$1"'''
+
+
 @dapx_task
 async def mark_owned(node: "ProxmoxNode", dataset: str, owner: str) -> None:
-    """Set ``dapx:owner=<owner>`` on a dataset dapx created (plans refuse unmarked targets)."""
-    await run(node, zfs_argv.set_user_property(dataset, OWNER_PROPERTY, owner), timeout=120)
+    """Set ``dapx:owner=<owner>`` on a dataset dapx created (plans refuse unmarked targets,
+    and targets marked by another job), and ``atime=off`` when it is a filesystem."""
+    mark = zfs_argv.set_user_property(dataset, OWNER_PROPERTY, owner)[2]
+    await run(node, ["sh", "-c", _MARK, "sh", validate_dataset_name(dataset), mark], timeout=120)
+
+
+@dapx_task
+async def owned_children(node: "ProxmoxNode", parent: str) -> dict[str, str]:
+    """{child dataset: owner} for the direct children of ``parent`` that carry a local
+    ``dapx:owner`` mark ({} when ``parent`` does not exist)."""
+    argv = ["zfs", "get", "-H", "-r", "-d", "1", "-o", "name,value,source", OWNER_PROPERTY,
+            validate_dataset_name(parent)]
+    result = await run(node, argv, check=False, timeout=120)
+    if result.exit_status != 0 and "does not exist" not in result.stderr:
+        raise CommandError(f"zfs get failed on node {node.name}: "
+                           f"{(result.stderr.strip().splitlines() or ['?'])[-1]}",
+                           exit_status=result.exit_status)
+    found = {}
+    for line in result.stdout.splitlines():
+        parts = line.split("\t")
+        if (len(parts) == 3 and parts[0].startswith(parent + "/") and "@" not in parts[0]
+                and parts[1] != "-" and parts[2].startswith(("local", "received"))):
+            found[parts[0]] = parts[1]
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Written heads: bytes written into a dataset since its newest snapshot. OpenZFS has the
+# ``written`` property. zfs-fuse (pool v23) has not, and its space accounting misses
+# overwritten blocks that several snapshots share; there a probe snapshot of the head is sent
+# incrementally from the newest snapshot into ``zstreamdump -v``, the WRITE records of file
+# contents (object type 19) are summed, and the probe destroyed at once. Only file data
+# counts: zfs-fuse rewrites a parent's directory when it mounts a child there, and reading
+# (atime) or deleting (the rollback brings it back) loses nothing.
+_PROBE = r'''probe=$1; shift
+while [ "$#" -ge 2 ]; do
+  ds=$1 base=$2; shift 2
+  zfs destroy "$ds@$probe" >/dev/null 2>&1
+  zfs snapshot "$ds@$probe" || exit 1
+  size=$(zfs send -i "$ds@$base" "$ds@$probe" | zstreamdump -v | awk '
+    $1 == "WRITE" { file = ($7 == 19); next }
+    $1 == "offset" && file { total += $6; file = 0 }
+    $1 == "END" { ended = 1 }
+    END { if (ended) print total + 0 }')
+  zfs destroy "$ds@$probe" || exit 1
+  [ -n "$size" ] || { echo "cannot measure what was written into $ds" >&2; exit 1; }
+  printf '%s\t%s\n' "$ds" "$size"
+done'''
+
+
+def parse_written(output: str) -> dict[str, int]:
+    """``<dataset>\t<bytes>`` lines (``zfs get -o name,value written`` or the probe)."""
+    found = {}
+    for line in output.splitlines():
+        name, _, value = line.partition("\t")
+        if value.strip().isdigit():
+            found[name] = int(value)
+    return found
+
+
+@dapx_task
+async def head_written(node: "ProxmoxNode", heads: dict[str, str]) -> dict[str, int]:
+    """Bytes written into each dataset's head since its newest snapshot.
+
+    In: {dataset: short name of its newest snapshot}. OpenZFS: one ``zfs get written``;
+    pools without that property: the probe above (takes and destroys ``@dapx-probe``; a
+    leftover from a killed probe is removed first, so a retry is safe). Raises CommandError.
+    """
+    if not heads:
+        return {}
+    names = [validate_dataset_name(d) for d in heads]
+    argv = ["zfs", "get", "-H", "-p", "-o", "name,value", "written", *names]
+    result = await run(node, argv, check=False, timeout=120)
+    if result.exit_status == 0:
+        return parse_written(result.stdout)
+    if "invalid property" not in result.stderr and "bad property" not in result.stderr:
+        raise CommandError(f"zfs get written failed on node {node.name}: "
+                           f"{(result.stderr.strip().splitlines() or ['?'])[-1]}",
+                           exit_status=result.exit_status)
+    pairs = [arg for d in names for arg in (d, snapshot_path(d, heads[d]).partition("@")[2])]
+    probe = await run(node, ["sh", "-c", _PROBE, "sh", PROBE_SNAPSHOT, *pairs], timeout=3600)
+    return parse_written(probe.stdout)
+
+
+# ---------------------------------------------------------------------------------------------
+# Forced resends: the new copy arrives beside the old one (``dapx.core.staging``), then swaps.
+# Renames and destroys unmount the tree first and mount it again after: ``zfs rename`` of a
+# mounted filesystem unmounts it itself on OpenZFS, but zfs-fuse answers "dataset is busy"
+# for a long while after a mount, while an explicit unmount works. ``zfs umount`` of a parent
+# unmounts its children; a volume has nothing to unmount.
+_TREE = r'''exists() { zfs list -H -o name "$1" >/dev/null 2>&1; }
+unmount() { [ "$(zfs get -H -o value mounted "$1" 2>/dev/null)" != yes ] || zfs umount "$1"; }
+mount_tree() {
+  zfs list -H -o name,canmount,mounted -r "$1" | while read -r name can mounted; do
+    if [ "$can" = on ] && [ "$mounted" = no ]; then zfs mount "$name"; fi
+  done
+  return 0
+}
+'''
+_SWAP = _TREE + r'''target=$1 incoming=$2 old=$3
+if ! exists "$incoming"; then
+  exists "$target" && exists "$old" && exit 0
+  echo "$incoming does not exist: nothing to swap in" >&2; exit 1
+fi
+unmount "$incoming" || exit 1
+if exists "$target"; then
+  unmount "$target" || exit 1
+  zfs rename "$target" "$old" || { mount_tree "$target"; exit 1; }
+fi
+if ! zfs rename "$incoming" "$target"; then
+  zfs rename "$old" "$target"; mount_tree "$target"; exit 1
+fi
+mount_tree "$target"'''
+_RENAME_BACK = _TREE + r'''if exists "$1" && ! exists "$2"; then
+  unmount "$1" || exit 1
+  zfs rename "$1" "$2" || exit 1
+  mount_tree "$2"
+fi'''
+_DESTROY_EXISTING = _TREE + r'''for d; do
+  if exists "$d"; then unmount "$d" && zfs destroy -r "$d" || exit 1; fi
+done'''
+
+
+@dapx_task
+async def swap_in(node: "ProxmoxNode", target: str, incoming: str, old: str) -> None:
+    """Rename ``target`` to ``old`` and ``incoming`` to ``target`` (renaming the old copy
+    back when the second rename fails). Safe to repeat: a finished swap is left alone."""
+    argv = ["sh", "-c", _SWAP, "sh", *[validate_dataset_name(d) for d in (target, incoming, old)]]
+    await run(node, argv, timeout=300)
+
+
+@dapx_task
+async def rename_back(node: "ProxmoxNode", old: str, target: str) -> None:
+    """Rename ``old`` to ``target`` unless ``target`` exists (a swap cut between its renames)."""
+    await run(node, ["sh", "-c", _RENAME_BACK, "sh", validate_dataset_name(old),
+                     validate_dataset_name(target)], timeout=300)
+
+
+@dapx_task
+async def destroy_existing(node: "ProxmoxNode", datasets: list[str]) -> list[str]:
+    """``zfs destroy -r`` each dataset that exists (dapx's own scratch copies and replicas the
+    job was told to remove; never a pool). Returns the names asked for."""
+    pools = [d for d in datasets if "/" not in validate_dataset_name(d)]
+    if pools:
+        raise InputError(f"refusing to destroy {pools[0]!r}: it is a whole pool")
+    if datasets:
+        await run(node, ["sh", "-c", _DESTROY_EXISTING, "sh", *datasets], timeout=3600)
+    return datasets
+
+
+_REMOVE_IF_EMPTY = _TREE + r'''exists "$1" || exit 0
+[ -z "$(zfs list -H -o name -r -d 1 "$1" | sed 1d)" ] || exit 0
+unmount "$1" && zfs destroy "$1"'''
+
+
+@dapx_task(retries=0)
+async def remove_if_empty(node: "ProxmoxNode", dataset: str) -> None:
+    """Destroy ``dataset`` if it has no children (never recursive; failures are ignored: it
+    is only tidying dapx's scratch parent, which another job may be using)."""
+    await run(node, ["sh", "-c", _REMOVE_IF_EMPTY, "sh", validate_dataset_name(dataset)],
+              check=False, timeout=120)
 
 
 @dapx_task

@@ -290,26 +290,33 @@ class NodeSession:
     async def stream(self, argv: list[str], on_line: Callable[[str], Any], *,
                      timeout: float | None = None, check: bool = True,
                      env: Mapping[str, str] | None = None,
-                     classify: Callable[[str], type[CommandError]] = classify_stderr) -> Result:
+                     classify: Callable[[str], type[CommandError]] = classify_stderr,
+                     hold_stdin: bool = False) -> Result:
         """Run ``argv`` and call ``on_line(line)`` for each stdout line as it arrives.
 
         ``on_line`` is a plain function, called on the SSH I/O thread: keep it short.
-        Returns a Result with empty stdout and the stderr tail. Raises as ``run``.
+        ``hold_stdin`` keeps the command's stdin open (nothing is ever written) until it
+        ends, so it reads end-of-file exactly when the channel closes: the run finished,
+        was cancelled, or its process died. Returns a Result with empty stdout and the
+        stderr tail. Raises as ``run``.
         """
         args = with_env(argv, env)
         command = join_argv(args)
         limit = timeout or self.default_timeout
         _logger().info("%s: %s", self.node.name, command)
         await self.connect()
-        status, stderr = await _on_transport(self._guard(self._stream(command, on_line), args, limit))
+        status, stderr = await _on_transport(self._guard(self._stream(command, on_line, hold_stdin),
+                                                         args, limit))
         if check and status != 0:
             raise self._command_error(args, status, stderr, classify)
         return Result(stdout="", stderr=stderr, exit_status=status)
 
-    async def _stream(self, command: str, on_line: Callable[[str], Any]) -> tuple[int, str]:
+    async def _stream(self, command: str, on_line: Callable[[str], Any],
+                      hold_stdin: bool) -> tuple[int, str]:
         assert self._conn is not None
         tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-        async with self._conn.create_process(command, encoding=None, stdin=asyncssh.DEVNULL) as proc:
+        stdin = asyncssh.PIPE if hold_stdin else asyncssh.DEVNULL
+        async with self._conn.create_process(command, encoding=None, stdin=stdin) as proc:
             async def pump_stdout() -> None:
                 while line := await proc.stdout.readline():  # b"" only at end of output
                     on_line(_text(line).rstrip("\n"))

@@ -13,7 +13,7 @@ import signal
 import pytest
 
 from dapx.core.jobspec import ReplicaJob
-from dapx.errors import InputError, PermanentError
+from dapx.errors import ConflictError, InputError, PermanentError
 from dapx.lab import estate
 from test_replica_helpers import (find_process, harness, lab_state, sh, sha256,
                                   wait_for_process, write_random)
@@ -103,6 +103,48 @@ async def test_incremental_and_versions_kept() -> None:
         assert_disk_equal()
     src, dst = ours(SRC, SRC_DISK), ours(DST, f"{RECEIVED}/vm-200-disk-0")
     assert len(src) == 2 and src == dst and src[-1] == result.snapshot
+
+
+async def test_source_deleting_the_newest_common_snapshot_is_no_divergence() -> None:
+    from dapx.flows.btrfs_replica import btrfs_replica
+
+    kept = ours(SRC, SRC_DISK)
+    assert len(kept) == 2 and kept == ours(DST, f"{RECEIVED}/vm-200-disk-0")
+    sh(SRC, ["btrfs", "subvolume", "delete", f"{SRC_DISK}@{kept[-1]}"])
+    write_random(SRC, f"{SRC_DISK}/disk.raw", 1, offset_mib=5)
+    result = await btrfs_replica(job=job())
+    assert result.disks[0].plan == f"incremental {kept[0]} -> {result.snapshot}"
+    assert result.bytes_sent < 4 * 1024 * 1024
+    assert_disk_equal()
+
+
+async def test_written_disk_refused_naming_how_much_then_force_replaces_it() -> None:
+    from dapx.flows.btrfs_replica import btrfs_replica
+
+    write_random(DST, f"{DST_DISK}/disk.raw", 1, offset_mib=9)  # someone used the replica
+    written = sha256(DST, f"{DST_DISK}/disk.raw")
+    with pytest.raises(ConflictError, match=r"scsi0: .* diverged: it was written to \(the disk "
+                       rf"{DST_DISK}\) since it was made \(1\.0 MiB written\); run with force"):
+        await btrfs_replica(job=job())
+    assert sha256(DST, f"{DST_DISK}/disk.raw") == written
+    result = await btrfs_replica(job=job(), force=True)
+    assert not result.failures
+    assert_disk_equal()
+    assert (await btrfs_replica(job=job())).disks[0].plan.startswith("incremental")
+
+
+async def test_forced_full_resend_arrives_beside_then_swaps() -> None:
+    from dapx.flows.btrfs_replica import btrfs_replica
+
+    for snap in ours(SRC, SRC_DISK):  # an administrator deleted the source's snapshots
+        sh(SRC, ["btrfs", "subvolume", "delete", f"{SRC_DISK}@{snap}"])
+    with pytest.raises(ConflictError, match="none shared with the source"):
+        await btrfs_replica(job=job())
+    result = await btrfs_replica(job=job(), force=True)
+    assert result.disks[0].plan.startswith("full send") and not result.failures
+    assert_disk_equal()
+    assert ours(DST, f"{RECEIVED}/vm-200-disk-0") == [result.snapshot]  # the old copy is gone
+    assert not [p for p in subvolumes(DST) if "dapx-new." in p or "dapx-old." in p]
 
 
 async def test_cut_off_transfer_recovers_on_the_next_run() -> None:

@@ -131,3 +131,21 @@ async def test_versions_to_keep_on_both_sides() -> None:
         assert len(ours(SRC, src)) == 2 and ours(SRC, src) == ours(DST, dst)
         assert ours(SRC, src)[-1] == result.snapshot
     assert_files_equal()
+
+
+async def test_forced_resend_of_the_tree_arrives_beside_then_swaps_at_its_root() -> None:
+    from dapx.errors import ConflictError
+    from dapx.flows.dataset import dataset_replica
+
+    for src in DATASETS:  # an administrator deleted the source's snapshots
+        for snap in ours(SRC, src):
+            sh(SRC, ["zfs", "destroy", f"{src}@{snap}"])
+    write_random(SRC, "/rpool/data/share/a.bin", 1)
+    with pytest.raises(ConflictError, match="none shared with the source"):
+        await dataset_replica(job=job())
+    result = await dataset_replica(job=job(), force=True)
+    assert all("beside the old copy" in d.plan for d in result.datasets)
+    assert_files_equal()
+    for src, dst in DATASETS.items():
+        assert ours(SRC, src) == ours(DST, dst) == [result.snapshot]
+    assert estate.run(DST, ["zfs", "list", "rpool/backup/dapx-resend"]).returncode != 0

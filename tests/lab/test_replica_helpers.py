@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import time
 from pathlib import Path
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import pytest
 
@@ -118,3 +119,78 @@ def preserved(node: str, datasets: list[str]) -> Iterator[None]:
         for dataset in datasets:
             sh(node, ["zfs", "rollback", "-r", f"{dataset}@{mark}"])
             sh(node, ["zfs", "destroy", f"{dataset}@{mark}"])
+
+
+def stop_api(node: str) -> None:
+    """Kill a lab node's API simulator (the node's pveproxy is down); see ``start_api``."""
+    from dapx.lab.common import spec
+    from dapx.lab.node import recorded_pids
+
+    pid = recorded_pids(spec(node))["api"]
+    os.kill(pid, 9)
+    deadline = time.monotonic() + 10
+    while "api" in recorded_pids(spec(node)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def start_api(node: str) -> None:
+    """Start a lab node's API simulator again and wait until it answers."""
+    from dapx.lab import sim
+    from dapx.lab.common import spec
+
+    sim.start_api(spec(node))
+    sim.wait_api(spec(node), estate.load_state()["nodes"][node]["tls_fingerprint"])
+
+
+def lab_processes(node: str, *words: str) -> list[str]:
+    """Command lines of the processes in ``node`` holding every word."""
+    found = []
+    for pid in netns_pids(node):
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if all(w in cmd for w in words):
+            found.append(f"{pid} {cmd}")
+    return found
+
+
+def run_flow_in_subprocess(code: str) -> subprocess.Popen:
+    """A separate Python process (its own Prefect client, same test server) running
+    ``code``: a flow run that a test can kill hard."""
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    env = os.environ | {"PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+async def release_dead_holder(limit: str) -> None:
+    """Free the lock a killed run held: in the product, the heartbeat automation marks such a
+    run crashed and the next run frees its slot; the test server has no automation, and the
+    lease would last a minute. The next run creates the limit again."""
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        await client.delete_global_concurrency_limit_by_name(limit)
+
+
+@asynccontextmanager
+async def background(run: Awaitable) -> AsyncIterator[asyncio.Task]:
+    """A flow run going on beside the test's own steps. When the test leaves (an assertion
+    failed), the run is awaited, its failure ignored, so it never runs into the next test."""
+    task = asyncio.ensure_future(run)
+    try:
+        yield task
+    finally:
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def wait_until_gone(node: str, *words: str, timeout: float = 60.0) -> list[str]:
+    """Poll until no process in ``node`` holds every word; what is left after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while (left := lab_processes(node, *words)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left

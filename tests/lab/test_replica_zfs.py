@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,11 @@ from pydantic import ValidationError
 from dapx.core.jobspec import ReplicaJob
 from dapx.errors import ConflictError, InputError, PermanentError
 from dapx.lab import estate
-from test_replica_helpers import (find_process, harness, lab_state, latest_artifact, sh,
-                                  sha256, wait_for_process, write_random, zfs_snapshots)
+from test_replica_helpers import (background, find_process, harness, lab_processes,
+                                  lab_state, latest_artifact, release_dead_holder,
+                                  run_flow_in_subprocess, sh, sha256, start_api, stop_api,
+                                  wait_for_process, wait_until_gone, write_random,
+                                  zfs_snapshots)
 
 pytestmark = pytest.mark.lab
 
@@ -27,6 +31,8 @@ SRC, DST, VMID, NEW = "pve1", "pve3", 100, 9100
 DISKS = {f"rpool/data/vm-100-disk-{i}": f"rpool/replica/vm-9100-disk-{i}" for i in (0, 1)}
 FIGURES = Path("/tmp/dapx-replica-figures.json")
 TAG = "dapx_pve3-9100_"
+INCOMING = "rpool/replica/dapx-resend/new."
+CONF = f"/etc/pve/nodes/{DST}/qemu-server/{NEW}.conf"
 
 
 def job(**changes) -> ReplicaJob:
@@ -37,6 +43,7 @@ def job(**changes) -> ReplicaJob:
 
 def clean_lab() -> None:
     """Remove what earlier runs left: replicas, our snapshots, the registration."""
+    estate.run(DST, ["zfs", "destroy", "-r", "rpool/replica/dapx-resend"])
     for src, dst in DISKS.items():
         estate.run(DST, ["zfs", "destroy", "-r", dst])
         for snap in zfs_snapshots(SRC, src):
@@ -175,6 +182,99 @@ async def test_versions_to_keep_on_both_sides() -> None:
         assert ours_src[-1] == result.snapshot
 
 
+async def test_written_head_refused_naming_how_much_then_force_discards_it() -> None:
+    from dapx.flows.replica import zfs_replica
+
+    head = f"/{DISKS['rpool/data/vm-100-disk-0']}/disk.raw"
+    # Someone used the replica: 1 MiB overwritten where both kept snapshots share the blocks
+    # (space accounting cannot see that), and no snapshot taken.
+    write_random(DST, head, 1, offset_mib=20)
+    written = sha256(DST, head)
+    with pytest.raises(ConflictError, match=r"vm-9100-disk-0 diverged: it was written to since "
+                       r"its newest snapshot \(\d+\.\d [KM]iB written\); run with force"):
+        await zfs_replica(job=job())
+    assert sha256(DST, head) == written  # nothing was rolled back
+    result = await zfs_replica(job=job(), force=True)
+    assert result.disks[0].plan.startswith("roll back to ")
+    assert_disks_equal()
+
+
+async def test_target_of_another_job_refused_naming_its_owner() -> None:
+    from dapx.core.jobspec import DatasetJob
+    from dapx.flows.dataset import dataset_replica
+
+    target = DISKS["rpool/data/vm-100-disk-1"]
+    before = sha256(DST, f"/{target}/disk.raw")
+    other = DatasetJob(source=SRC, dataset="rpool/data/subvol-101-disk-0", destination=DST,
+                       dest_dataset=target)
+    for force in (False, True):
+        with pytest.raises(ConflictError, match=r"replica of another dapx job \(pve1/100\); it "
+                           "is never overwritten, force or not"):
+            await dataset_replica(job=other, force=force)
+    assert sha256(DST, f"/{target}/disk.raw") == before
+    assert not [s for s in zfs_snapshots(SRC, "rpool/data/subvol-101-disk-0")
+                if s.startswith("dapx_")]
+
+
+def sample_old_replica(before: dict[str, str], forced: asyncio.Task, api) -> int:  # noqa: ANN001
+    """While the forced run lasts: the old disks' checksums and the registered config as PVE's
+    API shows it, again and again; the second disk's receive is cut a second after it began.
+    Returns how many samples were taken."""
+    samples, seen, cut = 0, None, False
+    while not forced.done():
+        for dst, digest in before.items():
+            assert sha256(DST, f"/{dst}/disk.raw") == digest, f"{dst} changed during the resend"
+        config = api.guest_config(DST, "qemu", NEW)
+        assert config["scsi0"].startswith("dapx-rpool-replica:vm-9100-disk-0,")
+        assert config["scsi1"].startswith("dapx-rpool-replica:vm-9100-disk-1,")
+        samples += 1
+        pid = None if cut else find_process(DST, "zfs", "receive", INCOMING + "vm-9100-disk-1")
+        if pid and seen is None:
+            seen = time.monotonic()
+        elif pid and time.monotonic() - seen >= 1.0:
+            import os
+            import signal
+
+            os.kill(pid, signal.SIGKILL)
+            cut = True
+    assert cut, "the second disk's receive never ran"
+    return samples
+
+
+async def test_forced_resend_keeps_the_old_replica_whole_until_every_disk_arrived(
+        monkeypatch) -> None:  # noqa: ANN001
+    from dapx.blocks.node import ProxmoxNode
+    from dapx.flows import replica
+    from dapx.tasks.syncoid import run_syncoid
+
+    before = {dst: sha256(DST, f"/{dst}/disk.raw") for dst in DISKS.values()}
+    for src in DISKS:  # an administrator deleted the replication snapshots on the source
+        for snap in zfs_snapshots(SRC, src):
+            if snap.startswith(TAG):
+                sh(SRC, ["zfs", "destroy", f"{src}@{snap}"])
+    write_random(SRC, "/rpool/data/vm-100-disk-0/disk.raw", 2, offset_mib=10)
+    with pytest.raises(ConflictError, match="none shared with the source; run with force"):
+        await replica.zfs_replica(job=job())
+    # A cut is a cut: the transfer task is not retried (syncoid's broken pipe is transient).
+    monkeypatch.setattr(replica, "run_syncoid", run_syncoid.with_options(retries=0))
+    api = (await ProxmoxNode.aload(DST)).api()
+    async with background(replica.zfs_replica(job=job(bwlimit="8M"), force=True)) as forced:
+        samples = await asyncio.to_thread(sample_old_replica, before, forced, api)
+        with pytest.raises(PermanentError, match="scsi0: received beside the old copy but not "
+                           "swapped in: scsi1 failed.*; scsi1: "):
+            await forced
+    assert samples >= 3
+    assert {dst: sha256(DST, f"/{dst}/disk.raw") for dst in DISKS.values()} == before
+    assert zfs_snapshots(DST, INCOMING + "vm-9100-disk-0")  # arrived; waits to be reused
+    monkeypatch.undo()
+    result = await replica.zfs_replica(job=job(), force=True)
+    assert "resuming the copy a cut run left" in result.disks[0].plan
+    assert result.disks[1].plan.startswith("full send")
+    assert_disks_equal()
+    assert estate.run(DST, ["zfs", "list", "rpool/replica/dapx-resend"]).returncode != 0
+    assert api.guest_config(DST, "qemu", NEW)["scsi1"].startswith("dapx-rpool-replica:")
+
+
 async def test_diverged_target_refused_then_force_recovers() -> None:
     from dapx.flows.replica import zfs_replica
 
@@ -190,19 +290,32 @@ async def test_diverged_target_refused_then_force_recovers() -> None:
     assert_disks_equal()
 
 
-async def test_second_concurrent_run_waits_then_fails_clearly() -> None:
+async def test_concurrent_runs_wait_and_no_plan_while_a_receive_runs() -> None:
     from dapx.flows.replica import zfs_replica
     from dapx.tasks.locks import LockTimeout
 
     write_random(SRC, "/rpool/data/vm-100-disk-1/disk.raw", 6)
-    slow = asyncio.create_task(zfs_replica(job=job(bwlimit="1M")))
-    await asyncio.to_thread(wait_for_process, SRC, "zfs", "send")
-    started = time.monotonic()
-    with pytest.raises(LockTimeout, match="another run is already replicating guest 100"):
-        await zfs_replica(job=job(), lock_wait=2)
-    assert time.monotonic() - started >= 2
-    await slow
+    async with background(zfs_replica(job=job(bwlimit="1M"))) as slow:
+        await asyncio.to_thread(wait_for_process, DST, "zfs", "receive",
+                                DISKS["rpool/data/vm-100-disk-1"])
+        # a plan takes no lock, but refuses while a receive writes a target
+        with pytest.raises(ConflictError, match=r"a receive into a target of this run is still "
+                           r"running on pve3 \(pid \d+: .*zfs receive.*vm-9100-disk-1"):
+            await zfs_replica(job=job(), dry_run=True)
+        async with background(zfs_replica(job=job(), lock_wait=120)) as waiting:
+            started = time.monotonic()
+            with pytest.raises(LockTimeout, match="another run is already replicating guest"):
+                await zfs_replica(job=job(), lock_wait=2)
+            assert time.monotonic() - started >= 2
+            first, later = await slow, await waiting
+    # named when it was taken, after the wait (the first run's transfer), not when it began
+    assert stamp(later.snapshot) >= stamp(first.snapshot) + timedelta(
+        seconds=int(first.disks[1].seconds))
     assert_disks_equal()
+
+
+def stamp(snapshot: str) -> datetime:
+    return datetime.strptime(snapshot.rsplit("_", 1)[1], "%Y%m%dT%H%M%SZ")
 
 
 async def test_cut_off_transfer_recovers_on_the_next_run() -> None:
@@ -228,3 +341,90 @@ async def test_cut_off_transfer_recovers_on_the_next_run() -> None:
     assert not result.failures
     assert_disks_equal()
     assert find_process(DST, "zfs", "receive") is None
+
+
+async def test_run_killed_hard_leaves_no_transfer_running() -> None:
+    from dapx.flows.replica import zfs_replica
+    from dapx.tasks.locks import replica_lock_name
+
+    write_random(SRC, "/rpool/data/vm-100-disk-1/disk.raw", 8)
+    code = ("import asyncio, sys\n"
+            "from dapx.core.jobspec import ReplicaJob\n"
+            "from dapx.flows.replica import zfs_replica\n"
+            f"asyncio.run(zfs_replica(job=ReplicaJob.model_validate_json({job(bwlimit='1M').model_dump_json()!r})))")
+    flow_process = run_flow_in_subprocess(code)
+    try:
+        await asyncio.to_thread(wait_for_process, DST, "zfs", "receive",
+                                DISKS["rpool/data/vm-100-disk-1"], timeout=90)
+    finally:
+        flow_process.kill()  # SIGKILL: no cleanup of its own runs
+        flow_process.wait()
+    deadline, left = time.monotonic() + 5, ["?"]  # a tied transfer ends within a second
+    while left and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        left = (lab_processes(SRC, "syncoid", "--no-sync-snap") +
+                lab_processes(SRC, "zfs", "send") + lab_processes(DST, "zfs", "receive"))
+    try:
+        assert not left, f"the killed run's transfer still runs: {left}"
+    finally:  # an untied transfer goes on: let it end before the next test
+        await asyncio.to_thread(wait_until_gone, DST, "zfs", "receive")
+    await release_dead_holder(replica_lock_name(SRC, VMID, DST))
+    result = await zfs_replica(job=job())
+    assert not result.failures
+    assert_disks_equal()
+
+
+async def test_api_down_copies_the_data_then_fails_naming_registration() -> None:
+    from dapx.flows.replica import zfs_replica
+
+    estate.run(DST, ["rm", "-f", CONF])
+    write_random(SRC, "/rpool/data/vm-100-disk-0/disk.raw", 1, offset_mib=7)
+    before = {src: zfs_snapshots(SRC, src) for src in DISKS}
+    stop_api(DST)
+    try:
+        # the config files, read over SSH, still refuse another guest's VMID before any copy
+        with pytest.raises(ConflictError, match="VMID 300 on pve3 belongs to another guest"):
+            await zfs_replica(job=job(dest_vmid=300))
+        assert {src: zfs_snapshots(SRC, src) for src in DISKS} == before
+        started = time.monotonic()
+        with pytest.raises(PermanentError, match=r"guest 100 was copied to pve3 \(every disk\) "
+                           r"but not registered as VMID 9100: .*cannot reach the API of pve3.*"
+                           "The next run registers it"):
+            await zfs_replica(job=job())
+        seconds = time.monotonic() - started
+    finally:
+        start_api(DST)
+    assert_disks_equal()
+    figures = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
+    FIGURES.write_text(json.dumps(figures | {"api-down run seconds": round(seconds, 1)}))
+    assert estate.run(DST, ["test", "-e", CONF]).returncode != 0
+    result = await zfs_replica(job=job())
+    assert result.registration.startswith("created qemu 9100")
+
+
+async def test_disk_removed_from_the_guest_reported_then_removed_by_the_option() -> None:
+    from dapx.flows.replica import zfs_replica
+
+    config = f"/etc/pve/qemu-server/{VMID}.conf"
+    original = sh(SRC, ["cat", config])
+    detached = "".join(ln for ln in original.splitlines(keepends=True)
+                       if not ln.startswith("scsi1:"))
+    sh(SRC, ["sh", "-c", 'cat > "$1"', "sh", config], input=detached)  # test code: constant
+    try:
+        kept = await zfs_replica(job=job())
+        assert [d.disk for d in kept.disks] == ["scsi0"]
+        assert len(kept.dropped) == 1 and kept.dropped[0].startswith(
+            "pve3:rpool/replica/vm-9100-disk-1 replicates a disk guest 100 no longer has; kept, "
+            "with 2 snapshot(s) of this job on pve1:rpool/data/vm-100-disk-1")
+        assert estate.run(DST, ["zfs", "list", "rpool/replica/vm-9100-disk-1"]).returncode == 0
+        removed = await zfs_replica(job=job(remove_dropped_disks=True))
+        assert removed.dropped[0].startswith("removed pve3:rpool/replica/vm-9100-disk-1")
+        assert estate.run(DST, ["zfs", "list", "rpool/replica/vm-9100-disk-1"]).returncode != 0
+        assert not [s for s in zfs_snapshots(SRC, "rpool/data/vm-100-disk-1")
+                    if s.startswith(TAG)]
+        assert sha256(SRC, "/rpool/data/vm-100-disk-1/disk.raw")  # the source disk stays
+    finally:
+        sh(SRC, ["sh", "-c", 'cat > "$1"', "sh", config], input=original)
+    again = await zfs_replica(job=job())
+    assert again.dropped == [] and again.disks[1].plan.startswith("full send")
+    assert_disks_equal()

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from dapx.core.snapshots import (Diverged, ForeignTarget, FullSend, Incremental,
                                  NoCommonSnapshot, NothingToSend, Snapshot, UpToDate, describe,
-                                 plan_incremental)
+                                 plan_incremental, plan_staged, size_text)
 from dapx.errors import ConflictError, PermanentError
 
 
@@ -78,14 +78,21 @@ def test_diverged_by_name_only_is_caught() -> None:
         plan_incremental(snaps("a b c"), snaps("a b c'"))
 
 
-def test_written_target_diverged() -> None:
-    with pytest.raises(Diverged, match="written to"):
-        plan_incremental(snaps("a b c"), snaps("a b"), target_written=True)
+def test_written_target_diverged_and_says_how_much() -> None:
+    with pytest.raises(Diverged, match=r"written to since its newest snapshot \(1\.5 MiB "
+                       r"written\); run with force to roll it back to b \(discards what was "
+                       r"written\)"):
+        plan_incremental(snaps("a b c"), snaps("a b"), target_written=3 * 512 * 1024)
 
 
 def test_written_and_up_to_date_is_still_diverged() -> None:
     with pytest.raises(Diverged):
-        plan_incremental(snaps("a b"), snaps("a b"), target_written=True)
+        plan_incremental(snaps("a b"), snaps("a b"), target_written=1)
+
+
+def test_size_text() -> None:
+    assert [size_text(n) for n in (0, 1023, 131072, 3 * 2**30)] == [
+        "0 bytes", "1023 bytes", "128.0 KiB", "3.0 GiB"]
 
 
 def test_force_rolls_diverged_target_back() -> None:
@@ -97,12 +104,13 @@ def test_force_rolls_diverged_target_back() -> None:
 
 
 def test_force_on_written_up_to_date_target_is_a_rollback_only() -> None:
-    plan = plan_incremental(snaps("a b"), snaps("a b"), target_written=True, force=True)
+    plan = plan_incremental(snaps("a b"), snaps("a b"), target_written=4096, force=True)
     assert isinstance(plan, UpToDate) and plan.rollback_to.name == "b"
 
 
 def test_no_common_snapshot() -> None:
-    with pytest.raises(NoCommonSnapshot, match="force to destroy it"):
+    with pytest.raises(NoCommonSnapshot, match="force to send everything again .the old copy "
+                       "stays until the new one has arrived"):
         plan_incremental(snaps("c d"), snaps("a b"))
 
 
@@ -114,13 +122,41 @@ def test_same_names_different_guids_share_nothing() -> None:
 def test_force_turns_no_common_into_replacing_full_send() -> None:
     plan = plan_incremental(snaps("c d"), snaps("a b"), force=True)
     assert plan == FullSend(to=snaps("c d")[-1], replace_target=True)
-    assert describe(plan) == "full send of d replacing the target"
+    assert describe(plan) == ("full send of d beside the old copy, swapped in when every disk "
+                              "arrived")
 
 
 def test_foreign_target_refused_even_with_force() -> None:
     for force in (False, True):
         with pytest.raises(ForeignTarget, match="not created by dapx"):
             plan_incremental(snaps("a"), snaps("a"), target_owned=False, force=force)
+
+
+def test_target_of_another_job_refused_naming_it_even_with_force() -> None:
+    for target in (snaps("a"), snaps("x y"), []):
+        for force in (False, True):
+            with pytest.raises(ForeignTarget, match=r"replica of another dapx job \(pve1/100\)"
+                               ".*never overwritten, force or not"):
+                plan_incremental(snaps("a b"), target, other_owner="pve1/100", force=force)
+
+
+def test_branching_target_keeps_later_snapshots_without_force() -> None:
+    # BTRFS: the source deleted c; b is the newest snapshot both hold, c stays on the target.
+    plan = plan_incremental(snaps("a b d"), snaps("a b c"), target_can_branch=True)
+    assert isinstance(plan, Incremental) and (plan.base.name, plan.to.name) == ("b", "d")
+    assert plan.rollback_to is None and plan.destroys == ()
+    with pytest.raises(Diverged, match="written"):  # written data still needs force
+        plan_incremental(snaps("a b d"), snaps("a b c"), target_can_branch=True,
+                         target_written=4096)
+
+
+def test_staged_copy_is_full_or_resumes_from_what_it_holds() -> None:
+    source = snaps("c d e")
+    assert plan_staged(source, None) == FullSend(to=source[-1])
+    assert plan_staged(source, []) == FullSend(to=source[-1], replace_target=True)
+    resumed = plan_staged(source, snaps("c d", start_txg=700))
+    assert isinstance(resumed, Incremental) and (resumed.base.name, resumed.to.name) == ("d", "e")
+    assert plan_staged(source, snaps("x")).replace_target  # nothing shared: sent again
 
 
 def test_owned_empty_target_is_replaced() -> None:
@@ -142,7 +178,7 @@ def test_describe() -> None:
 _letters = st.lists(st.sampled_from("abcdefgh"), unique=True, max_size=6)
 
 
-@given(source=_letters, target=_letters, written=st.booleans())
+@given(source=_letters, target=_letters, written=st.sampled_from([0, 1, 4096]))
 def test_property_plan_is_safe_without_force(source, target, written) -> None:  # noqa: ANN001
     src = [s for s in snaps("a b c d e f g h") if s.name in source]
     dst = [s for s in snaps("a b c d e f g h", start_txg=900) if s.name in target]
@@ -161,6 +197,6 @@ def test_property_plan_is_safe_without_force(source, target, written) -> None:  
 
 
 def test_owned_empty_but_written_target_needs_force() -> None:
-    with pytest.raises(NoCommonSnapshot, match="written data"):
-        plan_incremental(snaps("a"), [], target_written=True)
-    assert plan_incremental(snaps("a"), [], target_written=True, force=True).replace_target
+    with pytest.raises(NoCommonSnapshot, match=r"written data \(2\.0 MiB\)"):
+        plan_incremental(snaps("a"), [], target_written=2 * 2**20)
+    assert plan_incremental(snaps("a"), [], target_written=2 * 2**20, force=True).replace_target

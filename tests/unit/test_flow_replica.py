@@ -84,20 +84,43 @@ def test_every_conflicting_disk_is_named_and_nothing_is_planned() -> None:
     assert plans["scsi0"].rollback_to == common and plans["scsi0"].to.name == "dapx_pve3-9100_b"
 
 
-def test_zfs_states_parse_existence_owner_snapshots_and_writes() -> None:
+def test_zfs_states_parse_existence_owner_snapshots() -> None:
     out = "\n".join([
         "rpool/r/vm-1-disk-0\tguid\t5\t-", "rpool/r/vm-1-disk-0\tdapx:owner\tpve1/1\tlocal",
         "rpool/r/vm-1-disk-0\treferenced\t9000000\t-",
         "rpool/r/vm-1-disk-0@s1\tguid\t7\t-", "rpool/r/vm-1-disk-0@s1\tcreatetxg\t3\t-",
-        "rpool/r/vm-1-disk-0@s1\tcreation\t100\t-", "rpool/r/vm-1-disk-0@s1\tused\t0\t-",
-        "rpool/r/vm-1-disk-0@s1\treferenced\t1000000\t-",
-        "rpool/r/vm-1-disk-0@s1\tdapx:owner\tpve1/1\tinherited from rpool/r/vm-1-disk-0"])
+        "rpool/r/vm-1-disk-0@s1\tcreation\t100\t-",
+        "rpool/r/vm-1-disk-0@s1\tdapx:owner\tpve1/1\tinherited from rpool/r/vm-1-disk-0",
+        "rpool/r/vm-1-disk-0@dapx-probe\tguid\t8\t-",  # a killed probe's leftover
+        "rpool/r/vm-1-disk-0@dapx-probe\tcreatetxg\t4\t-"])
     states = zfs.parse_states(out, ["rpool/r/vm-1-disk-0", "rpool/r/missing"])
     state = states["rpool/r/vm-1-disk-0"]
     assert state.exists and state.owner == "pve1/1"
     assert [s.name for s in state.snapshots] == ["s1"]
-    assert state.written  # head grew 8 MB past its newest snapshot
+    assert state.written is None and state.written_bytes == 0
+    state.written = 131072
+    assert state.written_bytes == 131072
     assert not states["rpool/r/missing"].exists
+    empty = zfs.DatasetState("rpool/r/x", True, referenced=9_000_000)
+    assert empty.written_bytes == 9_000_000  # no snapshot: what it holds counts
+
+
+def test_written_output_parses_for_both_sources() -> None:
+    assert zfs.parse_written("rpool/r/a\t0\nrpool/r/b\t131072\n") == {
+        "rpool/r/a": 0, "rpool/r/b": 131072}
+
+
+def test_target_of_another_job_is_refused_by_plan_disk() -> None:
+    (disk, _) = replica.zfs_disks(guest(), job())
+    common = snap("dapx_pve3-9100_a", 1, 10)
+    src = zfs.DatasetState(disk.source, True, snapshots=[common])
+    dst = zfs.DatasetState(disk.target, True, owner="pve2/555", snapshots=[common])
+    with pytest.raises(ConflictError, match=r"another dapx job \(pve2/555\)"):
+        replica.plan_disk(disk, src, dst, "dapx_pve3-9100_b", force=True, destination="pve3",
+                          owner="pve1/100")
+    ours = zfs.DatasetState(disk.target, True, owner="pve1/100", snapshots=[common])
+    assert replica.plan_disk(disk, src, ours, "dapx_pve3-9100_b", force=False,
+                             destination="pve3", owner="pve1/100").kind == "incremental"
 
 
 def test_pipe_scripts_are_constant_and_values_stay_arguments() -> None:
