@@ -5,6 +5,7 @@
     dapx node add|test|list|remove   node blocks (N1, N2)
     dapx lab up|down|status|reset|ssh|register   the simulated estate (X8)
     dapx snapshot list|create|delete|rollback|policy|retention   snapshots (S1-S4)
+    dapx backup list|restore         browse and restore PBS backups (B2)
 
 A user mistake prints one line on stderr and exits 2; no traceback.
 """
@@ -189,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_job_parser(sub)
     _add_snapshot_parser(sub)
+    _add_backup_parser(sub)
     return parser
 
 
@@ -202,6 +204,12 @@ def _add_snapshot_parser(sub: argparse._SubParsersAction) -> None:
     from dapx.deployments.snapshot_cli import add_snapshot_parser
 
     add_snapshot_parser(sub)
+
+
+def _add_backup_parser(sub: argparse._SubParsersAction) -> None:
+    from dapx.deployments.pbs_cli import add_backup_parser
+
+    add_backup_parser(sub)
 
 
 def _use_running_server() -> None:

@@ -42,6 +42,7 @@ def register(router: Router) -> None:
         router.add("POST", g + "/migrate", lambda r, k=kind: _migrate(r, k))
         router.add("POST", g + "/remote_migrate", lambda r, k=kind: _remote_migrate(r, k))
     router.add("POST", "/nodes/{node}/vzdump", _vzdump)
+    router.add("GET", "/nodes/{node}/vzdump/extractconfig", _extractconfig)
 
 
 def _vmid(req: Request) -> int:
@@ -297,3 +298,14 @@ def _vzdump(req: Request) -> str:
     return tasks.spawn(node, "vzdump", str(vmids[0]) if len(vmids) == 1 else "", req.user, "vzdump",
                        {"node": node, "vmids": vmids, "storage_id": sid, "mode": p.get("mode", "snapshot"),
                         "notes": p.get("notes-template", ""), "cmdline": cmd})
+
+
+def _extractconfig(req: Request) -> str:
+    """The config inside a backup (PVE reads it from the archive; 500 when it cannot)."""
+    require_node(req.match["node"])
+    p = check({"volume": Param(optional=False)}, req.params)
+    from .backup import extract_config
+    try:
+        return extract_config(p["volume"])
+    except storage.StorageError as exc:
+        raise ApiError(500, str(exc)) from None
