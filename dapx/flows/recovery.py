@@ -54,6 +54,12 @@ class RecoveryResult(BaseModel):
     seconds: float = 0.0
 
 
+def copy_mark(node: str, vmid: int) -> str:
+    """The description line that marks a copy as this job's: ``dapx-replica-of: pve3/300``
+    (PVE writes it as ``#dapx-replica-of: pve3/300``, as registrations are marked)."""
+    return replica_mark(node, vmid).lstrip("#")
+
+
 def restore_request(job: RecoveryJob, backup: str = "") -> RestoreRequest:
     """The restore half of a recovery job (``backup``: the one just made, when known)."""
     return RestoreRequest(storage=job.storage, backup=backup or f"vm/{job.guest}/latest",
@@ -76,7 +82,7 @@ async def plan_recovery(job: RecoveryJob, force: bool) -> tuple[BackupPlan, Rest
     values = {k: str(v) for k, v in config.items() if k != "digest"}
     restore = await check_destination(request, dest, storages, guest.kind, values,
                                        job.target_vmid, force=force, stop_ours=True,
-                                       mark=replica_mark(guest.node, guest.vmid))
+                                       mark=copy_mark(guest.node, guest.vmid))
     if restore.occupant and restore.occupant.vmid == guest.vmid and \
             restore.occupant.node == guest.node:
         raise InputError(f"VMID {job.target_vmid} on {dest.name} is guest {job.guest} itself; "
@@ -119,7 +125,7 @@ async def run_recovery(job: RecoveryJob, backup: BackupPlan, restore: RestorePla
     restore.entry = entry_of(result.backup)
     request = restore_request(job, result.backup.volid)
     result.restore = new_restore_result(request, restore, False)
-    await carry_out(request, restore, replica_mark(guest.node, guest.vmid), result.restore)
+    await carry_out(request, restore, copy_mark(guest.node, guest.vmid), result.restore)
     result.recovery_point, result.bytes = result.backup.backup_time, result.backup.bytes
 
 

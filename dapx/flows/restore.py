@@ -211,10 +211,14 @@ def backup_config(text: str, kind: str) -> dict[str, str]:
 
 
 async def read_destination(request: RestoreRequest) -> tuple[ProxmoxNode, dict[str, Any]]:
-    """The destination's block and storages; InputError unless it has the PBS storage."""
+    """The destination's block and storages; InputError unless it has the PBS storage and
+    the target storage."""
     (dest,) = await aload_nodes(request.destination)
     storages = read_node_storages(dest, dest.name)
     check_pbs_storage(storages, request.storage, dest.name)
+    if request.dest_storage not in storages:
+        raise InputError(f"node {dest.name} has no storage {request.dest_storage!r} for the "
+                         f"restored disks (it has: {', '.join(sorted(storages))})")
     return dest, storages
 
 

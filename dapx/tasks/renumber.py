@@ -24,29 +24,18 @@ if TYPE_CHECKING:
     from dapx.blocks.node import ProxmoxNode
 
 # Constant scripts; paths and names only ever arrive as positional arguments.
-_STATES = """
-while [ "$#" -ge 3 ]; do
-  m=$1 s=$2 d=$3; shift 3
-  if [ "$m" = zfs ]; then
-    zfs list -H -o name "$s" >/dev/null 2>&1 && a=1 || a=0
-    zfs list -H -o name "$d" >/dev/null 2>&1 && b=1 || b=0
-  else
-    [ -e "$s" ] && a=1 || a=0
-    [ -e "$d" ] && b=1 || b=0
-  fi
-  echo "$a$b"
-done
-"""
-_MOVE_PATH = """
-s=$1 d=$2
-mkdir -p "${d%/*}" || exit 1
-for x in "$s"@*; do
-  [ -e "$x" ] || continue
-  mv -T "$x" "$d${x#"$s"}" || exit 1
-done
-mv -T "$s" "$d" || exit 1
-rmdir --ignore-fail-on-non-empty "${s%/*}"
-"""
+_STATES = ('while [ "$#" -ge 3 ]; do m=$1 s=$2 d=$3; shift 3; '
+           'if [ "$m" = zfs ]; then '
+           'zfs list -H -o name "$s" >/dev/null 2>&1 && a=1 || a=0; '
+           'zfs list -H -o name "$d" >/dev/null 2>&1 && b=1 || b=0; '
+           'else [ -e "$s" ] && a=1 || a=0; [ -e "$d" ] && b=1 || b=0; fi; '
+           'echo "$a$b"; done')
+"""Prints, per (method, source, target) triple, whether each exists: ``10``, ``01``..."""
+_MOVE_PATH = ('s=$1 d=$2; mkdir -p "${d%/*}" || exit 1; '
+              'for x in "$s"@*; do [ -e "$x" ] || continue; mv -T "$x" "$d${x#"$s"}" || exit 1; '
+              'done; mv -T "$s" "$d" || exit 1; rmdir --ignore-fail-on-non-empty "${s%/*}"')
+"""Moves a file or directory (and its ``@snapshot`` siblings: BTRFS), then drops the old
+``images/<vmid>`` directory if it is empty."""
 
 
 async def _states(node: "ProxmoxNode", moves: list[VolumeMove]) -> list[str]:
@@ -80,18 +69,19 @@ async def _move(node: "ProxmoxNode", move: VolumeMove) -> None:
         await run(node, ["sh", "-c", _MOVE_PATH, "sh", move.source, move.target], timeout=600)
 
 
-async def read_plan(node: "ProxmoxNode", kind: GuestKind, old: int,
-                    new: int) -> tuple[RenumberPlan | None, dict[str, str]]:
+async def read_plan(node: "ProxmoxNode", kind: GuestKind, old: int, new: int, *,
+                    new_may_exist: bool = False) -> tuple[RenumberPlan | None, dict[str, str]]:
     """(plan, files read); the plan is None when the guest is already ``new``. Raises
-    PermanentError when neither config exists, ConflictError when both do, InputError for
-    volumes dapx cannot rename."""
+    PermanentError when neither config exists, ConflictError when both do (unless
+    ``new_may_exist``: a guest there now will have moved away), InputError for volumes dapx
+    cannot rename."""
     old_path, new_path = config_path(kind, old, node.name), config_path(kind, new, node.name)
     files = (await read_files(node, [old_path, new_path, STORAGE_CFG])).files
     if old_path not in files:
         if new_path in files:
             return None, files
         raise PermanentError(f"guest {old} ({kind}) is not on node {node.name}")
-    if new_path in files:
+    if new_path in files and not new_may_exist:
         raise ConflictError(f"cannot renumber guest {old} to {new} on {node.name}: "
                             f"{new_path} exists")
     from dapx.core.storagecfg import parse_storage_cfg
@@ -107,7 +97,7 @@ async def check_renumber(node: "ProxmoxNode", kind: GuestKind, old: int, new: in
     it could run now: every volume there, every new name free. ``moving_away``: volume ids
     whose names may be taken now because they will have moved first (the guest a swap sets
     aside). Raises ConflictError naming each problem, InputError, PermanentError."""
-    plan, _ = await read_plan(node, kind, old, new)
+    plan, _ = await read_plan(node, kind, old, new, new_may_exist=moving_away is not None)
     if plan is None:
         raise ConflictError(f"guest {old} is not on {node.name} but {new} is")
     states = await _states(node, plan.moves)
