@@ -281,9 +281,27 @@ _VZDUMP = {"vmid": Param(format="pve-vmid-list"), "all": BOOL, "storage": Param(
            "pbs-change-detection-mode": Param(enum=("legacy", "data", "metadata"))}
 
 
+_PRUNE_KEYS = ("keep-all", "keep-last", "keep-hourly", "keep-daily", "keep-weekly", "keep-monthly",
+               "keep-yearly")
+
+
+def _check_prune_backups(value: str) -> None:
+    """PVE's prune-backups property string: keep-all=1 or keep-<period>=N, nothing else."""
+    for part in (p for p in value.split(",") if p):
+        key, _, count = part.partition("=")
+        if key not in _PRUNE_KEYS or not count.isdigit():
+            raise ApiError(400, "Parameter verification failed.",
+                           {"prune-backups": f"invalid format - format error\nprune-backups.{key}: "
+                                             "property is not defined in schema and the schema does not "
+                                             "allow additional properties" if key not in _PRUNE_KEYS else
+                                             f"invalid format - format error\nprune-backups.{key}: type check "
+                                             f"('integer') failed - got '{count}'"})
+
+
 def _vzdump(req: Request) -> str:
     node = require_node(req.match["node"])
     p = check(_VZDUMP, req.params)
+    _check_prune_backups(p.get("prune-backups", ""))
     vmids = [int(v) for v in re.split(r"[,; ]+", p.get("vmid", "")) if v]
     if p.get("all"):
         vmids = [v for n, _, v in guests.all_guests() if n == node]
