@@ -18,7 +18,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from dapx.core.validate import validate_storage_id, validate_vmid
-from dapx.errors import InputError
+from dapx.errors import InputError, PermanentError
 
 BackupType = Literal["vm", "ct"]
 GuestKind = Literal["qemu", "lxc"]
@@ -33,6 +33,8 @@ _VOLID = re.compile(rf"(?P<storage>[A-Za-z][A-Za-z0-9_.-]*[A-Za-z0-9]):backup/{_
 _ARCHIVE_LINE = re.compile(rf".*creating Proxmox Backup Server archive '(?P<path>(?:vm|ct)/"
                            rf"[0-9]+/{_TIME})'.*")
 _WARNINGS = re.compile(r"WARNINGS: ([0-9]+)")
+CLOCK_SLACK = 120
+"""Seconds a backup's PBS time may precede the run's own clock (node clocks drift)."""
 
 
 def pbs_time(epoch: int) -> str:
@@ -195,3 +197,19 @@ def find_backup(entries: list[BackupEntry], ref: BackupRef) -> BackupEntry:
         return found
     hint = f"newest: {mine[0].volid}" if mine else f"{ref.storage} holds no backup of it"
     raise InputError(f"backup {ref.path} does not exist on storage {ref.storage} ({hint})")
+
+
+def find_new_backup(group: list[dict[str, Any]], archive: str, since: float) -> dict[str, Any]:
+    """The PBS snapshot vzdump just made in ``group`` (PBS's snapshot list of one guest): the
+    one it logged (``archive``), else the newest since ``since`` (epoch seconds). Raises
+    PermanentError when PBS shows none: an OK task that made no backup is no backup."""
+    if archive:
+        when = parse_pbs_time(archive.rsplit("/", 1)[1])
+        found = next((s for s in group if int(s["backup-time"]) == when), None)
+    else:
+        fresh = [s for s in group if int(s["backup-time"]) >= since - CLOCK_SLACK]
+        found = max(fresh, key=lambda s: int(s["backup-time"])) if fresh else None
+    if found is None:
+        raise PermanentError(f"vzdump reported success but PBS shows no new backup "
+                             f"{archive or '(none logged)'}")
+    return found

@@ -116,3 +116,37 @@ def storage_holds(section: dict[str, Any], kind: str) -> bool:
     content ``images`` for qemu, ``rootdir`` for lxc."""
     want = "images" if kind == "qemu" else "rootdir"
     return want in str(section.get("content", "")).split(",")
+
+
+def require_pbs_storage(storages: dict[str, dict[str, Any]], storage: str, node: str) -> None:
+    """InputError unless ``node``'s storages (``GET /nodes/{n}/storage`` rows by id) include
+    ``storage`` and it is a PBS storage."""
+    found = storages.get(storage)
+    if found is None:
+        raise InputError(f"node {node} has no storage {storage!r} (it has: "
+                         f"{', '.join(sorted(storages)) or 'none'})")
+    if found.get("type") != "pbs":
+        raise InputError(f"storage {storage!r} on {node} is of type {found.get('type')}, not a "
+                         "Proxmox Backup Server storage")
+
+
+def require_target_storage(storages: dict[str, dict[str, Any]], storage: str, node: str,
+                           kind: str, replacing: bool) -> None:
+    """InputError unless ``storage`` is on ``node``, active, holds ``kind``'s disks, and (when
+    replacing a guest) is of a type whose volumes dapx can rename."""
+    from dapx.core.renumber import SWAPPABLE_TYPES
+
+    found = storages.get(storage)
+    if found is None:
+        raise InputError(f"node {node} has no storage {storage!r} for the restored disks (it "
+                         f"has: {', '.join(sorted(storages)) or 'none'})")
+    if not storage_holds(found, kind):
+        want = "images" if kind == "qemu" else "rootdir"
+        raise InputError(f"storage {storage!r} on {node} does not hold {want} (content: "
+                         f"{found.get('content') or 'none'}); choose one that does")
+    if not int(found.get("active", 1)):
+        raise InputError(f"storage {storage!r} on {node} is not active")
+    if replacing and found.get("type") not in SWAPPABLE_TYPES:
+        raise InputError(f"storage {storage!r} is of type {found.get('type')}: a restore over "
+                         f"an existing guest renames the new volumes, which dapx can do only "
+                         f"on {', '.join(SWAPPABLE_TYPES)} storages; restore to a free VMID")

@@ -25,21 +25,17 @@ from pydantic import BaseModel, Field
 
 from dapx.blocks.manage import afind_pbs_node, aload_nodes
 from dapx.blocks.node import ProxmoxNode
-from dapx.core.backups import TYPE_OF_KIND, pbs_time, parse_pbs_time
+from dapx.core.backups import TYPE_OF_KIND, pbs_time
 from dapx.core.jobspec import BackupJob, BackupMode, PbsRetention
 from dapx.core.pbs_retention import to_remove
 from dapx.core.resources import ClusterGuest, PbsStorage, guests_to_back_up
-from dapx.errors import DapxError, InputError, PermanentError
+from dapx.errors import DapxError, PermanentError
 from dapx.tasks import pbs as pbs_tasks
 from dapx.tasks.locks import DEFAULT_WAIT, exclusive, guest_lock_name
-from dapx.tasks.pve_guests import read_cluster_guests
 from dapx.tasks.ssh import node_sessions
-from dapx.tasks.vzdump import read_pbs_storage, run_vzdump
+from dapx.tasks.vzdump import read_backup_side, run_vzdump
 from dapx.ui_extensions.artifacts import (artifact_key, human_bytes, plan_markdown,
                                           publish_markdown, publish_table)
-
-CLOCK_SLACK = 120
-"""Seconds a backup's PBS time may precede the run's own clock (node clocks drift)."""
 
 # -----------------------------------------------------------------------------------------------
 # Results
@@ -108,15 +104,12 @@ async def read_backup_plan(node: str, storage: str, wanted: list[int],
     """The asked node, the PBS storage and node, the guests and their backups. Raises
     InputError for an unknown node, storage, datastore or guest."""
     (api_node,) = await aload_nodes(node)
-    pbs_storage = read_pbs_storage(api_node, storage)
-    guests = guests_to_back_up(read_cluster_guests(api_node), wanted, node)
+    pbs_storage, cluster = read_backup_side(api_node, storage)
+    guests = guests_to_back_up(cluster, wanted, node)
     pbs = await afind_pbs_node(pbs_storage.server, pbs_node)
-    stores = pbs_tasks.read_datastores(pbs)
-    if pbs_storage.datastore not in stores:
-        raise InputError(f"PBS {pbs.name} has no datastore {pbs_storage.datastore!r} (storage "
-                         f"{storage}); it has: {', '.join(stores) or 'none'}")
-    groups = {g.vmid: pbs_tasks.read_group(pbs, pbs_storage.datastore, TYPE_OF_KIND[g.kind],
-                                           g.vmid, pbs_storage.namespace) for g in guests}
+    groups = pbs_tasks.read_groups(pbs, pbs_storage.datastore,
+                                   [(TYPE_OF_KIND[g.kind], g.vmid) for g in guests],
+                                   pbs_storage.namespace)
     return BackupPlan(api_node, pbs, pbs_storage, guests, groups)
 
 
@@ -158,21 +151,6 @@ async def publish_plan(job: BackupJob, plan: BackupPlan, rows: list[dict[str, An
 # Back up one guest
 
 
-def find_new_backup(group: list[dict[str, Any]], archive: str, since: float) -> dict[str, Any]:
-    """The snapshot vzdump just made: the one it logged, else the newest since ``since``.
-    Raises PermanentError when PBS shows none."""
-    if archive:
-        when = parse_pbs_time(archive.rsplit("/", 1)[1])
-        found = next((s for s in group if int(s["backup-time"]) == when), None)
-    else:
-        fresh = [s for s in group if int(s["backup-time"]) >= since - CLOCK_SLACK]
-        found = max(fresh, key=lambda s: int(s["backup-time"])) if fresh else None
-    if found is None:
-        raise PermanentError(f"vzdump reported success but PBS shows no new backup "
-                             f"{archive or '(none logged)'}")
-    return found
-
-
 async def back_up_guest(job_storage: str, mode: BackupMode, retention: PbsRetention | None,
                         plan: BackupPlan, guest: ClusterGuest, result: GuestBackup) -> None:
     """vzdump on the guest's node, the new backup read back from PBS, then prune. Fills
@@ -180,16 +158,14 @@ async def back_up_guest(job_storage: str, mode: BackupMode, retention: PbsRetent
     started = time.time()
     run = await run_vzdump(plan.api_node, guest.node, guest.vmid, job_storage, mode)
     result.seconds, result.warnings = run.seconds, run.warnings
-    btype, store, ns = TYPE_OF_KIND[guest.kind], plan.storage.datastore, plan.storage.namespace
-    found = find_new_backup(pbs_tasks.read_group(plan.pbs, store, btype, guest.vmid, ns),
-                            run.archive, started)
+    btype = TYPE_OF_KIND[guest.kind]
+    found, removed = pbs_tasks.record_and_prune(
+        plan.pbs, plan.storage.datastore, btype, guest.vmid, run.archive, started,
+        retention.counts() if retention else None, plan.storage.namespace)
     result.backup_time, result.bytes = int(found["backup-time"]), int(found.get("size") or 0)
     result.backup = f"{btype}/{guest.vmid}/{pbs_time(result.backup_time)}"
     result.volid = f"{job_storage}:backup/{result.backup}"
-    if retention is not None:
-        removed = pbs_tasks.prune_group(plan.pbs, store, btype, guest.vmid, retention.counts(),
-                                        ns)
-        result.pruned = [pbs_time(t) for t in removed]
+    result.pruned = [pbs_time(t) for t in removed]
 
 
 async def back_up_all(job: BackupJob, plan: BackupPlan, results: list[GuestBackup],

@@ -74,13 +74,13 @@ async def plan_recovery(job: RecoveryJob, force: bool) -> tuple[BackupPlan, Rest
     backup = await read_backup_plan(job.source, job.storage, [job.guest], job.pbs_node)
     guest = backup.guests[0]
     request = restore_request(job)
-    dest, storages = await read_destination(request)
+    dest, side = await read_destination(request, guest.vmid)
     if dest.name == guest.node and job.target_vmid == guest.vmid:
         raise InputError(f"the copy of guest {job.guest} would replace the guest itself on "
                          f"{dest.name}; choose another destination VMID")
     config = read_guest_config(backup.api_node, guest.node, guest.kind, guest.vmid)
     values = {k: str(v) for k, v in config.items() if k != "digest"}
-    restore = await check_destination(request, dest, storages, guest.kind, values,
+    restore = await check_destination(request, dest, side, guest.kind, values,
                                        job.target_vmid, force=force, stop_ours=True,
                                        mark=copy_mark(guest.node, guest.vmid))
     if restore.occupant and restore.occupant.vmid == guest.vmid and \

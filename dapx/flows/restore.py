@@ -30,22 +30,21 @@ from pydantic import BaseModel, Field
 
 from dapx.blocks.manage import aload_nodes
 from dapx.blocks.node import ProxmoxNode
-from dapx.core.backups import BackupEntry, find_backup, newest_first, parse_backup
+from dapx.core.backups import BackupEntry, BackupRef, newest_first, parse_backup
 from dapx.core.guestconfig import parse_guest_config
 from dapx.core.jobspec import RestoreRequest
 from dapx.core.registration import bridges_used, mapped_networks
-from dapx.core.renumber import SWAPPABLE_TYPES
-from dapx.core.resources import ClusterGuest, free_vmids, storage_holds
+from dapx.core.resources import ClusterGuest, free_vmids, require_target_storage
 from dapx.core.types import NodeName, StorageId, Vmid
 from dapx.errors import ConflictError, DapxError, GuestLocked, InputError, PermanentError
 from dapx.flows.swap import swap_into_place
 from dapx.tasks.locks import DEFAULT_WAIT, exclusive, guest_lock_name
 from dapx.tasks.pve_guests import (adapt_guest_config, destroy_guest, read_cluster_guests,
-                                   read_guest_config, read_node_bridges, read_node_storages,
-                                   start_guest, stop_guest)
+                                   read_guest_config, start_guest, stop_guest)
 from dapx.tasks.renumber import check_renumber
 from dapx.tasks.ssh import node_sessions
-from dapx.tasks.vzdump import extract_backup_config, follow_task, list_backups, start_restore
+from dapx.tasks.vzdump import (RestoreSide, follow_task, list_backups, read_restore_side,
+                               start_restore)
 from dapx.ui_extensions.artifacts import (artifact_key, human_bytes, plan_markdown,
                                           publish_markdown, publish_table)
 
@@ -73,8 +72,6 @@ async def read_backup_list(node: str, storage: str, guest: int | None) -> Backup
     """The listing, for the flow and the CLI. Raises InputError for an unknown node, or a
     storage the node does not have or that is not a PBS storage."""
     (api_node,) = await aload_nodes(node)
-    storages = read_node_storages(api_node, node)
-    check_pbs_storage(storages, storage, node)
     entries = list_backups(api_node, node, storage, guest)
     return BackupList(node=node, storage=storage, backups=newest_first(entries))
 
@@ -142,37 +139,6 @@ class RestorePlan:
         return self.entry
 
 
-def check_pbs_storage(storages: dict[str, dict[str, Any]], storage: str, node: str) -> None:
-    """InputError unless ``node`` has ``storage`` and it is a PBS storage."""
-    found = storages.get(storage)
-    if found is None:
-        raise InputError(f"node {node} has no storage {storage!r} (it has: "
-                         f"{', '.join(sorted(storages)) or 'none'})")
-    if found.get("type") != "pbs":
-        raise InputError(f"storage {storage!r} on {node} is of type {found.get('type')}, not a "
-                         "Proxmox Backup Server storage")
-
-
-def check_target_storage(storages: dict[str, dict[str, Any]], storage: str, node: str,
-                         kind: str, replacing: bool) -> None:
-    """InputError unless ``storage`` is on ``node``, active, holds ``kind``'s disks, and (when
-    replacing a guest) is of a type whose volumes dapx can rename."""
-    found = storages.get(storage)
-    if found is None:
-        raise InputError(f"node {node} has no storage {storage!r} for the restored disks (it "
-                         f"has: {', '.join(sorted(storages)) or 'none'})")
-    if not storage_holds(found, kind):
-        want = "images" if kind == "qemu" else "rootdir"
-        raise InputError(f"storage {storage!r} on {node} does not hold {want} (content: "
-                         f"{found.get('content') or 'none'}); choose one that does")
-    if not int(found.get("active", 1)):
-        raise InputError(f"storage {storage!r} on {node} is not active")
-    if replacing and found.get("type") not in SWAPPABLE_TYPES:
-        raise InputError(f"storage {storage!r} is of type {found.get('type')}: a restore over "
-                         f"an existing guest renames the new volumes, which dapx can do only "
-                         f"on {', '.join(SWAPPABLE_TYPES)} storages; restore to a free VMID")
-
-
 def check_bridges(config: dict[str, str], bridge_map: dict[str, str], have: set[str],
                   node: str) -> None:
     """InputError naming each network device whose (mapped) bridge ``node`` lacks."""
@@ -210,37 +176,37 @@ def backup_config(text: str, kind: str) -> dict[str, str]:
     return dict(parse_guest_config(text, kind).main.items())  # type: ignore[arg-type]
 
 
-async def read_destination(request: RestoreRequest) -> tuple[ProxmoxNode, dict[str, Any]]:
-    """The destination's block and storages; InputError unless it has the PBS storage and
-    the target storage."""
+async def read_destination(request: RestoreRequest, vmid: int,
+                           ref: BackupRef | None = None) -> tuple[ProxmoxNode, RestoreSide]:
+    """The destination's block and what a restore reads there (guest ``vmid``'s backups, the
+    backup ``ref`` names and its config); InputError unless it has the PBS storage, the
+    target storage and the backup."""
     (dest,) = await aload_nodes(request.destination)
-    storages = read_node_storages(dest, dest.name)
-    check_pbs_storage(storages, request.storage, dest.name)
-    if request.dest_storage not in storages:
+    side = read_restore_side(dest, dest.name, request.storage, vmid, ref)
+    if request.dest_storage not in side.storages:
         raise InputError(f"node {dest.name} has no storage {request.dest_storage!r} for the "
-                         f"restored disks (it has: {', '.join(sorted(storages))})")
-    return dest, storages
+                         f"restored disks (it has: {', '.join(sorted(side.storages))})")
+    return dest, side
 
 
-async def check_destination(request: RestoreRequest, dest: ProxmoxNode,
-                            storages: dict[str, Any], kind: str, config: dict[str, str],
-                            target: int, *, force: bool, mark: str | None = None,
-                            stop_ours: bool = False) -> RestorePlan:
+async def check_destination(request: RestoreRequest, dest: ProxmoxNode, side: RestoreSide,
+                            kind: str, config: dict[str, str], target: int, *, force: bool,
+                            mark: str | None = None, stop_ours: bool = False) -> RestorePlan:
     """Check the target storage, the bridges ``config`` would use and the guest now at
     ``target``. Raises InputError, ConflictError or GuestLocked before anything changes.
     ``mark``: a description line that makes the guest at ``target`` ours to replace (a
     recovery job's previous copy)."""
-    guests = read_cluster_guests(dest)
-    occupant = guests.get(target)
-    check_target_storage(storages, request.dest_storage, dest.name, kind, occupant is not None)
-    check_bridges(config, request.bridge_map, read_node_bridges(dest, dest.name), dest.name)
+    occupant = side.guests.get(target)
+    require_target_storage(side.storages, request.dest_storage, dest.name, kind,
+                           occupant is not None)
+    check_bridges(config, request.bridge_map, side.bridges, dest.name)
     plan = RestorePlan(dest=dest, kind=kind, target=target, config=config)
     if occupant is not None:
         ours = bool(mark) and is_marked(read_guest_config(dest, occupant.node, occupant.kind,
                                                           target), mark)
         check_occupant(occupant, target, dest.name, force=force, ours=ours, stop_ours=stop_ours)
         plan.occupant = occupant
-        plan.staged, plan.aside = free_vmids(guests, 2)
+        plan.staged, plan.aside = free_vmids(side.guests, 2)
         await check_renumber(dest, occupant.kind, target, plan.aside)
     return plan
 
@@ -248,11 +214,13 @@ async def check_destination(request: RestoreRequest, dest: ProxmoxNode,
 async def read_restore_plan(request: RestoreRequest, *, force: bool) -> RestorePlan:
     """Read and check everything for a restore of an existing backup; raises InputError,
     ConflictError or GuestLocked naming the problem before anything changes."""
-    dest, storages = await read_destination(request)
     ref = parse_backup(request.backup, request.storage)
-    entry = find_backup(list_backups(dest, dest.name, request.storage, ref.backup_id), ref)
-    config = backup_config(extract_backup_config(dest, dest.name, entry.volid), entry.kind)
-    plan = await check_destination(request, dest, storages, entry.kind, config,
+    dest, side = await read_destination(request, ref.backup_id, ref)
+    entry = side.backup
+    if entry is None:
+        raise PermanentError(f"the destination read no backup for {ref.path}")
+    config = backup_config(side.config, entry.kind)
+    plan = await check_destination(request, dest, side, entry.kind, config,
                                    request.dest_vmid or entry.guest, force=force)
     plan.entry = entry
     return plan
@@ -319,8 +287,9 @@ async def discard_staged(plan: RestorePlan) -> None:
 async def finish_restore(request: RestoreRequest, plan: RestorePlan, vmid: int,
                          mark: str | None, result: RestoreResult) -> None:
     """Adapt the restored guest's config, swap it into place if it was staged."""
-    result.bridges = adapt_guest_config(plan.dest, plan.dest.name, plan.kind, vmid,
-                                        request.bridge_map, mark)
+    if request.bridge_map or mark:  # else nothing to change: spare a read and a task
+        result.bridges = adapt_guest_config(plan.dest, plan.dest.name, plan.kind, vmid,
+                                            request.bridge_map, mark)
     if plan.occupant is None:
         return
     if plan.occupant.status == "running":

@@ -33,19 +33,6 @@ def read_cluster_guests(api_node: "ProxmoxNode") -> dict[int, ClusterGuest]:
     return cluster_guests(_api(api_node).guests())
 
 
-@dapx_task(name="node-storages")
-def read_node_storages(api_node: "ProxmoxNode", on: str) -> dict[str, dict[str, Any]]:
-    """The storages node ``on`` can use, by id (``GET /nodes/{on}/storage``: type, content,
-    active, avail...)."""
-    return {str(s["storage"]): s for s in _api(api_node).storages(on)}
-
-
-@dapx_task(name="node-bridges")
-def read_node_bridges(api_node: "ProxmoxNode", on: str) -> set[str]:
-    """The bridges of node ``on`` (``GET /nodes/{on}/network?type=any_bridge``)."""
-    return {str(i["iface"]) for i in _api(api_node).network(on, type="any_bridge")}
-
-
 @dapx_task(name="guest-config")
 def read_guest_config(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int) -> dict[str, Any]:
     """The guest's current config with its ``digest`` (``GET .../config``)."""

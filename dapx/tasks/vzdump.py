@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Literal
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
 
 from pydantic import BaseModel, Field
 
-from dapx.core.backups import BackupEntry, TaskOutcome, archive_from_log, backup_entry, task_outcome
-from dapx.core.resources import PbsStorage, pbs_storage
-from dapx.errors import NotFoundError, TaskFailed
+from dapx.core.backups import (BackupEntry, BackupRef, TaskOutcome, archive_from_log, backup_entry,
+                               find_backup, task_outcome)
+from dapx.core.resources import (ClusterGuest, PbsStorage, cluster_guests, pbs_storage,
+                                 require_pbs_storage)
+from dapx.errors import DapxError, InputError, NotFoundError, TaskFailed
 from dapx.tasks.base import dapx_task
 
 if TYPE_CHECKING:
@@ -48,37 +51,95 @@ def follow(api: "PveClient", upid: str, what: str) -> tuple[TaskOutcome, list[st
     """Wait for task ``upid`` to stop (blocking); its outcome and log. Raises TaskFailed naming
     ``what`` with PVE's ERROR lines when it failed."""
     try:
-        api.wait_task(upid, timeout=TASK_TIMEOUT, warnings_ok=True)
+        status = api.wait_task(upid, timeout=TASK_TIMEOUT, warnings_ok=True)
     except TaskFailed as exc:
         log = api.task_log(upid, tail=LOG_LINES)
         outcome = task_outcome(exc.exitstatus, log)
         raise TaskFailed(f"{what} failed: {outcome.error}", upid=upid,
                          exitstatus=exc.exitstatus, log_tail=log[-20:]) from None
     log = api.task_log(upid, tail=LOG_LINES)
-    status = api.task_status(upid)
     return task_outcome(str(status.get("exitstatus", "")), log), log
 
 
-@dapx_task(name="read-pbs-storage")
-def read_pbs_storage(api_node: "ProxmoxNode", storage: str) -> PbsStorage:
-    """The PBS storage ``storage`` as the cluster of ``api_node`` defines it (``GET
-    /storage/{id}``). Raises InputError when it does not exist or is not of type pbs."""
-    from dapx.errors import InputError
+@dapx_task(name="read-backup-side")
+def read_backup_side(api_node: "ProxmoxNode",
+                     storage: str) -> tuple[PbsStorage, dict[int, ClusterGuest]]:
+    """What a backup run reads from PVE, in one task: the PBS storage as the cluster of
+    ``api_node`` defines it (``GET /storage/{id}``) and every guest of that cluster with the
+    node holding it (``GET /cluster/resources``). Raises InputError for a storage that does not
+    exist or is not of type pbs."""
+    section, guests = _at_once(lambda: _storage_section(api_node, storage),
+                               lambda: cluster_guests(_api(api_node).guests()))
+    return pbs_storage(storage, section), guests
 
+
+def _storage_section(api_node: "ProxmoxNode", storage: str) -> dict[str, Any]:
     try:
-        section = _api(api_node).storage_config(storage)
+        return _api(api_node).storage_config(storage)
     except NotFoundError:
         raise InputError(f"storage {storage!r} does not exist on {api_node.name}'s cluster") \
             from None
-    return pbs_storage(storage, section)
+
+
+class RestoreSide(BaseModel):
+    """What a restore reads from the destination, in one task."""
+
+    storages: dict[str, dict[str, Any]] = Field(description="The node's storages by id.")
+    backups: list[BackupEntry] = Field(description="The guest's backups on the PBS storage.")
+    guests: dict[int, ClusterGuest] = Field(description="The cluster's guests by VMID.")
+    bridges: set[str] = Field(description="The node's bridges.")
+    backup: Optional[BackupEntry] = Field(default=None, description="The backup asked for.")
+    config: str = Field(default="", description="The guest config inside that backup.")
+
+
+def _at_once(*calls: Callable[[], Any]) -> list[Any]:
+    """Run independent API reads in threads (each makes its own client): one round trip of
+    latency instead of several. The first error is raised."""
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        return [f.result() for f in [pool.submit(c) for c in calls]]
+
+
+@dapx_task(name="read-restore-side")
+def read_restore_side(api_node: "ProxmoxNode", on: str, storage: str, vmid: int,
+                      ref: Optional[BackupRef] = None) -> RestoreSide:
+    """Node ``on``'s storages (the PBS storage ``storage`` must be one), guest ``vmid``'s
+    backups there, the cluster's guests, the node's bridges and, for ``ref``, that backup
+    and the config inside it (``GET /nodes/{on}/vzdump/extractconfig``). Raises InputError
+    (no such storage, no such backup)."""
+    storages, items, guests, bridges = _at_once(
+        lambda: {str(s["storage"]): s for s in _api(api_node).storages(on)},
+        lambda: _content(api_node, on, storage, vmid),
+        lambda: cluster_guests(_api(api_node).guests()),
+        lambda: {str(i["iface"]) for i in _api(api_node).network(on, type="any_bridge")})
+    require_pbs_storage(storages, storage, on)
+    if isinstance(items, Exception):
+        raise items
+    side = RestoreSide(storages=storages, guests=guests, bridges=bridges,
+                       backups=[e for e in map(backup_entry, items) if e is not None])
+    if ref is not None:
+        side.backup = find_backup(side.backups, ref)
+        side.config = str(_api(api_node).extract_config(on, side.backup.volid) or "")
+    return side
+
+
+def _content(api_node: "ProxmoxNode", on: str, storage: str, vmid: int) -> Any:
+    """The storage's backups of ``vmid``, or the error (raised once the storage is checked:
+    a storage that is not PBS's gets the clearer refusal)."""
+    try:
+        return _api(api_node).storage_content(on, storage, content="backup", vmid=vmid) or []
+    except DapxError as exc:
+        return exc
 
 
 @dapx_task(name="list-backups")
 def list_backups(api_node: "ProxmoxNode", on: str, storage: str,
                  vmid: int | None = None) -> list[BackupEntry]:
     """Guest backups on PBS storage ``storage`` as node ``on`` lists them (``GET
-    /nodes/{on}/storage/{storage}/content?content=backup``), optionally of one guest."""
-    items = _api(api_node).storage_content(on, storage, content="backup", vmid=vmid)
+    /nodes/{on}/storage/{storage}/content?content=backup``), optionally of one guest. Raises
+    InputError unless ``on`` has that storage and it is of type pbs."""
+    api = _api(api_node)
+    require_pbs_storage({str(s["storage"]): s for s in api.storages(on)}, storage, on)
+    items = api.storage_content(on, storage, content="backup", vmid=vmid)
     return [e for e in (backup_entry(i) for i in items or []) if e is not None]
 
 
@@ -101,13 +162,6 @@ async def run_vzdump(api_node: "ProxmoxNode", holder: str, vmid: int, storage: s
                          "it); run again", upid=upid, exitstatus="OK", log_tail=log[-20:])
     return VzdumpRun(upid=upid, archive=archive, warnings=outcome.warnings,
                      seconds=round(time.monotonic() - started, 3))
-
-
-@dapx_task(name="extract-backup-config")
-def extract_backup_config(api_node: "ProxmoxNode", on: str, volid: str) -> str:
-    """The guest config inside backup ``volid``, read by node ``on`` (``GET
-    /nodes/{on}/vzdump/extractconfig``)."""
-    return str(_api(api_node).extract_config(on, volid) or "")
 
 
 @dapx_task(name="start-restore", retries=0)
