@@ -286,6 +286,13 @@ class RecoveryJob(BaseModel):
     unique: bool = Field(default=False, description="Give the copy new MAC addresses.")
     mode: BackupMode = Field(default="snapshot", description="vzdump mode on the source.",
                              examples=["snapshot"])
+    carry_keys: list[CarryKey] = Field(
+        default_factory=list,
+        description="Config keys the copy keeps although they run code as root or pass host "
+        "devices through on the destination (hookscript, args, hostpciN, usbN, serialN/"
+        "parallelN on host ports; for containers devN and raw lxc.* keys). Removed from the "
+        "restored config unless named here; the result lists what was removed.",
+        examples=[["hostpci0"]])
     retention: Optional[PbsRetention] = Field(
         default=None, description="Prune the guest's backups after each run; empty prunes "
         "nothing (the guest's backup group is shared with its backup job, whose retention "

@@ -48,7 +48,8 @@ def _guests(text: str | None) -> list[int]:
 def _save(name: str, flow: str, spec, args: argparse.Namespace) -> int:  # noqa: ANN001
     from dapx.deployments import jobs
 
-    full = jobs.create_job(name, flow, spec, schedule=args.schedule, paused=args.paused)
+    full = jobs.create_job(name, flow, spec, schedule=args.schedule, timezone=args.timezone,
+                           paused=args.paused, replace=args.replace)
     print(f"job {full} saved" + (f", schedule {args.schedule}" if args.schedule else ""))
     return 0
 
@@ -61,7 +62,8 @@ def create_backup_job(args: argparse.Namespace, refuse) -> int:  # noqa: ANN001
         raise InputError("job create backup needs --node and --storage")
     refuse(args, "backup", "source", "dest", "guest", "dataset", "dest_dataset", "recursive",
            "method", "pool", "subfolder", "dest_vmid", "no_register", "cpu_host",
-           "bridge_map", "bwlimit", "compress", "keep", "dest_storage", "start", "unique")
+           "bridge_map", "bwlimit", "compress", "keep", "dest_storage", "start", "unique",
+           "carry_keys")
     fields = {"node": args.node, "guests": _guests(args.guests), "storage": args.storage,
               "retention": retention_of(args) or {}, "mode": args.mode, "pbs_node": args.pbs,
               "notify": args.notify}
@@ -86,7 +88,8 @@ def create_recovery_job(args: argparse.Namespace, refuse) -> int:  # noqa: ANN00
               "dest_vmid": args.dest_vmid, "storage": args.storage,
               "dest_storage": args.dest_storage, "bridge_map": args.bridge_map,
               "start": args.start, "unique": args.unique, "mode": args.mode,
-              "retention": retention_of(args), "pbs_node": args.pbs, "notify": args.notify}
+              "retention": retention_of(args), "pbs_node": args.pbs, "notify": args.notify,
+              "carry_keys": args.carry_keys}
     spec = RecoveryJob.from_input(**{k: v for k, v in fields.items() if v is not None})
     name = args.name or f"vm{spec.guest}-to-{spec.destination}-pbs"
     return _save(name, "pbs-recovery", spec, args)

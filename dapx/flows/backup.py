@@ -23,6 +23,7 @@ from typing import Any
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from dapx.flows import KEPT_RESULTS
 from dapx.blocks.manage import afind_pbs_node, aload_nodes
 from dapx.blocks.node import ProxmoxNode
 from dapx.core.backups import TYPE_OF_KIND, pbs_time
@@ -184,7 +185,7 @@ async def back_up_all(job: BackupJob, plan: BackupPlan, results: list[GuestBacku
 # The flow
 
 
-@flow(name="pbs-backup", log_prints=False)
+@flow(name="pbs-backup", log_prints=False, **KEPT_RESULTS)
 async def pbs_backup(job: BackupJob, dry_run: bool = False,
                      lock_wait: float = DEFAULT_WAIT) -> BackupResult:
     """Back up ``job.guests`` (every guest of ``job.node`` when empty) to PBS storage

@@ -22,6 +22,7 @@ from typing import Any
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from dapx.flows import KEPT_RESULTS
 from dapx.core.backups import BackupEntry, pbs_time
 from dapx.core.jobspec import RecoveryJob, RestoreRequest
 from dapx.errors import InputError
@@ -125,7 +126,8 @@ async def run_recovery(job: RecoveryJob, backup: BackupPlan, restore: RestorePla
     restore.entry = entry_of(result.backup)
     request = restore_request(job, result.backup.volid)
     result.restore = new_restore_result(request, restore, False)
-    await carry_out(request, restore, copy_mark(guest.node, guest.vmid), result.restore)
+    await carry_out(request, restore, copy_mark(guest.node, guest.vmid), result.restore,
+                    tuple(job.carry_keys))
     result.recovery_point, result.bytes = result.backup.backup_time, result.backup.bytes
 
 
@@ -135,7 +137,7 @@ def new_result_for(job: RecoveryJob, backup: BackupPlan) -> GuestBackup:
                        storage=job.storage, datastore=backup.storage.datastore)
 
 
-@flow(name="pbs-recovery", log_prints=False)
+@flow(name="pbs-recovery", log_prints=False, **KEPT_RESULTS)
 async def pbs_recovery(job: RecoveryJob, dry_run: bool = False, force: bool = False,
                        lock_wait: float = DEFAULT_WAIT) -> RecoveryResult:
     """Back ``job.guest`` up on ``job.source`` to PBS storage ``job.storage`` and restore it

@@ -28,6 +28,7 @@ from typing import Any, Optional
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from dapx.flows import KEPT_RESULTS
 from dapx.blocks.manage import aload_nodes
 from dapx.blocks.node import ProxmoxNode
 from dapx.core.backups import BackupEntry, BackupRef, newest_first, parse_backup
@@ -76,7 +77,7 @@ async def read_backup_list(node: str, storage: str, guest: int | None) -> Backup
     return BackupList(node=node, storage=storage, backups=newest_first(entries))
 
 
-@flow(name="pbs-backup-list", log_prints=False)
+@flow(name="pbs-backup-list", log_prints=False, **KEPT_RESULTS)
 async def pbs_backup_list(node: NodeName, storage: StorageId,
                           guest: Optional[Vmid] = None) -> BackupList:
     """List the backups on PBS storage ``storage`` as node ``node`` sees them (of guest
@@ -110,6 +111,9 @@ class RestoreResult(BaseModel):
                           "empty when the VMID was free.")
     bridges: dict[str, str] = Field(default_factory=dict, description="Network devices "
                                     "whose bridge was mapped, with their new value.")
+    dropped: list[str] = Field(default_factory=list, description="Config keys removed from a "
+                               "replica because they run code as root or pass host devices "
+                               "through (a recovery job's copy; plain restores keep them).")
     started: bool = Field(default=False, description="Started after the restore.")
     leftover: str = Field(default="", description="The replaced guest, if it could not be "
                           "destroyed (it is set aside under another VMID).")
@@ -182,11 +186,8 @@ async def read_destination(request: RestoreRequest, vmid: int,
     backup ``ref`` names and its config); InputError unless it has the PBS storage, the
     target storage and the backup."""
     (dest,) = await aload_nodes(request.destination)
-    side = read_restore_side(dest, dest.name, request.storage, vmid, ref)
-    if request.dest_storage not in side.storages:
-        raise InputError(f"node {dest.name} has no storage {request.dest_storage!r} for the "
-                         f"restored disks (it has: {', '.join(sorted(side.storages))})")
-    return dest, side
+    return dest, read_restore_side(dest, dest.name, request.storage, vmid,
+                                   request.dest_storage, ref)
 
 
 async def check_destination(request: RestoreRequest, dest: ProxmoxNode, side: RestoreSide,
@@ -285,11 +286,13 @@ async def discard_staged(plan: RestorePlan) -> None:
 
 
 async def finish_restore(request: RestoreRequest, plan: RestorePlan, vmid: int,
-                         mark: str | None, result: RestoreResult) -> None:
+                         mark: str | None, carry_keys: tuple[str, ...] | None,
+                         result: RestoreResult) -> None:
     """Adapt the restored guest's config, swap it into place if it was staged."""
-    if request.bridge_map or mark:  # else nothing to change: spare a read and a task
-        result.bridges = adapt_guest_config(plan.dest, plan.dest.name, plan.kind, vmid,
-                                            request.bridge_map, mark)
+    if request.bridge_map or mark or carry_keys is not None:  # else spare a read and a task
+        changes, result.dropped = adapt_guest_config(plan.dest, plan.dest.name, plan.kind, vmid,
+                                                     request.bridge_map, mark, carry_keys)
+        result.bridges = {k: v for k, v in changes.items() if k.startswith("net")}
     if plan.occupant is None:
         return
     if plan.occupant.status == "running":
@@ -301,12 +304,13 @@ async def finish_restore(request: RestoreRequest, plan: RestorePlan, vmid: int,
 
 
 async def carry_out(request: RestoreRequest, plan: RestorePlan, mark: str | None,
-                    result: RestoreResult) -> None:
-    """Restore (beside the old guest when there is one), adapt, swap, start."""
+                    result: RestoreResult, carry_keys: tuple[str, ...] | None = None) -> None:
+    """Restore (beside the old guest when there is one), adapt (``mark`` and ``carry_keys``:
+    a replica's), swap, start."""
     vmid = plan.staged if plan.occupant else plan.target
     result.seconds = await restore_as(request, plan, vmid)
     try:
-        await finish_restore(request, plan, vmid, mark, result)
+        await finish_restore(request, plan, vmid, mark, carry_keys, result)
     except DapxError:
         if plan.occupant is not None:
             await discard_staged(plan)
@@ -342,7 +346,7 @@ async def restore_backup(request: RestoreRequest, *, force: bool, dry_run: bool,
     return result
 
 
-@flow(name="pbs-restore", log_prints=False)
+@flow(name="pbs-restore", log_prints=False, **KEPT_RESULTS)
 async def pbs_restore(request: RestoreRequest, force: bool = False, dry_run: bool = False,
                       lock_wait: float = DEFAULT_WAIT) -> RestoreResult:
     """Restore ``request.backup`` from PBS storage ``request.storage`` on
@@ -369,6 +373,7 @@ def result_rows(result: RestoreResult) -> list[dict[str, Any]]:
              "size": human_bytes(result.bytes), "bytes": result.bytes,
              "seconds": result.seconds, "replaced": result.replaced or "-",
              "bridges": ", ".join(f"{k}: {v}" for k, v in result.bridges.items()) or "-",
+             "dropped": ", ".join(result.dropped) or "-",
              "started": "yes" if result.started else "no",
              "leftover": result.leftover or "-"}]
 

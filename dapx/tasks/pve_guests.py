@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Literal
 
-from dapx.core.registration import mapped_networks
+from dapx.core.registration import REPLICA_MARK, is_hazardous, mapped_networks
 from dapx.core.resources import ClusterGuest, cluster_guests
 from dapx.errors import NotFoundError
 from dapx.tasks.base import dapx_task
@@ -39,30 +39,45 @@ def read_guest_config(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int) -
     return _api(api_node).guest_config(on, kind, vmid)
 
 
-def config_changes(config: dict[str, Any], bridge_map: dict[str, str],
-                   mark: str | None) -> dict[str, str]:
-    """What adapting a config changes: mapped bridges, and ``mark`` as the first line of the
-    description (kept when it is there already)."""
+def config_changes(config: dict[str, Any], kind: str, bridge_map: dict[str, str],
+                   mark: str | None, carry_keys: tuple[str, ...] | None = None
+                   ) -> tuple[dict[str, str], list[str]]:
+    """What adapting a restored config changes: (values to set, keys to delete).
+
+    Bridges mapped; ``mark`` as the first line of the description (any other line reading as
+    a replica mark dropped: only the first-line mark the product writes counts). With
+    ``carry_keys`` (a replica, not a plain restore): the keys that run code as root or pass
+    host devices through are deleted unless named there.
+    """
     values = {k: str(v) for k, v in config.items() if k != "digest"}
     changes = mapped_networks(values, bridge_map)
     description = values.get("description", "")
-    if mark and description.split("\n", 1)[0] != mark:
-        changes["description"] = mark + ("\n" + description if description else "")
-    return changes
+    if mark:
+        kept = [ln for ln in description.split("\n")
+                if not ln.lstrip("#").strip().lower().startswith(REPLICA_MARK.strip("# :"))]
+        wanted = "\n".join([mark, *kept]).rstrip("\n")
+        if wanted != description:
+            changes["description"] = wanted
+    delete = [] if carry_keys is None else [
+        k for k, v in values.items() if is_hazardous(kind, k, v) and k not in carry_keys]
+    return changes, delete
 
 
 @dapx_task(name="adapt-guest-config")
 def adapt_guest_config(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int,
-                       bridge_map: dict[str, str], mark: str | None = None) -> dict[str, str]:
-    """Map the guest's bridges and mark its description (``PUT .../config`` with the digest
-    just read, so PVE refuses rather than overwrites a concurrent edit). Returns what changed;
-    nothing when it is done already, so a retry is safe."""
+                       bridge_map: dict[str, str], mark: str | None = None,
+                       carry_keys: tuple[str, ...] | None = None) -> tuple[dict[str, str], list[str]]:
+    """Map the guest's bridges, mark its description and (``carry_keys`` not None) delete
+    hazardous keys (``PUT .../config`` with the digest just read, so PVE refuses rather than
+    overwrites a concurrent edit). Returns (values set, keys deleted); nothing when it is done
+    already, so a retry is safe."""
     api = _api(api_node)
     config = api.guest_config(on, kind, vmid)
-    changes = config_changes(config, bridge_map, mark)
-    if changes:
-        api.set_guest_config(on, kind, vmid, digest=config["digest"], **changes)
-    return changes
+    changes, delete = config_changes(config, kind, bridge_map, mark, carry_keys)
+    if changes or delete:
+        extra = {"delete": ",".join(delete)} if delete else {}
+        api.set_guest_config(on, kind, vmid, digest=config["digest"], **changes, **extra)
+    return changes, delete
 
 
 @dapx_task(name="start-guest")

@@ -101,17 +101,21 @@ def _at_once(*calls: Callable[[], Any]) -> list[Any]:
 
 @dapx_task(name="read-restore-side")
 def read_restore_side(api_node: "ProxmoxNode", on: str, storage: str, vmid: int,
-                      ref: Optional[BackupRef] = None) -> RestoreSide:
-    """Node ``on``'s storages (the PBS storage ``storage`` must be one), guest ``vmid``'s
-    backups there, the cluster's guests, the node's bridges and, for ``ref``, that backup
-    and the config inside it (``GET /nodes/{on}/vzdump/extractconfig``). Raises InputError
-    (no such storage, no such backup)."""
+                      dest_storage: str, ref: Optional[BackupRef] = None) -> RestoreSide:
+    """Node ``on``'s storages (the PBS storage ``storage`` and ``dest_storage`` must be
+    there), guest ``vmid``'s backups on ``storage``, the cluster's guests, the node's bridges
+    and, for ``ref``, that backup and the config inside it (``GET
+    /nodes/{on}/vzdump/extractconfig``). Raises InputError (no such storage, no such
+    backup)."""
     storages, items, guests, bridges = _at_once(
         lambda: {str(s["storage"]): s for s in _api(api_node).storages(on)},
         lambda: _content(api_node, on, storage, vmid),
         lambda: cluster_guests(_api(api_node).guests()),
         lambda: {str(i["iface"]) for i in _api(api_node).network(on, type="any_bridge")})
     require_pbs_storage(storages, storage, on)
+    if dest_storage not in storages:
+        raise InputError(f"node {on} has no storage {dest_storage!r} for the restored disks "
+                         f"(it has: {', '.join(sorted(storages))})")
     if isinstance(items, Exception):
         raise items
     side = RestoreSide(storages=storages, guests=guests, bridges=bridges,

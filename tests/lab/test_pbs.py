@@ -81,6 +81,7 @@ def cleanup() -> None:
                              ("pve1", "lxc", 9101), ("pve3", "qemu", BROKEN)):
         tool = "qm" if kind == "qemu" else "pct"
         if f"{vmid}.conf" in confs(node):
+            estate.run(node, [tool, "stop", str(vmid)])
             estate.run(node, [tool, "destroy", str(vmid)])
     estate.run("pve3", ["qm", "set", "300", "--net0",
                         "virtio=BC:24:11:5A:11:2C,bridge=vmbr0,firewall=1", "--delete", "bios"])
@@ -323,8 +324,9 @@ async def test_recovery_job_run_twice_replaces_its_first_copy() -> None:
 
     job = RecoveryJob(source="pve3", guest=300, destination="pve1", dest_vmid=9301,
                       storage="pbs", dest_storage="local", bridge_map="vmbr1=vmbr0")
-    first = await pbs_recovery(job)
-    assert first.restore is not None and not first.restore.replaced
+    first = await pbs_recovery(job.model_copy(update={"start": True}))
+    assert first.restore is not None and not first.restore.replaced and first.restore.started
+    assert qm("pve1", "status", "9301").strip() == "status: running"
     assert sha256("pve1", DIR_DISK.format(vmid=9301)) == sha256("pve3",
                                                                  DIR_DISK.format(vmid=300))
     sh("pve3", ["dd", "if=/dev/urandom", f"of={DIR_DISK.format(vmid=300)}", "bs=1M", "count=1",
@@ -333,6 +335,7 @@ async def test_recovery_job_run_twice_replaces_its_first_copy() -> None:
     second = await pbs_recovery(job)
     assert second.recovery_point > first.recovery_point and second.bytes > 32 * 1024 * 1024
     assert second.restore is not None and second.restore.replaced == "qemu app01"
+    assert qm("pve1", "status", "9301").strip() == "status: stopped"  # ours: stopped, replaced
     assert sha256("pve1", DIR_DISK.format(vmid=9301)) == sha256("pve3",
                                                                  DIR_DISK.format(vmid=300))
     config = await guest_config("pve1", "qemu", 9301)

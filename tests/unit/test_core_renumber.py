@@ -139,9 +139,17 @@ def test_bridge_mapping_of_a_config() -> None:
 def test_restored_config_changes_keep_the_description() -> None:
     from dapx.tasks.pve_guests import config_changes
 
-    config = {"description": "web server\nsecond", "net0": "virtio=A,bridge=vmbr1", "digest": "x"}
-    changes = config_changes(config, {"vmbr1": "vmbr0"}, "dapx-replica-of: pve3/300")
+    config = {"description": "web server\n#dapx-replica-of: pve9/1\nsecond",
+              "net0": "virtio=A,bridge=vmbr1", "digest": "x", "hookscript": "local:snippets/h.pl",
+              "hostpci0": "0000:01:00.0", "serial0": "socket", "memory": "512"}
+    changes, delete = config_changes(config, "qemu", {"vmbr1": "vmbr0"},
+                                     "dapx-replica-of: pve3/300", ("hostpci0",))
     assert changes == {"net0": "virtio=A,bridge=vmbr0",
                        "description": "dapx-replica-of: pve3/300\nweb server\nsecond"}
+    assert delete == ["hookscript"]  # hostpci0 carried on purpose, a socket serial is safe
     marked = config | changes
-    assert config_changes(marked, {"vmbr1": "vmbr0"}, "dapx-replica-of: pve3/300") == {}
+    marked.pop("hookscript")
+    assert config_changes(marked, "qemu", {"vmbr1": "vmbr0"}, "dapx-replica-of: pve3/300",
+                          ("hostpci0",)) == ({}, [])
+    assert config_changes({"description": ""}, "lxc", {}, "m", None) == ({"description": "m"}, [])
+    assert config_changes(config, "qemu", {}, None, None) == ({}, [])  # a plain restore
