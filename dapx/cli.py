@@ -7,6 +7,7 @@
     dapx snapshot list|create|delete|rollback|policy|retention   snapshots (S1-S4)
     dapx notify add|list|test|remove|settings    notification targets (A1-A4)
     dapx status                      protection state of every guest (X4)
+    dapx backup list|restore         browse and restore PBS backups (B2)
 
 A user mistake prints one line on stderr and exits 2; no traceback.
 """
@@ -192,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_parser(sub)
     _add_snapshot_parser(sub)
     _add_notify_parsers(sub)
+    _add_backup_parser(sub)
     return parser
 
 
@@ -211,6 +213,10 @@ def _add_notify_parsers(sub: argparse._SubParsersAction) -> None:
     from dapx.deployments.notify_cli import add_notify_parsers
 
     add_notify_parsers(sub)
+def _add_backup_parser(sub: argparse._SubParsersAction) -> None:
+    from dapx.deployments.pbs_cli import add_backup_parser
+
+    add_backup_parser(sub)
 
 
 def _use_running_server() -> None:

@@ -62,6 +62,30 @@ async def aload_nodes(*names: str) -> list[ProxmoxNode]:
     return nodes
 
 
+async def afind_pbs_node(server: str, name: str | None = None) -> ProxmoxNode:
+    """The PBS node block ``name``, or the one whose host is ``server`` (a PBS storage's
+    server), for flows. InputError when there is none, or ``name`` is not a PBS node."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    if name:
+        node = (await aload_nodes(name))[0]
+        if node.kind != "pbs":
+            raise InputError(f"node {name!r} is a {node.kind} node, not a Proxmox Backup Server")
+        return node
+    async with get_client() as client:
+        try:
+            docs = await client.read_block_documents_by_type("proxmox-node",
+                                                             include_secrets=False)
+        except ObjectNotFound:
+            docs = []
+    for doc in sorted(docs, key=lambda d: d.name or ""):
+        if doc.data.get("kind") == "pbs" and doc.data.get("host") == server:
+            return (await aload_nodes(doc.name))[0]
+    raise InputError(f"no PBS node block has host {server!r} (the storage's server); add it "
+                     f"with `dapx node add <name> --host {server} --kind pbs ...`")
+
+
 def _read_secret_file(path: str | None) -> SecretStr | None:
     if not path:
         return None

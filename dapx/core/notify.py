@@ -67,6 +67,8 @@ def describe_job(parameters: Mapping[str, Any]) -> tuple[str, str]:
         what = "guests " + ", ".join(str(g) for g in job["guests"])
     elif "dataset" in job:
         what = f"dataset {job['dataset']}"
+    elif "guests" in job:  # a backup job of every guest of its node
+        what = "every guest"
     else:
         what = ""
     nodes = [str(job[k]) for k in ("source", "node", "destination", "pbs", "target")

@@ -17,7 +17,7 @@ protect, and is left out.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Literal, Mapping
 
@@ -103,6 +103,22 @@ class Protection:
         return self.state in ("late", "unprotected")
 
 
+EVERY_GUEST = "*"
+"""The VMID of a cover that protects every guest of its node (a backup job without a list)."""
+
+
+def expand_covers(guests: list[Guest], covers: list[Cover]) -> list[Cover]:
+    """Covers of every guest of a node (``pve1/*``) made one per guest that node reports."""
+    out = []
+    for cover in covers:
+        node, _, vmid = cover.subject.rpartition("/")
+        if vmid != EVERY_GUEST:
+            out.append(cover)
+            continue
+        out.extend(replace(cover, subject=g.subject) for g in guests if g.node == node)
+    return out
+
+
 def guest_subject(node: str, vmid: object) -> str:
     return f"{node}/{vmid}"
 
@@ -138,6 +154,8 @@ def covers_of_job(job: str, flow_name: str, parameters: Mapping[str, Any],
     else:
         vmids = spec.get("guests") or ([spec["guest"]] if "guest" in spec else [])
         subjects = [(guest_subject(node, v), v) for v in vmids]
+        if not vmids and "guests" in spec:  # every guest of the node, whichever exist
+            subjects = [(guest_subject(node, EVERY_GUEST), None)]
     covers = []
     for subject, vmid in subjects:
         replica = ""
@@ -193,6 +211,7 @@ def protection_rows(guests: list[Guest], covers: list[Cover], records: list[Reco
     """One row per guest and per covered subject, problems first, then by subject.
 
     Guests that are a job's registered replica are left out (they are copies)."""
+    covers = expand_covers(guests, covers)
     copies = {c.replica for c in covers if c.replica}
     names = {g.subject: g.name for g in guests}
     by_cover = _group(covers)

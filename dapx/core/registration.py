@@ -225,3 +225,26 @@ def rewrite_for_destination(config: GuestConfig, old_vmid: int,
     if options.cpu_host and config.kind == "qemu":
         _set_key(main, "cpu", "host")
     return GuestConfig(config.kind, [main])
+
+
+def mapped_networks(values: dict[str, str], bridge_map: dict[str, str]) -> dict[str, str]:
+    """The ``netN`` entries of a config (key -> value) that ``bridge_map`` changes, with the
+    new bridge in place; other entries and the rest of each value stay as they are."""
+    changed = {}
+    for key, value in values.items():
+        if _NET_KEY.fullmatch(key):
+            mapped = _map_bridge(str(value), bridge_map)
+            if mapped != value:
+                changed[key] = mapped
+    return changed
+
+
+def bridges_used(values: dict[str, str]) -> dict[str, str]:
+    """``{netN: bridge}`` for every network device of a config that names a bridge."""
+    found = {}
+    for key, value in values.items():
+        if _NET_KEY.fullmatch(key):
+            bridge = PropertyString.parse(str(value)).get("bridge")
+            if bridge:
+                found[key] = bridge
+    return found

@@ -29,6 +29,10 @@ BUILTIN_FLOWS = (
     "dapx.flows.snapshot_view.snapshot_view",
     "dapx.flows.snapshot_policy.snapshot_policy",
     "dapx.flows.snapshot_retention.snapshot_retention",
+    "dapx.flows.backup.pbs_backup",
+    "dapx.flows.restore.pbs_backup_list",
+    "dapx.flows.restore.pbs_restore",
+    "dapx.flows.recovery.pbs_recovery",
 )
 
 BUILTIN_SCHEDULES = {

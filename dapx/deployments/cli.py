@@ -76,7 +76,20 @@ def _text_table(artifact) -> str:  # noqa: ANN001 - a Prefect table artifact
     return "\n".join(lines)
 
 
+PBS_OPTIONS = ("node", "guests", "storage", "dest_storage", "mode", "pbs", "start", "unique",
+               "keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly",
+               "keep_yearly")
+
+
 def _create(args: argparse.Namespace) -> int:
+    from dapx.deployments import pbs_cli
+
+    if args.kind == "backup":
+        return pbs_cli.create_backup_job(args, _refuse)
+    if args.kind == "recovery":
+        return pbs_cli.create_recovery_job(args, _refuse)
+    _refuse(args, args.kind, *PBS_OPTIONS)
+    _require(args, args.kind, "source", "dest")
     if args.kind == "dataset":
         return _create_dataset(args)
     return _create_replica(args)
@@ -150,20 +163,27 @@ def _storage_kind(node: str) -> str:
     return load_node(node).storage_kind
 
 
+def _add_pbs_job_options(create: argparse.ArgumentParser) -> None:
+    from dapx.deployments.pbs_cli import add_pbs_job_options
+
+    add_pbs_job_options(create)
+
+
 def add_job_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `job` command group to the top-level parser."""
     job = sub.add_parser("job", help="scheduled jobs (Prefect deployments)")
     jsub = job.add_subparsers(dest="job_cmd", required=True)
 
     create = jsub.add_parser("create", help="create a job (or replace one, with --replace)")
-    create.add_argument("kind", choices=["replica", "dataset"],
-                        help="replica: a guest's disks; dataset: a plain ZFS dataset")
+    create.add_argument("kind", choices=["replica", "dataset", "backup", "recovery"],
+                        help="replica: a guest's disks; dataset: a plain ZFS dataset; "
+                        "backup: guests to PBS with retention; recovery: a replica through PBS")
     create.add_argument("--name", help="job name (default vm<guest>-to-<dest>, "
                         "ds-<dataset>-to-<dest>)")
-    create.add_argument("--source", required=True, help="source node")
+    create.add_argument("--source", help="source node")
     create.add_argument("--guest", type=int, help="replica: VMID to replicate")
     create.add_argument("--dataset", help="dataset: the dataset on the source (rpool/data/share)")
-    create.add_argument("--dest", required=True, help="destination node")
+    create.add_argument("--dest", help="destination node")
     create.add_argument("--dest-dataset",
                         help="dataset: the dataset on the destination (rpool/backup/share)")
     create.add_argument("--recursive", action="store_true",
@@ -190,6 +210,7 @@ def add_job_parser(sub: argparse._SubParsersAction) -> None:
                         "Europe/Rome; default: this machine's)")
     create.add_argument("--replace", action="store_true",
                         help="replace an existing job's options (a paused schedule stays paused)")
+    _add_pbs_job_options(create)
 
     lst = jsub.add_parser("list", help="list jobs")
     lst.add_argument("--json", action="store_true")

@@ -21,6 +21,8 @@ JOB_FLOWS = {
     "zfs-replica": "dapx.flows.replica.zfs_replica",
     "btrfs-replica": "dapx.flows.btrfs_replica.btrfs_replica",
     "dataset-replica": "dapx.flows.dataset.dataset_replica",
+    "pbs-backup": "dapx.flows.backup.pbs_backup",
+    "pbs-recovery": "dapx.flows.recovery.pbs_recovery",
 }
 _JOB_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
@@ -70,8 +72,8 @@ def create_job(name: str, flow: str, spec: BaseModel, *, schedule: str | None = 
 def _check_nodes_exist(spec: BaseModel) -> None:
     from dapx.blocks.manage import load_node
 
-    for field in ("source", "destination"):
-        if hasattr(spec, field):
+    for field in ("source", "destination", "node", "pbs_node"):
+        if getattr(spec, field, None):
             load_node(getattr(spec, field))
 
 

@@ -96,7 +96,8 @@ def node_json(node: NodeSpec, secret: str, fingerprints: dict[str, str]) -> dict
                     "token_secret": secret},
             "tokens": {TOKEN_ID: secret},
             "tls_cert": f"{TLS_DIR}/tls.pem", "tls_key": f"{TLS_DIR}/tls.key",
-            "tls_fingerprint": fingerprints[node.name]}
+            "tls_fingerprint": fingerprints[node.name],
+            "cluster_fingerprints": {n: fingerprints[n] for n in members if n != node.name}}
 
 
 def write_node_files(node: NodeSpec, secret: str, fingerprints: dict[str, str]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
+from dapx.errors import InputError
 from dapx.transports.pve import ApiClient
 
 BackupType = Literal["vm", "ct", "host"]
@@ -43,15 +44,33 @@ class PbsClient(ApiClient):
                            **{"backup-type": backup_type, "backup-id": backup_id,
                               "backup-time": int(backup_time)})
 
-    def prune(self, store: str, backup_type: BackupType, backup_id: str, *, keep_last: int,
-              dry_run: bool = False) -> list[dict[str, Any]]:
-        """POST /admin/datastore/{store}/prune for one group, keeping the last ``keep_last``.
+    def datastore_snapshots(self, store: str, backup_type: BackupType, backup_id: str,
+                            ns: Optional[str] = None) -> list[dict[str, Any]]:
+        """The snapshots of one group (``ns``: the datastore namespace, if the storage has one)."""
+        return self.get("admin", "datastore", store, "snapshots", ns=ns,
+                        **{"backup-type": backup_type, "backup-id": backup_id})
 
-        Returns PBS's list of ``{"backup-time": ..., "keep": bool}``.
+    def prune(self, store: str, backup_type: BackupType, backup_id: str, *,
+              keep_last: Optional[int] = None, keep_hourly: Optional[int] = None,
+              keep_daily: Optional[int] = None, keep_weekly: Optional[int] = None,
+              keep_monthly: Optional[int] = None, keep_yearly: Optional[int] = None,
+              dry_run: bool = False, ns: Optional[str] = None) -> list[dict[str, Any]]:
+        """POST /admin/datastore/{store}/prune for one group with PBS's keep options.
+
+        Returns PBS's list of ``{"backup-time": ..., "keep": bool, "protected": bool}``; PBS
+        never removes a protected snapshot. Raises InputError when no keep option is given:
+        PBS would then keep everything, silently disabling retention.
         """
-        return self.post("admin", "datastore", store, "prune",
+        keep = {"keep-last": keep_last, "keep-hourly": keep_hourly, "keep-daily": keep_daily,
+                "keep-weekly": keep_weekly, "keep-monthly": keep_monthly,
+                "keep-yearly": keep_yearly}
+        keep = {k: int(v) for k, v in keep.items() if v}
+        if not keep:
+            raise InputError(f"prune of {store}:{backup_type}/{backup_id} needs at least one "
+                             "keep option; without one PBS keeps every backup")
+        return self.post("admin", "datastore", store, "prune", ns=ns,
                          **{"backup-type": backup_type, "backup-id": backup_id,
-                            "keep-last": int(keep_last), "dry-run": int(dry_run)})
+                            "dry-run": int(dry_run)}, **keep)
 
     def status(self) -> dict[str, Any]:
         """GET /nodes/localhost/status: host CPU, memory, uptime."""

@@ -109,3 +109,95 @@ def test_storage_config_create_list_delete(px):
     assert status_of(lambda: px.storage.post(storage="bad;id", type="zfspool", pool="x")) == 400
     px.storage("dapx-rpool-replica").delete()
     assert "dapx-rpool-replica" not in {s["storage"] for s in px.storage.get()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Backups and restores through PBS (issue 10): every call the pbs-* flows make
+
+
+def _with_pbs_storage(px, request) -> str:
+    """The PBS storage 'pbs' and one VM and one CT backup on it; returns the backend name.
+
+    fakepve keeps storage content as records (a backup is a stored volume); the simulator
+    makes real backups of VM 100 and a new CT 702 through vzdump."""
+    backend = request.node.callspec.params["px"]
+    if backend == "fakepve":
+        fake = request.getfixturevalue("fakepve")
+        fake.storages["pbs"] = {"type": "pbs", "active": 1, "content": "backup", "files": set(),
+                                "server": "127.0.0.1", "datastore": "store1",
+                                "username": "root@pam!dapx", "shared": 1}
+        fake.storages["local-dir"] = {"type": "dir", "active": 1, "content": "images,rootdir",
+                                      "files": set(), "path": "/var/lib/dir"}
+        for path, vmid in (("vm/100/2026-01-01T00:00:00Z", 100), ("ct/702/2026-01-01T00:00:00Z", 702)):
+            fake.store_file("pbs", path, 4096, content="backup")
+            # PVE's PBS plugin lists each backup's guest; fakepve only reads it from vzdump
+            # file names, so the record gets it by hand
+            fake.storages["pbs"]["volumes"][f"backup/{path}"]["vmid"] = vmid
+        return backend
+    if 702 not in [c["vmid"] for c in px.nodes("pve1").lxc.get()]:
+        wait(px, px.nodes("pve1").lxc.post(vmid=702, ostemplate="local:vztmpl/debian-12.tar.zst",
+                                           hostname="ct702", rootfs="local:0.001",
+                                           net0="name=eth0,bridge=vmbr0,ip=dhcp"))
+    for vmid in ("100", "702"):
+        assert wait(px, px.nodes("pve1").vzdump.post(
+            vmid=vmid, storage="pbs", mode="snapshot",
+            **{"prune-backups": "keep-all=1"}))["exitstatus"] == "OK"
+    return backend
+
+
+def test_backup_listing_and_vzdump_calls_accepted_alike(px, request):
+    _with_pbs_storage(px, request)
+    pbs = px.storage("pbs").get()
+    assert pbs["type"] == "pbs" and pbs["datastore"] == "store1"
+    storages = {s["storage"]: s for s in px.nodes("pve1").storage.get()}
+    assert "backup" in storages["pbs"]["content"]
+    px.nodes("pve1").network.get(type="any_bridge")
+    px.cluster.resources.get(type="vm")
+    upid = px.nodes("pve1").vzdump.post(vmid="100", storage="pbs", mode="snapshot",
+                                        **{"prune-backups": "keep-all=1"})
+    assert wait(px, upid)["exitstatus"] == "OK"
+    listed = px.nodes("pve1").storage("pbs").content.get(content="backup", vmid=100)
+    assert listed and all(b["volid"].startswith("pbs:backup/vm/100/") for b in listed)
+    config = px.nodes("pve1").vzdump.extractconfig.get(volume=listed[-1]["volid"])
+    assert isinstance(config, str)
+
+
+def test_restore_calls_accepted_alike(px, request):
+    """qemu: ``archive`` (fakepve validates the call, then answers that it cannot restore an
+    archive: a limit of the fake, never a 400); lxc: ``ostemplate`` + ``restore=1``."""
+    backend = _with_pbs_storage(px, request)
+    storage = "local-dir" if backend == "fakepve" else "local"
+    vm = px.nodes("pve1").storage("pbs").content.get(content="backup", vmid=100)[-1]["volid"]
+    ct = px.nodes("pve1").storage("pbs").content.get(content="backup", vmid=702)[-1]["volid"]
+    try:
+        upid = px.nodes("pve1").qemu.post(vmid=710, archive=vm, storage=storage, unique=1)
+        assert wait(px, upid)["exitstatus"] == "OK"
+    except ResourceException as exc:
+        assert backend == "fakepve" and exc.status_code == 500, exc
+        assert "restoring an archive is not supported" in str(exc)
+    upid = px.nodes("pve1").lxc.post(vmid=711, ostemplate=ct, restore=1, storage=storage,
+                                     unique=1)
+    assert wait(px, upid)["exitstatus"] == "OK"
+    conf = px.nodes("pve1").lxc(711).config.get()
+    px.nodes("pve1").lxc(711).config.put(description="dapx-replica-of: pve3/702\nsecond line",
+                                         digest=conf["digest"])
+    assert px.nodes("pve1").lxc(711).config.get()["description"].startswith("dapx-replica-of:")
+    assert wait(px, px.nodes("pve1").lxc(711).status.start.post())["exitstatus"] == "OK"
+    assert px.nodes("pve1").lxc(711).status.current.get()["status"] == "running"
+    assert wait(px, px.nodes("pve1").lxc(711).status.stop.post())["exitstatus"] == "OK"
+    assert wait(px, px.nodes("pve1").lxc(711).delete())["exitstatus"] == "OK"
+    assert status_of(lambda: px.nodes("pve1").lxc(711).delete()) == 500  # gone: PVE's 500
+
+
+@pytest.mark.parametrize("call,status,field", [
+    (lambda p: p.nodes("pve1").qemu.post(vmid=712, archive="pbs:backup/vm/100/x", storage="bad;s"),
+     400, "storage"),
+    (lambda p: p.nodes("pve1").lxc.post(vmid=712, ostemplate="x", restore="maybe"), 400, "restore"),
+])
+def test_restore_and_backup_rejected_alike(px, call, status, field):
+    """(fakepve does not check the ``prune-backups`` property string; the simulator does, as
+    PVE: the product only ever sends ``keep-all=1``.)"""
+    with pytest.raises(ResourceException) as exc:
+        call(px)
+    assert exc.value.status_code == status
+    assert field in (exc.value.errors or {})

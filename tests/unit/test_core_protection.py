@@ -87,6 +87,18 @@ def test_a_run_of_the_same_work_outside_the_job_counts_but_another_destination_d
     assert cover_state(cover, [elsewhere], NOW)[0] == "late"
 
 
+def test_a_backup_job_of_every_guest_covers_each_guest_its_node_reports() -> None:
+    jobs = covers("pbs-backup/all", "pbs-backup", {"job": {"node": "pve1", "guests": []}}, DAY)
+    guests = [Guest("pve1", 100, "web"), Guest("pve1", 101, "ct"), Guest("pve2", 200, "db")]
+    records = [Record("pve1/100", "backup", "pbs1:store1", NOW - timedelta(hours=1),
+                      "pbs-backup/all")]
+    rows = {r.subject: r for r in protection_rows(guests, jobs, records, NOW)}
+    assert rows["pve1/100"].state == "ok" and rows["pve1/100"].jobs == ("pbs-backup/all",)
+    assert rows["pve1/101"].state == "late"  # covered, never backed up
+    assert rows["pve2/200"].state == "unprotected"  # another node's guest
+    assert "pve1/*" not in rows
+
+
 def test_a_job_without_schedule_is_never_late() -> None:
     (cover,) = covers("zfs-replica/manual", "zfs-replica", replica_job(), interval=None)
     old = Record("pve1/100", "replica", "pve3", NOW - timedelta(days=300), "zfs-replica/manual")

@@ -43,3 +43,28 @@ def test_the_job_tag_is_the_same_everywhere() -> None:
     assert runs.JOB_TAG == JOB_TAG
     assert crashed_job_trigger().match_related.model_dump()["prefect.resource.id"] == \
         f"prefect.tag.{JOB_TAG}"
+
+
+def test_every_job_flow_takes_part_in_notifications() -> None:
+    """A flow whose ``job`` parameter has a notify mode carries the notify hooks on completion,
+    failure and crash (a job kind added without them would never notify)."""
+    import inspect
+
+    from dapx.deployments.builtin import BUILTIN_FLOWS, load_flow
+    from dapx.flows.hooks import notify_hook
+
+    job_flows = []
+    for path in BUILTIN_FLOWS:
+        flow = load_flow(path)
+        job = inspect.signature(flow.fn).parameters.get("job")
+        model = getattr(job, "annotation", None) if job else None
+        if isinstance(model, str):
+            model = flow.fn.__globals__.get(model)
+        if model is None or "notify" not in getattr(model, "model_fields", {}) or \
+                flow.name == "register-vm":  # registers a replica job's copy; not a job itself
+            continue
+        job_flows.append(flow.name)
+        for hooks in (flow.on_completion_hooks, flow.on_failure_hooks, flow.on_crashed_hooks):
+            assert notify_hook in hooks, f"{flow.name} does not notify"
+    assert {"zfs-replica", "btrfs-replica", "dataset-replica", "pbs-backup",
+            "pbs-recovery"} <= set(job_flows)

@@ -42,6 +42,7 @@ def register(router: Router) -> None:
         router.add("POST", g + "/migrate", lambda r, k=kind: _migrate(r, k))
         router.add("POST", g + "/remote_migrate", lambda r, k=kind: _remote_migrate(r, k))
     router.add("POST", "/nodes/{node}/vzdump", _vzdump)
+    router.add("GET", "/nodes/{node}/vzdump/extractconfig", _extractconfig)
 
 
 def _vmid(req: Request) -> int:
@@ -280,9 +281,27 @@ _VZDUMP = {"vmid": Param(format="pve-vmid-list"), "all": BOOL, "storage": Param(
            "pbs-change-detection-mode": Param(enum=("legacy", "data", "metadata"))}
 
 
+_PRUNE_KEYS = ("keep-all", "keep-last", "keep-hourly", "keep-daily", "keep-weekly", "keep-monthly",
+               "keep-yearly")
+
+
+def _check_prune_backups(value: str) -> None:
+    """PVE's prune-backups property string: keep-all=1 or keep-<period>=N, nothing else."""
+    for part in (p for p in value.split(",") if p):
+        key, _, count = part.partition("=")
+        if key not in _PRUNE_KEYS or not count.isdigit():
+            raise ApiError(400, "Parameter verification failed.",
+                           {"prune-backups": f"invalid format - format error\nprune-backups.{key}: "
+                                             "property is not defined in schema and the schema does not "
+                                             "allow additional properties" if key not in _PRUNE_KEYS else
+                                             f"invalid format - format error\nprune-backups.{key}: type check "
+                                             f"('integer') failed - got '{count}'"})
+
+
 def _vzdump(req: Request) -> str:
     node = require_node(req.match["node"])
     p = check(_VZDUMP, req.params)
+    _check_prune_backups(p.get("prune-backups", ""))
     vmids = [int(v) for v in re.split(r"[,; ]+", p.get("vmid", "")) if v]
     if p.get("all"):
         vmids = [v for n, _, v in guests.all_guests() if n == node]
@@ -297,3 +316,14 @@ def _vzdump(req: Request) -> str:
     return tasks.spawn(node, "vzdump", str(vmids[0]) if len(vmids) == 1 else "", req.user, "vzdump",
                        {"node": node, "vmids": vmids, "storage_id": sid, "mode": p.get("mode", "snapshot"),
                         "notes": p.get("notes-template", ""), "cmdline": cmd})
+
+
+def _extractconfig(req: Request) -> str:
+    """The config inside a backup (PVE reads it from the archive; 500 when it cannot)."""
+    require_node(req.match["node"])
+    p = check({"volume": Param(optional=False)}, req.params)
+    from .backup import extract_config
+    try:
+        return extract_config(p["volume"])
+    except storage.StorageError as exc:
+        raise ApiError(500, str(exc)) from None

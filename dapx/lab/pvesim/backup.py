@@ -33,8 +33,11 @@ def vzdump(log: Log, node: str, vmids: list[int], storage_id: str, mode: str = "
     log(f"INFO: starting new backup job: {cmdline or 'vzdump ' + ' '.join(map(str, vmids))}")
     if st.type != "pbs":
         raise RuntimeError(f"storage '{storage_id}' is not a Proxmox Backup Server storage (lab supports pbs only)")
+    external = sorted(v for v in vmids if (guests.locate(v) or (node,))[0] != node)
+    if external:  # PVE backs up local guests only; others are skipped, the task still ends OK
+        log(f"INFO: skip external VMs: {', '.join(map(str, external))}")
     failed = 0
-    for vmid in vmids:
+    for vmid in (v for v in vmids if v not in external):
         try:
             _backup_one(log, node, vmid, st, mode, notes)
         except Exception as exc:  # one guest failing does not stop the others, as vzdump does
@@ -58,6 +61,8 @@ def _backup_one(log: Log, node: str, vmid: int, st: storage.Storage, mode: str, 
         raise RuntimeError(f"VM is locked ({conf.current['lock']})")
     log(f"INFO: status = {'running' if guests.is_running(vmid) else 'stopped'}")
     log(f"INFO: backup mode: {mode if guests.is_running(vmid) else 'stop'}")
+    if kind == "qemu" and conf.current.get("bios") == "ovmf" and "efidisk0" not in conf.current:
+        log("WARN: no efidisk configured! Using temporary efivars disk.")
     text = guestconf.format_conf(GuestConf(dict(conf.current)))
     conf.current["lock"] = "backup"
     guests.write(node, kind, vmid, conf)
@@ -133,21 +138,30 @@ def restore(log: Log, node: str, kind: str, vmid: int, archive: str, storage_id:
     values = guestconf.parse(buf.getvalue().decode()).current
     values.pop("lock", None)
     guests.write(node, kind, vmid, GuestConf({"lock": "create"}))
+    made: list[str] = []
     try:
         for key, old in guestconf.disk_volumes(values).items():
-            values[key] = _restore_disk(log, st, btype, bid, epoch, kind, vmid, key, old, values[key], storage_id)
-    except Exception:
+            values[key] = _restore_disk(log, st, btype, bid, epoch, kind, vmid, key, old, values[key], storage_id,
+                                        made)
+    except Exception:  # as PVE: the volumes restored so far are destroyed, then the config
+        for volid in made:
+            try:
+                storage.free(volid)
+                log(f"temporary volume '{volid}' successfully removed")
+            except Exception as exc:  # noqa: BLE001 - cleanup reports and goes on
+                log(f"removing volume '{volid}' failed: {exc}")
         guests.conf_path(node, kind, vmid).unlink()
         raise
     if unique:
         values.pop("vmgenid", None)
-        guests.fill_defaults(kind, {k: v for k, v in values.items() if k.startswith("net")})
+        _drop_macs(kind, values)
+        guests.fill_defaults(kind, values)
     guests.write(node, kind, vmid, GuestConf(values))
     log("restore done")
 
 
 def _restore_disk(log: Log, st: storage.Storage, btype: str, bid: str, epoch: int, kind: str, vmid: int,
-                  key: str, old: str, value: str, storage_id: str | None) -> str:
+                  key: str, old: str, value: str, storage_id: str | None, made: list[str]) -> str:
     target = storage_id or storage.split_volid(old)[0]
     _, props = guestconf.split_prop(value)
     if kind == "lxc":
@@ -155,6 +169,7 @@ def _restore_disk(log: Log, st: storage.Storage, btype: str, bid: str, epoch: in
             return value
         size = storage.parse_size(props.get("size", "0"), "G")
         volid = storage.alloc(target, vmid, size, subvol=True)
+        made.append(volid)
         with tempfile.TemporaryFile() as tmp:
             pbsclient.download(st, btype, bid, epoch, "root.pxar.didx", tmp)
             tmp.seek(0)
@@ -164,6 +179,7 @@ def _restore_disk(log: Log, st: storage.Storage, btype: str, bid: str, epoch: in
         size = next(f["size"] for f in pbsclient.files(st, btype, bid, epoch)
                     if f["filename"] == f"drive-{key}.img.fidx")
         volid = storage.alloc(target, vmid, size)
+        made.append(volid)
         log(f"new volume ID is '{volid}'")
         with open(storage.path(volid), "r+b") as fh:
             pbsclient.download(st, btype, bid, epoch, f"drive-{key}.img.fidx", fh)
@@ -171,3 +187,30 @@ def _restore_disk(log: Log, st: storage.Storage, btype: str, bid: str, epoch: in
             os.fsync(fh.fileno())
     props["size"] = storage.format_size(size)
     return guestconf.join_prop(volid, props)
+
+
+def _drop_macs(kind: str, values: dict[str, str]) -> None:
+    """Remove each network device's MAC so fill_defaults gives it a new one (restore unique)."""
+    for key, value in list(values.items()):
+        if not (key.startswith("net") and key[3:].isdigit()):
+            continue
+        first, props = guestconf.split_prop(value)
+        if kind == "lxc":
+            props.pop("hwaddr", None)
+        else:
+            model = next((m for m in ("virtio", "e1000", "rtl8139", "vmxnet3", "e1000e") if m in props), None)
+            if model:
+                props[model] = ""
+        values[key] = guestconf.join_prop(first, props)
+
+
+def extract_config(volid: str) -> str:
+    """The guest config a PBS backup holds (GET /nodes/{node}/vzdump/extractconfig)."""
+    sid, volname = storage.split_volid(volid)
+    st = storage.get(sid)
+    if st.type != "pbs":
+        raise RuntimeError(f"storage '{sid}' is not a Proxmox Backup Server storage (lab supports pbs only)")
+    btype, bid, epoch = pbsclient.parse_backup_volname(volname)
+    buf = io.BytesIO()
+    pbsclient.download(st, btype, bid, epoch, "qemu-server.conf.blob" if btype == "vm" else "pct.conf.blob", buf)
+    return buf.getvalue().decode()

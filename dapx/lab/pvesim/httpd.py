@@ -100,12 +100,15 @@ class ApiServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, addr: tuple[str, int], router: Router, auth: Callable[[dict[str, str]], str],
-                 raw_body_paths: tuple[str, ...] = (), raw_routes: dict[str, Callable] | None = None):
+                 raw_body_paths: tuple[str, ...] = (), raw_routes: dict[str, Callable] | None = None,
+                 forward: Callable[[str], tuple[str, int, str] | None] | None = None):
         super().__init__(addr, _Handler)
         self.router = router
         self.auth = auth
         self.raw_body_paths = raw_body_paths
         self.raw_routes = raw_routes or {}
+        self.forward = forward
+        """path -> (host, port, sha256 fingerprint) of the member that must answer it, or None."""
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -137,6 +140,10 @@ class _Handler(BaseHTTPRequestHandler):
             path = parsed.path[len(API_PREFIX):] or "/"
             headers = {k.lower(): v for k, v in self.headers.items()}
             user = self.server.auth(headers)
+            target = self.server.forward(path) if self.server.forward else None
+            if target is not None:
+                self._proxy(method, target, headers)
+                return
             raw = self._raw_route(method, path)
             if raw is not None:
                 raw(self, Request(method, path, dict(urllib.parse.parse_qsl(parsed.query)), user=user,
@@ -158,6 +165,37 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # a bug or a failed command: PVE answers 500 with the message
             self.close_connection = True
             self._answer(500, str(exc) or type(exc).__name__, {"data": None})
+
+    def _proxy(self, method: str, target: tuple[str, int, str], headers: dict[str, str]) -> None:
+        """Answer with what another cluster member answers (pveproxy forwards requests for
+        /nodes/<other>/... to that node); its certificate is checked by fingerprint."""
+        import hashlib
+        import http.client
+
+        host, port, fingerprint = target
+        body = self._read_body()
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # the member's certificate is pinned just below
+        conn = http.client.HTTPSConnection(host, port, timeout=600, context=ctx)
+        try:
+            conn.connect()
+            der = conn.sock.getpeercert(binary_form=True) or b""
+            if hashlib.sha256(der).hexdigest() != fingerprint.replace(":", "").lower():
+                raise ApiError(500, f"proxy to {host}: certificate fingerprint mismatch")
+            forwarded = {k: v for k, v in headers.items() if k in ("authorization", "content-type")}
+            conn.request(method, self.path, body=body or None, headers=forwarded)
+            resp = conn.getresponse()
+            data = resp.read()
+        except OSError as exc:
+            raise ApiError(595, f"no route to host {host}: {exc}") from None
+        finally:
+            conn.close()
+        self.send_response(resp.status, resp.reason)
+        self.send_header("Content-Type", resp.getheader("Content-Type") or "application/json;charset=UTF-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def _raw_route(self, method: str, path: str) -> Callable | None:
         for key, fn in self.server.raw_routes.items():

@@ -47,11 +47,28 @@ def _upload_volume(handler, req: httpd.Request) -> None:
     handler._answer(200, "OK", {"data": None})
 
 
+def member_forwarder(cfg: dict):  # noqa: ANN201 - returns the ApiServer.forward callable
+    """Where requests for /nodes/<member>/... go: another cluster member whose certificate
+    fingerprint node.json lists (``cluster_fingerprints``); None answers them here."""
+    import re
+
+    local, members = cfg["node"], cfg.get("cluster_nodes") or {}
+    pins = cfg.get("cluster_fingerprints") or {}
+
+    def forward(path: str) -> tuple[str, int, str] | None:
+        m = re.match(r"/nodes/([^/]+)(?:/|$)", path)
+        if not m or m[1] == local or m[1] not in members or m[1] not in pins:
+            return None
+        return members[m[1]], 8006, pins[m[1]]
+
+    return forward
+
+
 def make_server(host: str, port: int) -> httpd.ApiServer:
     """A TLS server for this node's PVE API (not yet serving)."""
     cfg = paths.node_config()
     srv = httpd.ApiServer((host, port), router=build_router(), auth=pve_auth(cfg.get("tokens", {})),
-                          raw_routes={"PUT /lab/volume": _upload_volume})
+                          raw_routes={"PUT /lab/volume": _upload_volume}, forward=member_forwarder(cfg))
     return httpd.serve(host, port, cfg["tls_cert"], cfg["tls_key"], server=srv)
 
 

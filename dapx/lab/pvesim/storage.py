@@ -245,6 +245,11 @@ def free(volid: str) -> None:
             p.unlink()
     else:
         raise StorageError(f"storage '{sid}' of type '{st.type}' cannot free volumes")
+    if st.type in ("dir", "btrfs"):  # as PVE: no empty images/<vmid> directories left behind
+        try:
+            (_dir_base(st) / "images" / str(vmid)).rmdir()
+        except OSError:
+            pass
 
 
 def _zfs_destroy(dataset: str, attempts: int = 10) -> None:

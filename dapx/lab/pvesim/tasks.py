@@ -55,11 +55,14 @@ class TaskLog:
     def __init__(self, upid: str, echo: bool = False):
         self.upid = upid
         self.echo = echo
+        self.warnings = 0
         self.path = log_path(upid)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.touch()
 
     def __call__(self, line: str) -> None:
+        if line.startswith("WARN: "):  # PVE's log_warn: counted, the task ends WARNINGS: N
+            self.warnings += 1
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
         if self.echo:
@@ -73,7 +76,8 @@ def _append_index(upid: str, status: str) -> None:
 
 
 def run_body(upid: str, body: Callable[[TaskLog], None], echo: bool = False) -> str:
-    """Run body(log) as task upid; write TASK OK / TASK ERROR; returns the exit status."""
+    """Run body(log) as task upid; write TASK OK / TASK WARNINGS: N / TASK ERROR; returns the
+    exit status (``OK``, ``WARNINGS: N`` or the error)."""
     log = TaskLog(upid, echo)
     try:
         body(log)
@@ -82,7 +86,11 @@ def run_body(upid: str, body: Callable[[TaskLog], None], echo: bool = False) -> 
         status = (str(exc) or type(exc).__name__).strip().splitlines()[0]
         if os.environ.get("DAPX_SIM_DEBUG"):
             traceback.print_exc()
-    log("TASK OK" if status == "OK" else f"TASK ERROR: {status}")
+    if status == "OK" and log.warnings:
+        status = f"WARNINGS: {log.warnings}"
+        log(f"TASK {status}")
+    else:
+        log("TASK OK" if status == "OK" else f"TASK ERROR: {status}")
     _append_index(upid, status)
     return status
 

@@ -23,7 +23,7 @@ def main() -> int:
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # closes the pipe: the API stops waiting
     fn = ops.OPS[job["op"]]
     result = tasks.run_body(upid, lambda log: fn(log, **job["args"]))
-    return 0 if result == "OK" else 1
+    return 0 if result == "OK" or result.startswith("WARNINGS: ") else 1
 
 
 if __name__ == "__main__":
