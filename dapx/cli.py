@@ -4,6 +4,7 @@
     dapx init                        create the orchestrator's SSH key pair (private half in a block)
     dapx node add|test|list|remove   node blocks (N1, N2)
     dapx lab up|down|status|reset|ssh|register   the simulated estate (X8)
+    dapx migrate                     copy or move a guest once (M1-M3)
 
 A user mistake prints one line on stderr and exits 2; no traceback.
 """
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab.set_defaults(func=cmd_lab)
 
     _add_job_parser(sub)
+    _add_migrate_parser(sub)
     return parser
 
 
@@ -194,6 +196,12 @@ def _add_job_parser(sub: argparse._SubParsersAction) -> None:
     from dapx.deployments.cli import add_job_parser
 
     add_job_parser(sub)
+
+
+def _add_migrate_parser(sub: argparse._SubParsersAction) -> None:
+    from dapx.deployments.migration_cli import add_migrate_parser
+
+    add_migrate_parser(sub)
 
 
 def _use_running_server() -> None:

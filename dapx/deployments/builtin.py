@@ -25,6 +25,7 @@ BUILTIN_FLOWS = (
     "dapx.flows.replica.zfs_replica",
     "dapx.flows.btrfs_replica.btrfs_replica",
     "dapx.flows.dataset.dataset_replica",
+    "dapx.flows.migration.vm_migration",
 )
 
 

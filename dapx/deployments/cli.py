@@ -1,4 +1,4 @@
-"""`dapx job create|list|run|remove`: jobs as Prefect deployments (R1, R2, R4)."""
+"""`dapx job create|list|run|remove`: jobs as Prefect deployments (R1, R2, R4, M4)."""
 
 from __future__ import annotations
 
@@ -77,6 +77,11 @@ def _text_table(artifact) -> str:  # noqa: ANN001 - a Prefect table artifact
 
 
 def _create(args: argparse.Namespace) -> int:
+    from dapx.deployments import migration_cli
+
+    if args.kind == "migration":
+        return migration_cli.create_migration_job(args, _refuse)
+    _refuse(args, args.kind, *migration_cli.MIGRATION_OPTIONS)
     if args.kind == "dataset":
         return _create_dataset(args)
     return _create_replica(args)
@@ -150,14 +155,21 @@ def _storage_kind(node: str) -> str:
     return load_node(node).storage_kind
 
 
+def _add_migration_job_options(create: argparse.ArgumentParser) -> None:
+    from dapx.deployments.migration_cli import add_migration_options
+
+    add_migration_options(create)
+
+
 def add_job_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `job` command group to the top-level parser."""
     job = sub.add_parser("job", help="scheduled jobs (Prefect deployments)")
     jsub = job.add_subparsers(dest="job_cmd", required=True)
 
     create = jsub.add_parser("create", help="create a job (or replace one, with --replace)")
-    create.add_argument("kind", choices=["replica", "dataset"],
-                        help="replica: a guest's disks; dataset: a plain ZFS dataset")
+    create.add_argument("kind", choices=["replica", "dataset", "migration"],
+                        help="replica: a guest's disks; dataset: a plain ZFS dataset; "
+                        "migration: copy or move a guest, with hardware changes")
     create.add_argument("--name", help="job name (default vm<guest>-to-<dest>, "
                         "ds-<dataset>-to-<dest>)")
     create.add_argument("--source", required=True, help="source node")
@@ -190,6 +202,7 @@ def add_job_parser(sub: argparse._SubParsersAction) -> None:
                         "Europe/Rome; default: this machine's)")
     create.add_argument("--replace", action="store_true",
                         help="replace an existing job's options (a paused schedule stays paused)")
+    _add_migration_job_options(create)
 
     lst = jsub.add_parser("list", help="list jobs")
     lst.add_argument("--json", action="store_true")

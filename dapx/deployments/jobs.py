@@ -21,6 +21,7 @@ JOB_FLOWS = {
     "zfs-replica": "dapx.flows.replica.zfs_replica",
     "btrfs-replica": "dapx.flows.btrfs_replica.btrfs_replica",
     "dataset-replica": "dapx.flows.dataset.dataset_replica",
+    "vm-migration": "dapx.flows.migration.vm_migration",
 }
 _JOB_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 

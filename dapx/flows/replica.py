@@ -4,7 +4,7 @@ Shape of a run (flows -> tasks -> core): load the node blocks; read the guest co
 source's storage.cfg in one round trip; map disks to datasets; check node trust; read both
 sides' snapshots (one ``zfs get`` per node); plan every disk with ``core.snapshots`` (any
 conflict stops the run before anything changes; ``force`` is explicit); a dry run publishes
-the plan and stops. Otherwise, under a global concurrency limit for guest+destination: one
+the plan and stops. Otherwise, under a global concurrency limit for the source guest: one
 atomic snapshot of all disks, syncoid per disk ON THE SOURCE node pushing to the destination,
 retention on both sides for the disks that made it, registration, a result table. A failing
 disk does not hide the others: the run fails at the end naming every failure.
@@ -38,7 +38,7 @@ from dapx.flows.register import check_vmid_available, register_guest, registrati
 from dapx.flows.trust import KNOWN_HOSTS, REPLICATION_KEY, check_trust
 from dapx.tasks import zfs
 from dapx.tasks.guests import SourceGuest, read_guest
-from dapx.tasks.locks import DEFAULT_WAIT, replica_lock_name, run_exclusively
+from dapx.tasks.locks import DEFAULT_WAIT, guest_lock_name, run_exclusively
 from dapx.tasks.syncoid import run_pipe, run_syncoid
 from dapx.ui_extensions.artifacts import (
     Progress,
@@ -480,14 +480,14 @@ async def _replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode, dr
 async def run_guest_replica(job: ReplicaJob, dry_run: bool, force: bool, lock_wait: float,
                             replicate: Callable[..., Awaitable[None]]) -> ReplicaResult:
     """What both guest replica flows do around ``replicate(job, source, dest, dry_run, force,
-    result)``: load the nodes, hold the guest+destination lock (not for a dry run), publish
+    result)``: load the nodes, hold the source guest's lock (not for a dry run), publish
     the result table, and fail at the end naming every disk that failed."""
     started = time.monotonic()
     source, dest = await aload_nodes(job.source, job.destination)
     result = ReplicaResult(source=job.source, guest=job.guest, destination=job.destination,
                            dest_vmid=job.target_vmid, dry_run=dry_run,
                            snapshot=new_snapshot_name(job_tag(job), datetime.now(timezone.utc)))
-    await run_exclusively(replica_lock_name(job.source, job.guest, job.destination),
+    await run_exclusively(guest_lock_name(job.source, job.guest),
                           f"replicating guest {job.guest} from {job.source} to {job.destination}",
                           lock_wait, dry_run,
                           lambda plan_only: replicate(job, source, dest, plan_only, force, result))

@@ -58,6 +58,14 @@ def replica_lock_name(source: str, vmid: int, destination: str) -> str:
     return name
 
 
+def guest_lock_name(node: str, vmid: int) -> str:
+    """``dapx-guest-pve1-100``: one run at a time backs up, restores over or replaces a guest."""
+    name = f"dapx-guest-{node}-{vmid}"
+    if not _NAME.fullmatch(name):
+        raise InputError(f"cannot build a lock name from {node!r}, {vmid!r}")
+    return name
+
+
 def dataset_lock_name(source: str, dataset: str, destination: str) -> str:
     """``dapx-dataset-pve1-rpool-data-share-to-pve3-1a2b3c4d``: one dataset replicated to
     one node. Dataset names may hold capitals, ``_`` and ``:``, which limit names may not:

@@ -44,6 +44,7 @@ TASK_LOG_TAIL = 20
 
 GuestKind = Literal["qemu", "lxc"]
 
+_WARNINGS = re.compile(r"WARNINGS: [0-9]+")
 _PATH_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@!=-]*")
 _LOCKED = re.compile(r"\b(?:VM|CT) (?:[0-9]+ )?is locked \(([\w-]+)\)")
 _NOT_FOUND = re.compile(r"does not exist|\bno such\b|not found|unable to find|"
@@ -293,11 +294,14 @@ class ApiClient:
         return [str(entry.get("t", "")) for entry in (lines or [])][-tail:]
 
     def wait_task(self, upid: str, *, timeout: float = 3600.0, poll: float = 1.0,
-                  on_status: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                  on_status: Callable[[dict[str, Any]], None] | None = None,
+                  warnings_ok: bool = False) -> dict[str, Any]:
         """Follow task ``upid`` until it stops; return its final status.
 
         Polls every ``poll`` seconds (backing off to 10 s). Raises TaskFailed with the last log
-        lines when ``exitstatus`` is not ``OK``, TransientApiError when it outlives ``timeout``.
+        lines when ``exitstatus`` is not ``OK`` (nor ``WARNINGS: N`` with ``warnings_ok``: PVE
+        ends a task that logged warnings that way, and it succeeded), TransientApiError when it
+        outlives ``timeout``.
         """
         deadline = time.monotonic() + timeout
         delay = min(poll, 0.2)
@@ -312,7 +316,7 @@ class ApiClient:
             time.sleep(delay)
             delay = min(max(delay * 2, poll), 10.0)
         exitstatus = str(status.get("exitstatus", ""))
-        if exitstatus != "OK":
+        if exitstatus != "OK" and not (warnings_ok and _WARNINGS.fullmatch(exitstatus)):
             log = self.task_log(upid)
             last = log[-1] if log else exitstatus
             raise TaskFailed(f"task {status.get('type', '')} {status.get('id', '')} on {self.name} "
@@ -398,6 +402,19 @@ class PveClient(ApiClient):
         return self.create_guest(node, kind, vmid, storage=storage, force=int(force) if force else None,
                                  **{key: archive}, **extra, **options)
 
+    def extract_config(self, node: str, volume: str) -> str:
+        """GET /nodes/{node}/vzdump/extractconfig: the guest config a backup holds, as text."""
+        return self.get("nodes", node, "vzdump", "extractconfig", volume=volume)
+
+    def storage_config(self, storage: str) -> dict[str, Any]:
+        """GET /storage/{storage}: the storage's storage.cfg section (type, server, datastore...)."""
+        return self.get("storage", storage)
+
+    def destroy_guest(self, node: str, kind: GuestKind, vmid: int, *, purge: bool = False) -> str:
+        """DELETE /nodes/{node}/{qemu|lxc}/{vmid}: destroy the guest and its disks; UPID."""
+        return self.delete("nodes", node, _kind(kind), check_vmid(vmid),
+                           purge=1 if purge else None)
+
     def snapshots(self, node: str, kind: GuestKind, vmid: int) -> list[dict[str, Any]]:
         """GET .../snapshot: ``[{"name": ..., "snaptime": ..., "parent": ...}, {"name": "current"}]``."""
         return self.get("nodes", node, _kind(kind), check_vmid(vmid), "snapshot")
@@ -433,6 +450,27 @@ class PveClient(ApiClient):
     def tasks(self, node: str, **filters: Any) -> list[dict[str, Any]]:
         """GET /nodes/{node}/tasks (recent tasks; filters as PVE: vmid, typefilter, limit...)."""
         return self.get("nodes", node, "tasks", **filters)
+
+    def remote_migrate(self, node: str, kind: GuestKind, vmid: int, *, endpoint: str,
+                       target_storage: str, target_bridge: str, **options: Any) -> str:
+        """POST .../remote_migrate to another cluster; returns the UPID. ``endpoint`` (PVE's
+        proxmox-remote string) holds the target's API token: never log it."""
+        return self.post("nodes", node, _kind(kind), check_vmid(vmid), "remote_migrate",
+                         **{"target-endpoint": endpoint, "target-storage": target_storage,
+                            "target-bridge": target_bridge}, **options)
+
+    def cluster_status(self) -> list[dict[str, Any]]:
+        """GET /cluster/status: the cluster (when there is one) and its nodes."""
+        return self.get("cluster", "status")
+
+    def cpu_models(self, node: str) -> list[dict[str, Any]]:
+        """GET /nodes/{node}/capabilities/qemu/cpu: the CPU models VMs on ``node`` may use."""
+        return self.get("nodes", node, "capabilities", "qemu", "cpu")
+
+    def current_config(self, node: str, kind: GuestKind, vmid: int) -> dict[str, Any]:
+        """GET .../config?current=1: the running config without pending changes, and its
+        digest."""
+        return self.get("nodes", node, _kind(kind), check_vmid(vmid), "config", current=1)
 
 
 def _kind(kind: str) -> str:
