@@ -145,7 +145,7 @@ def _restore_vm(log: Log, tar: tarfile.TarFile, vmid: int, storage_id: str | Non
     values = _conf_member(tar, "qemu-server.conf")
     disks = guestconf.disk_volumes(values)
     restored = set()
-    for member in tar:
+    while (member := tar.next()) is not None:  # iterating would yield the config again
         key = member.name.removeprefix("drive-").removesuffix(".raw")
         if key not in disks:
             raise RuntimeError(f"archive holds {member.name}, which the config does not name")
@@ -176,7 +176,7 @@ def _restore_ct(log: Log, tar: tarfile.TarFile, vmid: int, storage_id: str | Non
     volid = storage.alloc(target, vmid, size, subvol=True)
     made.append(volid)
     root = storage.path(volid)
-    for member in tar:
+    while (member := tar.next()) is not None:
         tar.extract(member, str(root), filter="tar")
     values["rootfs"] = guestconf.join_prop(volid, props)
     for key in [k for k in values if k.startswith("mp") or k.startswith("unused")]:
