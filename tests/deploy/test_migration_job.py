@@ -28,6 +28,9 @@ def test_migration_job_runs_from_prefect_deployment_run(prefect_api: str, lab: d
     refused = run_cli("dapx", "job", "create", "migration", "--source", "pve1", "--guest", "100",
                       "--dest", "pve2", "--memory", "8", check=False)
     assert refused.returncode == 2 and "memory" in refused.stderr
+    plan = run_cli("dapx", "migrate", "--source", "pve1", "--guest", "100", "--dest", "pve2",
+                   "--dest-vmid", str(COPY), "--memory", "1024", "--plan").stdout
+    assert "copy of guest 100 from pve1 to pve2/7101 by zfs: planned" in plan
     run_cli("dapx", "job", "create", "migration", "--source", "pve1", "--guest", "100",
             "--dest", "pve2", "--dest-vmid", str(COPY), "--memory", "1024", "--cores", "3",
             "--name", JOB, "--schedule", "0 3 1 1 *")
