@@ -25,11 +25,11 @@ from dapx.blocks.node import ProxmoxNode
 from dapx.core.jobspec import ReplicaJob
 from dapx.core.migration_job import MigrationJob
 from dapx.core.migration_plan import MigrationPlan, SourceFacts
-from dapx.errors import DapxError, GuestLocked, PermanentError
+from dapx.errors import DapxError, PermanentError
 from dapx.flows.btrfs_replica import btrfs_replica
 from dapx.flows.replica import TransferProgress, zfs_replica
 from dapx.flows.trust import KNOWN_HOSTS, REPLICATION_KEY
-from dapx.tasks.migration_api import (apply_changes, discard_guest, guest_location,
+from dapx.tasks.migration_api import (apply_changes, discard_guest, guest_location, guest_lock,
                                       read_storage_config, start_guest, stop_guest)
 from dapx.tasks.vzstream import pipe_argv, restore_argv, stream_copy, unlock_guest
 from dapx.ui_extensions.artifacts import Progress, artifact_key
@@ -150,11 +150,9 @@ async def discard_half_made(dest: ProxmoxNode, kind: str, vmid: int) -> None:
     try:
         if guest_location(dest, vmid) is None:
             return
-        try:
-            await discard_guest(dest, dest.name, kind, vmid)  # type: ignore[arg-type]
-        except GuestLocked:
+        if guest_lock(dest, dest.name, kind, vmid):  # type: ignore[arg-type]
             await unlock_guest(dest, kind, vmid)  # type: ignore[arg-type]
-            await discard_guest(dest, dest.name, kind, vmid)  # type: ignore[arg-type]
+        await discard_guest(dest, dest.name, kind, vmid)  # type: ignore[arg-type]
     except DapxError as exc:
         log.warning("could not remove the half-made copy %s on %s: %s", vmid, dest.name, exc)
 
@@ -178,9 +176,15 @@ async def copy_guest(job: MigrationJob, plan: MigrationPlan, src: SourceFacts,
     in. Returns the outcome and the config changes applied."""
     outcome = CopyOutcome()
     running = bool(plan.occupant) and plan.occupant.get("status") == "running"  # type: ignore[union-attr]
-    if plan.replace == "refresh" and not slots.staged and running:
+    in_place = plan.replace == "refresh" and not slots.staged and running
+    if in_place:
         await stop_guest(dest, dest.name, plan.kind, plan.target_vmid)  # ours, updated in place
-    outcome.bytes = await make_copy(job, plan, source, dest, slots.build, lock_wait)
+    try:
+        outcome.bytes = await make_copy(job, plan, source, dest, slots.build, lock_wait)
+    except DapxError:
+        if in_place:  # the copy is as it was (a cut receive changes nothing): run it again
+            await restart_quietly(dest, plan.kind, plan.target_vmid)
+        raise
     try:
         changes = apply_changes(dest, dest.name, plan.kind, slots.build, plan, src.config, mark,
                                 job.new_macs)
@@ -192,6 +196,15 @@ async def copy_guest(job: MigrationJob, plan: MigrationPlan, src: SourceFacts,
             await discard_half_made(dest, plan.kind, slots.staged)
         raise
     return outcome, changes
+
+
+async def restart_quietly(dest: ProxmoxNode, kind: str, vmid: int) -> None:
+    """Start our copy again after a failed refresh; never raises (the refresh's error is the
+    one to report)."""
+    try:
+        await start_guest(dest, dest.name, kind, vmid)  # type: ignore[arg-type]
+    except DapxError as exc:
+        log.warning("could not start the copy %s on %s again: %s", vmid, dest.name, exc)
 
 
 async def swap_staged(dest: ProxmoxNode, plan: MigrationPlan, slots: Slots,
@@ -209,7 +222,7 @@ async def swap_staged(dest: ProxmoxNode, plan: MigrationPlan, slots: Slots,
                                      old_kind=old_kind, target=slots.target, aside=slots.aside)
     except DapxError:
         if running:
-            await start_guest(dest, dest.name, old_kind, plan.target_vmid)
+            await restart_quietly(dest, old_kind, plan.target_vmid)
         raise
     if not swap.target == slots.target:
         raise PermanentError(f"the swap put the copy at {swap.target}, not {slots.target}")

@@ -103,6 +103,13 @@ def read_destination(dest: "ProxmoxNode", target_vmid: int, mark: str,
                      guests=guests, cpu_models=models)
 
 
+@dapx_task(name="guest-lock")
+def guest_lock(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int) -> str:
+    """The lock guest ``vmid`` holds (``create``, ``backup``...), or "" when none."""
+    status = _api(api_node).guest_status(on, kind, vmid)
+    return str(status.get("lock") or "")
+
+
 @dapx_task(name="guest-location")
 def guest_location(api_node: "ProxmoxNode", vmid: int) -> tuple[str, str] | None:
     """(node, kind) holding ``vmid`` in ``api_node``'s cluster, or None."""

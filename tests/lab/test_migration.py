@@ -256,7 +256,10 @@ async def assert_token_never_shown() -> None:
     async with get_client() as client:
         runs = await client.read_flow_runs(flow_filter=FlowFilter(
             name=FlowFilterName(any_=["vm-migration"])))
-        logs = await client.read_logs(log_filter=LogFilter(), limit=5000)
+        logs, page = [], None
+        while page is None or len(page) == 200:
+            page = await client.read_logs(log_filter=LogFilter(), limit=200, offset=len(logs))
+            logs += page
         artifacts = await client.read_artifacts()
     assert runs and logs
     assert not [r for r in runs if secret in str(r.parameters)]
