@@ -27,10 +27,11 @@ from dapx.blocks.manage import aload_nodes
 from dapx.blocks.node import ProxmoxNode
 from dapx.core.migration_job import MigrationJob
 from dapx.core.migration_plan import DestFacts, MigrationPlan, SourceFacts, copy_mark
-from dapx.core.migration_rules import free_vmid, snapshot_name, snapshots_to_delete
+from dapx.core.migration_rules import (free_vmid, plan_migration, snapshot_name,
+                                       snapshots_to_delete)
 from dapx.errors import InputError
 from dapx.flows import KEPT_RESULTS
-from dapx.flows.migration_copy import (Slots, check_replica_plan, copy_guest, needs_staging)
+from dapx.flows.migration_copy import Slots, check_replica_plan, copy_guest, needs_staging
 from dapx.flows.migration_move import move_guest
 from dapx.flows.trust import check_trust
 from dapx.tasks.locks import DEFAULT_WAIT, exclusive, guest_lock_name
@@ -80,8 +81,6 @@ class MigrationResult(BaseModel):
 async def read_and_plan(job: MigrationJob, source: ProxmoxNode,
                         dest: ProxmoxNode) -> tuple[SourceFacts, DestFacts, MigrationPlan]:
     """Both sides read, the plan made and checked; raises the first refusal."""
-    from dapx.core.migration_rules import plan_migration
-
     src = read_source(source, job.guest)
     facts = read_destination(dest, job.target_vmid, copy_mark(job.source, job.guest),
                              job.cpu is not None)
