@@ -8,6 +8,7 @@
     dapx notify add|list|test|remove|settings    notification targets (A1-A4)
     dapx status                      protection state of every guest (X4)
     dapx backup list|restore         browse and restore PBS backups (B2)
+    dapx migrate                     copy or move a guest once (M1-M3)
 
 A user mistake prints one line on stderr and exits 2; no traceback.
 """
@@ -194,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_snapshot_parser(sub)
     _add_notify_parsers(sub)
     _add_backup_parser(sub)
+    _add_migrate_parser(sub)
     return parser
 
 
@@ -213,10 +215,18 @@ def _add_notify_parsers(sub: argparse._SubParsersAction) -> None:
     from dapx.deployments.notify_cli import add_notify_parsers
 
     add_notify_parsers(sub)
+
+
 def _add_backup_parser(sub: argparse._SubParsersAction) -> None:
     from dapx.deployments.pbs_cli import add_backup_parser
 
     add_backup_parser(sub)
+
+
+def _add_migrate_parser(sub: argparse._SubParsersAction) -> None:
+    from dapx.deployments.migration_cli import add_migrate_parser
+
+    add_migrate_parser(sub)
 
 
 def _use_running_server() -> None:

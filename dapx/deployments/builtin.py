@@ -33,6 +33,7 @@ BUILTIN_FLOWS = (
     "dapx.flows.restore.pbs_backup_list",
     "dapx.flows.restore.pbs_restore",
     "dapx.flows.recovery.pbs_recovery",
+    "dapx.flows.migration.vm_migration",
 )
 
 BUILTIN_SCHEDULES = {

@@ -1,4 +1,4 @@
-"""`dapx job create|list|run|remove`: jobs as Prefect deployments (R1, R2, R4)."""
+"""`dapx job create|list|run|remove`: jobs as Prefect deployments (R1, R2, R4, M4)."""
 
 from __future__ import annotations
 
@@ -82,13 +82,18 @@ PBS_OPTIONS = ("node", "guests", "storage", "dest_storage", "mode", "pbs", "star
 
 
 def _create(args: argparse.Namespace) -> int:
-    from dapx.deployments import pbs_cli
+    from dapx.deployments import migration_cli, pbs_cli
 
-    if args.kind == "backup":
-        return pbs_cli.create_backup_job(args, _refuse)
-    if args.kind == "recovery":
-        return pbs_cli.create_recovery_job(args, _refuse)
-    _refuse(args, args.kind, *PBS_OPTIONS)
+    if args.kind in ("backup", "recovery"):
+        _refuse(args, args.kind, *migration_cli.MIGRATION_OPTIONS)
+        create = pbs_cli.create_backup_job if args.kind == "backup" \
+            else pbs_cli.create_recovery_job
+        return create(args, _refuse)
+    if args.kind == "migration":
+        _refuse(args, args.kind, *PBS_OPTIONS)
+        _require(args, args.kind, "source", "guest", "dest")
+        return migration_cli.create_migration_job(args, _refuse)
+    _refuse(args, args.kind, *PBS_OPTIONS, *migration_cli.MIGRATION_OPTIONS)
     _require(args, args.kind, "source", "dest")
     if args.kind == "dataset":
         return _create_dataset(args)
@@ -169,15 +174,22 @@ def _add_pbs_job_options(create: argparse.ArgumentParser) -> None:
     add_pbs_job_options(create)
 
 
+def _add_migration_job_options(create: argparse.ArgumentParser) -> None:
+    from dapx.deployments.migration_cli import add_migration_options
+
+    add_migration_options(create)
+
+
 def add_job_parser(sub: argparse._SubParsersAction) -> None:
     """Add the `job` command group to the top-level parser."""
     job = sub.add_parser("job", help="scheduled jobs (Prefect deployments)")
     jsub = job.add_subparsers(dest="job_cmd", required=True)
 
     create = jsub.add_parser("create", help="create a job (or replace one, with --replace)")
-    create.add_argument("kind", choices=["replica", "dataset", "backup", "recovery"],
+    create.add_argument("kind", choices=["replica", "dataset", "backup", "recovery", "migration"],
                         help="replica: a guest's disks; dataset: a plain ZFS dataset; "
-                        "backup: guests to PBS with retention; recovery: a replica through PBS")
+                        "backup: guests to PBS with retention; recovery: a replica through PBS; "
+                        "migration: copy or move a guest, with hardware changes")
     create.add_argument("--name", help="job name (default vm<guest>-to-<dest>, "
                         "ds-<dataset>-to-<dest>)")
     create.add_argument("--source", help="source node")
@@ -211,6 +223,7 @@ def add_job_parser(sub: argparse._SubParsersAction) -> None:
     create.add_argument("--replace", action="store_true",
                         help="replace an existing job's options (a paused schedule stays paused)")
     _add_pbs_job_options(create)
+    _add_migration_job_options(create)
 
     lst = jsub.add_parser("list", help="list jobs")
     lst.add_argument("--json", action="store_true")

@@ -23,6 +23,7 @@ JOB_FLOWS = {
     "dataset-replica": "dapx.flows.dataset.dataset_replica",
     "pbs-backup": "dapx.flows.backup.pbs_backup",
     "pbs-recovery": "dapx.flows.recovery.pbs_recovery",
+    "vm-migration": "dapx.flows.migration.vm_migration",
 }
 _JOB_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 

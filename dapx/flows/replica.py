@@ -6,14 +6,15 @@ receive into a target still runs, and that the destination VMID is free; read bo
 snapshots (one ``zfs get`` per node) and what was written into each target since its newest
 snapshot; plan every disk with ``core.snapshots`` (any conflict stops the run before anything
 changes: a diverged or written target, a target of another job; ``force`` is explicit); a dry
-run publishes the plan and stops. Otherwise, under a global concurrency limit for
-guest+destination: one atomic snapshot of all disks, named when taken, syncoid per disk ON THE
-SOURCE node pushing to the destination (tied to the SSH channel: it dies with the run), a
-forced full resend received beside the old replica and swapped in only when every disk
-arrived (``dapx.flows.resend``), retention on both sides for the disks that made it, disks the
-guest no longer has reported (or removed when the job says so), registration, a result table.
-A failing disk does not hide the others (a forced resend stops at the first): the run fails
-at the end naming every failure, and a registration that failed after the copy.
+run publishes the plan and stops. Otherwise, under the source guest's global concurrency
+limit (its migrations, backups and other replicas wait): one atomic snapshot of all disks,
+named when taken, syncoid per disk ON THE SOURCE node pushing to the destination (tied to the
+SSH channel: it dies with the run), a forced full resend received beside the old replica and
+swapped in only when every disk arrived (``dapx.flows.resend``), retention on both sides for
+the disks that made it, disks the guest no longer has reported (or removed when the job says
+so), registration, a result table. A failing disk does not hide the others (a forced resend
+stops at the first): the run fails at the end naming every failure, and a registration that
+failed after the copy.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from dapx.flows.trust import KNOWN_HOSTS, REPLICATION_KEY, check_trust
 from dapx.tasks import zfs
 from dapx.tasks.processes import refuse_running_receive
 from dapx.tasks.guests import SourceGuest, read_guest
-from dapx.tasks.locks import DEFAULT_WAIT, replica_lock_name, run_exclusively
+from dapx.tasks.locks import DEFAULT_WAIT, guest_lock_name, run_exclusively
 from dapx.tasks.syncoid import run_pipe, run_syncoid
 from dapx.ui_extensions.artifacts import (
     Progress,
@@ -602,14 +603,14 @@ async def register_after_copy(job: ReplicaJob, source: ProxmoxNode, dest: Proxmo
 async def run_guest_replica(job: ReplicaJob, dry_run: bool, force: bool, lock_wait: float,
                             replicate: Callable[..., Awaitable[None]]) -> ReplicaResult:
     """What both guest replica flows do around ``replicate(job, source, dest, dry_run, force,
-    result)``: load the nodes, hold the guest+destination lock (not for a dry run), publish
+    result)``: load the nodes, hold the source guest's lock (not for a dry run), publish
     the result table, and fail at the end naming every disk that failed, or the
     registration that failed after the copy."""
     started = time.monotonic()
     source, dest = await aload_nodes(job.source, job.destination)
     result = ReplicaResult(source=job.source, guest=job.guest, destination=job.destination,
                            dest_vmid=job.target_vmid, dry_run=dry_run)
-    await run_exclusively(replica_lock_name(job.source, job.guest, job.destination),
+    await run_exclusively(guest_lock_name(job.source, job.guest),
                           f"replicating guest {job.guest} from {job.source} to {job.destination}",
                           lock_wait, dry_run,
                           lambda plan_only: replicate(job, source, dest, plan_only, force, result))

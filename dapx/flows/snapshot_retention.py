@@ -37,7 +37,7 @@ from dapx.flows.hooks import job_hooks
 from dapx.tasks import btrfs, zfs
 from dapx.tasks.guests import SourceGuest
 from dapx.tasks.jobs import JobRef, replica_jobs
-from dapx.tasks.locks import DEFAULT_WAIT, dataset_lock_name, exclusive, replica_lock_name
+from dapx.tasks.locks import DEFAULT_WAIT, dataset_lock_name, exclusive, guest_lock_name
 from dapx.tasks.snaplist import list_node_snapshots
 from dapx.tasks.ssh import node_sessions
 from dapx.ui_extensions.artifacts import artifact_key, publish_table
@@ -146,7 +146,7 @@ def job_disks(ref: JobRef, source: NodeListing, dest: NodeListing) -> JobDisks:
         raise InputError(f"guest {job.guest} is not on {job.source} any more")
     kind, text = source.configs[job.guest]
     guest = SourceGuest(job.source, job.guest, kind, text, source.storages)  # type: ignore[arg-type]
-    lock = replica_lock_name(job.source, job.guest, job.destination)
+    lock = guest_lock_name(job.source, job.guest)
     if ref.flow == "btrfs-replica":
         sid = btrfs_storage(dest.storages, job.dest_pool, job.destination)
         pairs = []

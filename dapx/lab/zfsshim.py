@@ -1,10 +1,14 @@
-"""`zfs` for lab nodes: zfs-fuse plus the `-t TYPE` filter of OpenZFS's `zfs get`.
+"""`zfs` for lab nodes: zfs-fuse plus two things OpenZFS does that zfs-fuse does not.
 
-Proxmox nodes run OpenZFS 2.x, whose `zfs get -t snapshot` lists only snapshots; zfs-fuse
-0.7 has no `-t` there. syncoid lists snapshots that way (its fallback for old ZFS is broken
-for remote targets), so lab nodes get this wrapper first on PATH: it removes `-t TYPE`, runs
-the real /usr/sbin/zfs, and keeps only the lines of the asked types. Every other command
-goes to the real zfs unchanged. A documented lab difference (dapx/lab/README.md).
+- `zfs get -t TYPE`: Proxmox nodes run OpenZFS 2.x, whose `zfs get -t snapshot` lists only
+  snapshots; zfs-fuse 0.7 has no `-t` there. syncoid lists snapshots that way (its fallback
+  for old ZFS is broken for remote targets): the wrapper removes `-t TYPE`, runs the real
+  /usr/sbin/zfs, and keeps only the lines of the asked types.
+- `zfs rename` of a mounted filesystem: OpenZFS unmounts it (and its mounted children),
+  renames and mounts it again; zfs-fuse refuses with "dataset is busy". The wrapper does the
+  unmount / rename / mount itself (renumbering a guest renames its volumes).
+Every other command goes to the real zfs unchanged. A documented lab difference
+(dapx/lab/README.md).
 """
 
 from __future__ import annotations
@@ -46,7 +50,39 @@ def matches(name: str, types: set[str]) -> bool:
     return "all" in types or kind in types
 
 
+def _zfs(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([REAL_ZFS, *args], capture_output=True, text=True, check=False)
+
+
+def rename(argv: list[str]) -> int:
+    """``zfs rename [-p] SRC DST`` as OpenZFS does it for a mounted filesystem."""
+    names = [a for a in argv[1:] if not a.startswith("-")]
+    if len(names) != 2 or "@" in names[0]:
+        os.execv(REAL_ZFS, [REAL_ZFS, *argv])
+    source, target = names
+    listing = _zfs("list", "-H", "-o", "name,mounted", "-r", source)
+    mounted = [ln.split("\t")[0] for ln in listing.stdout.splitlines() if ln.endswith("\tyes")]
+    if listing.returncode != 0 or not mounted:
+        os.execv(REAL_ZFS, [REAL_ZFS, *argv])
+    for name in reversed(mounted):  # children first
+        done = _zfs("umount", name)
+        if done.returncode != 0:
+            sys.stderr.write(f"cannot unmount '{name}': {done.stderr.strip()}\n")
+            for again in mounted[mounted.index(name) + 1:]:
+                _zfs("mount", again)
+            return 1
+    result = _zfs(*argv)
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    now = target if result.returncode == 0 else source
+    for name in mounted:
+        _zfs("mount", now + name[len(source):])
+    return result.returncode
+
+
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "rename":
+        return rename(argv)
     if not argv or argv[0] != "get":
         os.execv(REAL_ZFS, [REAL_ZFS, *argv])
     args, types, scripted = split_type_filter(argv[1:])

@@ -50,16 +50,9 @@ class LockTimeout(TransientError):
     """Another run held the slot for longer than we were willing to wait."""
 
 
-def replica_lock_name(source: str, vmid: int, destination: str) -> str:
-    """``dapx-replica-pve1-100-to-pve3``: the limit for one guest replicated to one node."""
-    name = f"dapx-replica-{source}-{vmid}-to-{destination}"
-    if not _NAME.fullmatch(name):
-        raise InputError(f"cannot build a lock name from {source!r}, {vmid!r}, {destination!r}")
-    return name
-
-
 def guest_lock_name(node: str, vmid: int) -> str:
-    """``dapx-guest-pve1-100``: one run at a time backs up, restores over or replaces a guest."""
+    """``dapx-guest-pve1-100``: one run at a time replicates, backs up, migrates, restores over
+    or replaces a guest (and retention waits for its replicas)."""
     name = f"dapx-guest-{node}-{vmid}"
     if not _NAME.fullmatch(name):
         raise InputError(f"cannot build a lock name from {node!r}, {vmid!r}")

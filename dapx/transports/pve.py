@@ -453,6 +453,27 @@ class PveClient(ApiClient):
         """GET /nodes/{node}/tasks (recent tasks; filters as PVE: vmid, typefilter, limit...)."""
         return self.get("nodes", node, "tasks", **filters)
 
+    def remote_migrate(self, node: str, kind: GuestKind, vmid: int, *, endpoint: str,
+                       target_storage: str, target_bridge: str, **options: Any) -> str:
+        """POST .../remote_migrate to another cluster; returns the UPID. ``endpoint`` (PVE's
+        proxmox-remote string) holds the target's API token: never log it."""
+        return self.post("nodes", node, _kind(kind), check_vmid(vmid), "remote_migrate",
+                         **{"target-endpoint": endpoint, "target-storage": target_storage,
+                            "target-bridge": target_bridge}, **options)
+
+    def cluster_status(self) -> list[dict[str, Any]]:
+        """GET /cluster/status: the cluster (when there is one) and its nodes."""
+        return self.get("cluster", "status")
+
+    def cpu_models(self, node: str) -> list[dict[str, Any]]:
+        """GET /nodes/{node}/capabilities/qemu/cpu: the CPU models VMs on ``node`` may use."""
+        return self.get("nodes", node, "capabilities", "qemu", "cpu")
+
+    def current_config(self, node: str, kind: GuestKind, vmid: int) -> dict[str, Any]:
+        """GET .../config?current=1: the running config without pending changes, and its
+        digest."""
+        return self.get("nodes", node, _kind(kind), check_vmid(vmid), "config", current=1)
+
 
 def _kind(kind: str) -> str:
     if kind not in ("qemu", "lxc"):

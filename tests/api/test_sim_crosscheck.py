@@ -90,6 +90,7 @@ def test_vzdump_and_remote_migrate_accepted(px):
     """The product's backup and cross-site calls: both answer with a UPID."""
     upid = px.nodes("pve1").vzdump.post(vmid="100", storage="pbs", mode="snapshot")
     assert upid.startswith("UPID:pve1:") and ":vzdump:" in upid
+    wait(px, upid)  # the backup locks the guest; PVE refuses to migrate a locked guest
     upid = px.nodes("pve1").qemu(100).remote_migrate.post(
         **{"target-endpoint": "host=127.0.0.9,apitoken=PVEAPIToken=root@pam!dapx=x,fingerprint=" + "AA:" * 31 + "AA",
            "target-storage": "local-zfs", "target-bridge": "vmbr0", "target-vmid": 9100})

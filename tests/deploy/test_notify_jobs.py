@@ -327,11 +327,11 @@ def _wait_notify_run(target: uuid.UUID, timeout: float = 60.0):  # noqa: ANN202
 
 
 def test_a_run_killed_with_sigkill_is_notified_exactly_once(setup) -> None:  # noqa: ANN001
-    from dapx.tasks.locks import acquire, ensure_limit, release, replica_lock_name
+    from dapx.tasks.locks import acquire, ensure_limit, guest_lock_name, release
 
     smtp, hook = setup
     create_job(CRASH, 100, "failure", "--dest-vmid", "8400")
-    lock = replica_lock_name("pve1", 100, "pve2")
+    lock = guest_lock_name("pve1", 100)
     asyncio.run(ensure_limit(lock))
     lease = asyncio.run(acquire(lock, "holding VM 100 for a test", 30, None))
     try:  # the run waits for this lock, touching nothing, until it is killed

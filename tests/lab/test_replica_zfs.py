@@ -345,7 +345,7 @@ async def test_cut_off_transfer_recovers_on_the_next_run() -> None:
 
 async def test_run_killed_hard_leaves_no_transfer_running() -> None:
     from dapx.flows.replica import zfs_replica
-    from dapx.tasks.locks import replica_lock_name
+    from dapx.tasks.locks import guest_lock_name
 
     write_random(SRC, "/rpool/data/vm-100-disk-1/disk.raw", 8)
     code = ("import asyncio, sys\n"
@@ -368,7 +368,7 @@ async def test_run_killed_hard_leaves_no_transfer_running() -> None:
         assert not left, f"the killed run's transfer still runs: {left}"
     finally:  # an untied transfer goes on: let it end before the next test
         await asyncio.to_thread(wait_until_gone, DST, "zfs", "receive")
-    await release_dead_holder(replica_lock_name(SRC, VMID, DST))
+    await release_dead_holder(guest_lock_name(SRC, VMID))
     result = await zfs_replica(job=job())
     assert not result.failures
     assert_disks_equal()

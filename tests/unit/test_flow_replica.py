@@ -179,4 +179,4 @@ def test_trust_and_lock_names() -> None:
     node = trust.ProxmoxNode(name="pve3", host="198.18.213.13", ssh_port=2222, ssh_host_key=key)
     assert trust.known_hosts_line(node).startswith("[198.18.213.13]:2222 ssh-ed25519 ")
     assert trust.trust_probe_argv(node)[-2:] == ["root@198.18.213.13", "true"]
-    assert locks.replica_lock_name("pve1", 100, "pve3") == "dapx-replica-pve1-100-to-pve3"
+    assert locks.guest_lock_name("pve1", 100) == "dapx-guest-pve1-100"

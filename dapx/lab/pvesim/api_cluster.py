@@ -36,6 +36,7 @@ def register(router: Router) -> None:
     router.add("GET", "/nodes/{node}/version", lambda r: __import__(
         "dapx.lab.pvesim.pveapi", fromlist=["PVE_VERSION"]).PVE_VERSION)
     router.add("GET", "/nodes/{node}/network", _network)
+    router.add("GET", "/nodes/{node}/capabilities/qemu/cpu", _cpu_models)
     router.add("GET", "/cluster/status", _cluster_status)
     router.add("GET", "/cluster/resources", _resources)
 
@@ -123,6 +124,27 @@ def _network(req: Request) -> list[dict]:
     return ifaces
 
 
+CPU_MODELS = {
+    "AuthenticAMD": ("athlon", "phenom", "Opteron_G1", "Opteron_G2", "Opteron_G3", "Opteron_G4",
+                     "Opteron_G5", "EPYC", "EPYC-IBPB", "EPYC-Rome", "EPYC-Milan", "EPYC-Genoa"),
+    "GenuineIntel": ("486", "pentium", "pentium2", "pentium3", "coreduo", "core2duo", "Conroe",
+                     "Penryn", "Nehalem", "Westmere", "SandyBridge", "IvyBridge", "Haswell",
+                     "Broadwell", "Skylake-Client", "Skylake-Server", "Cascadelake-Server",
+                     "Icelake-Server", "SapphireRapids"),
+    "default": ("kvm32", "kvm64", "qemu32", "qemu64", "max", "host", "x86-64-v2", "x86-64-v2-AES",
+                "x86-64-v3", "x86-64-v4"),
+}
+"""A subset of the models PVE 9 lists (qemu-server's CPUConfig), by vendor."""
+
+
+def _cpu_models(req: Request) -> list[dict]:
+    """GET /nodes/{node}/capabilities/qemu/cpu: the built-in models (no custom ones in the lab)."""
+    require_node(req.match["node"])
+    check({"arch": Param(enum=("x86_64", "aarch64"))}, req.params)
+    return [{"name": name, "vendor": vendor, "custom": 0}
+            for vendor, models in CPU_MODELS.items() for name in models]
+
+
 def _cluster_status(req: Request) -> list[dict]:
     cfg = paths.node_config()
     local = cfg["node"]
@@ -169,6 +191,8 @@ def _vm_resource(node: str, kind: str, vmid: int) -> dict:
              "netin": 0, "netout": 0, "diskread": 0, "diskwrite": 0}
     if conf.get("lock"):
         entry["lock"] = conf["lock"]
+    if guests.ha_state(kind, vmid):
+        entry["hastate"] = guests.ha_state(kind, vmid)
     if conf.get("tags"):
         entry["tags"] = conf["tags"]
     return entry

@@ -139,7 +139,8 @@ def _status(req: Request, kind: str) -> dict:
     r = _vm_resource(node, kind, vmid)
     out = {k: r[k] for k in ("vmid", "name", "status", "maxmem", "mem", "cpu", "maxdisk", "disk", "uptime",
                              "netin", "netout", "diskread", "diskwrite")}
-    out |= {"cpus": r["maxcpu"], "ha": {"managed": 0}}
+    ha = guests.ha_state(kind, vmid)
+    out |= {"cpus": r["maxcpu"], "ha": {"managed": 1, "state": ha} if ha else {"managed": 0}}
     if kind == "qemu":
         out["qmpstatus"] = out["status"]
         if conf.current.get("agent"):
@@ -220,10 +221,14 @@ def _snap_rollback(req: Request, kind: str) -> str:
 
 def _destroy(req: Request, kind: str) -> str:
     node, vmid, conf = _guest(req, kind)
-    check({"purge": BOOL, "skiplock": BOOL, "destroy-unreferenced-disks": BOOL, "force": BOOL}, req.params)
+    p = check({"purge": BOOL, "skiplock": BOOL, "destroy-unreferenced-disks": BOOL, "force": BOOL},
+              req.params)
+    if conf.current.get("lock") and not p.get("skiplock"):  # PVE checks the lock first
+        raise ApiError(500, f"{'VM' if kind == 'qemu' else 'CT'} {vmid} is locked ({conf.current['lock']})")
     if guests.is_running(vmid):
         raise ApiError(500, f"VM {vmid} is running - destroy failed")
-    return _spawn(req, kind, "destroy", "destroy", str(vmid), node=node, kind=kind, vmid=vmid)
+    return _spawn(req, kind, "destroy", "destroy", str(vmid), node=node, kind=kind, vmid=vmid,
+                  unreferenced=p.get("destroy-unreferenced-disks", 0))
 
 
 _CREATE = {"vmid": VMID, "archive": STR, "storage": Param(format="pve-storage-id"), "force": BOOL, "unique": BOOL,
@@ -247,30 +252,60 @@ def _create(req: Request, kind: str) -> str:
     return _spawn(req, kind, "create", "create", str(vmid), node=node, kind=kind, vmid=vmid, values=values)
 
 
+_MIGRATE = {
+    "qemu": {"target": Param(optional=False, format="pve-node"), "online": BOOL, "with-local-disks": BOOL,
+             "targetstorage": STR, "force": BOOL, "bwlimit": Param("integer", minimum=0),
+             "migration_type": Param(enum=("secure", "insecure")), "migration_network": STR,
+             "with-conntrack-state": BOOL},
+    "lxc": {"target": Param(optional=False, format="pve-node"), "online": BOOL, "restart": BOOL,
+            "target-storage": STR, "bwlimit": INT, "timeout": INT},
+}
+
+
 def _migrate(req: Request, kind: str) -> str:
-    node, vmid, _ = _guest(req, kind)
-    p = check({"target": Param(optional=False, format="pve-node"), "online": BOOL, "restart": BOOL,
-               "with-local-disks": BOOL, "targetstorage": STR, "force": BOOL, "bwlimit": INT,
-               "migration_type": Param(enum=("secure", "insecure")), "migration_network": STR,
-               "timeout": INT, "with-conntrack-state": BOOL}, req.params)
+    node, vmid, conf = _guest(req, kind)
+    p = check(_MIGRATE[kind], req.params)
     require_node(p["target"])
+    if conf.current.get("lock"):
+        raise ApiError(500, f"{'VM' if kind == 'qemu' else 'CT'} {vmid} is locked ({conf.current['lock']})")
+    _check_running(kind, vmid, p)
     return tasks.spawn(node, "qmigrate" if kind == "qemu" else "vzmigrate", str(vmid), req.user, "migrate",
                        {"node": node, "kind": kind, "vmid": vmid, "target": p["target"],
-                        "online": p.get("online", 0), "with_local_disks": p.get("with-local-disks", 0)})
+                        "online": p.get("online", 0), "restart": p.get("restart", 0),
+                        "storage_map": p.get("targetstorage") or p.get("target-storage") or ""})
+
+
+def _check_running(kind: str, vmid: int, p: dict) -> None:
+    """PVE refuses to move a running guest offline (API error, before any task starts)."""
+    if not guests.is_running(vmid):
+        return
+    if kind == "qemu" and not p.get("online"):
+        raise ApiError(500, "can't migrate running VM without --online")
+    if kind == "lxc" and not (p.get("online") or p.get("restart")):
+        raise ApiError(500, "can't migrate running container without --online or --restart")
+
+
+_REMOTE = {"target-endpoint": Param(optional=False), "target-storage": Param(optional=False),
+           "target-bridge": Param(optional=False), "target-vmid": Param("integer", minimum=100, maximum=999999999),
+           "online": BOOL, "delete": BOOL, "bwlimit": Param("integer", minimum=0)}
 
 
 def _remote_migrate(req: Request, kind: str) -> str:
-    node, vmid, _ = _guest(req, kind)
-    p = check({"target-endpoint": Param(optional=False), "target-storage": Param(optional=False),
-               "target-bridge": Param(optional=False), "target-vmid": Param("integer", minimum=100,
-                                                                            maximum=999999999),
-               "online": BOOL, "delete": BOOL, "bwlimit": INT, "restart": BOOL, "timeout": INT}, req.params)
+    node, vmid, conf = _guest(req, kind)
+    extra = {"restart": BOOL, "timeout": INT} if kind == "lxc" else {}
+    p = check(_REMOTE | extra, req.params)
     from .remote import parse_endpoint
     endpoint = parse_endpoint(p["target-endpoint"])
+    if kind == "qemu" and guests.ha_state(kind, vmid):
+        raise ApiError(500, "cannot remote-migrate VM that is configured for HA")
+    if conf.current.get("lock"):
+        raise ApiError(500, f"{'VM' if kind == 'qemu' else 'CT'} {vmid} is locked ({conf.current['lock']})")
+    _check_running(kind, vmid, p)
     return tasks.spawn(node, "qmigrate" if kind == "qemu" else "vzmigrate", str(vmid), req.user, "remote_migrate",
                        {"node": node, "kind": kind, "vmid": vmid, "endpoint": endpoint,
                         "target_vmid": p.get("target-vmid", vmid), "target_storage": p["target-storage"],
-                        "target_bridge": p["target-bridge"], "delete": p.get("delete", 0)})
+                        "target_bridge": p["target-bridge"], "delete": p.get("delete", 0),
+                        "online": p.get("online", 0), "restart": p.get("restart", 0)})
 
 
 _VZDUMP = {"vmid": Param(format="pve-vmid-list"), "all": BOOL, "storage": Param(format="pve-storage-id"),

@@ -80,6 +80,24 @@ def typed(values: dict[str, str]) -> dict[str, object]:
     return out
 
 
+# ------------------------------------------------------------------ HA
+
+def ha_state(kind: str, vmid: int) -> str | None:
+    """The HA state of a guest from /etc/pve/ha/resources.cfg (``vm: 100`` / ``ct: 101``
+    sections, ``state`` default started), or None when HA does not manage it."""
+    cfg = paths.pve_dir() / "ha" / "resources.cfg"
+    if not cfg.exists():
+        return None
+    want, state, inside = f"{'vm' if kind == 'qemu' else 'ct'}: {vmid}", None, False
+    for line in cfg.read_text(encoding="utf-8").splitlines():
+        if line and not line[0].isspace():
+            inside = line.strip() == want
+            state = "started" if inside else state
+        elif inside and line.split()[:1] == ["state"]:
+            state = line.split()[1]
+    return state
+
+
 # ------------------------------------------------------------------ running state
 
 def _run_marker(vmid: int) -> Path:

@@ -130,8 +130,9 @@ def rollback(log: Log, node: str, kind: str, vmid: int, snapname: str, start: in
         guests.set_running(vmid, True)
 
 
-def destroy(log: Log, node: str, kind: str, vmid: int, purge: int = 0) -> None:
-    """Free every volume the guest owns (current, snapshots, unused), then remove its config."""
+def destroy(log: Log, node: str, kind: str, vmid: int, purge: int = 0, unreferenced: int = 0) -> None:
+    """Free every volume the guest owns (current, snapshots, unused), then remove its config;
+    with ``unreferenced`` also the volumes of this VMID no config names (a killed restore's)."""
     conf = guests.require(node, kind, vmid)
     if guests.is_running(vmid):
         raise RuntimeError(f"VM {vmid} is running - destroy failed")
@@ -148,7 +149,23 @@ def destroy(log: Log, node: str, kind: str, vmid: int, purge: int = 0) -> None:
             log(f"Removed volume '{volid}'")
         except Exception as exc:
             log(f"Could not remove disk '{volid}', check manually: {exc}")
+    if unreferenced:
+        _free_unreferenced(log, vmid, vols)
     guests.conf_path(node, kind, vmid).unlink()
+
+
+def _free_unreferenced(log: Log, vmid: int, referenced: set[str]) -> None:
+    for sid, st in storage.load().items():
+        if st.type == "pbs" or not ({"images", "rootdir"} & set(st.content)):
+            continue
+        try:
+            found = storage.list_volumes(sid, vmid)
+        except Exception:  # an unreachable storage is skipped, as PVE warns and goes on
+            continue
+        for vol in found:
+            if vol["volid"] not in referenced:
+                storage.free(vol["volid"])
+                log(f"Removed volume '{vol['volid']}' (not referenced)")
 
 
 def create(log: Log, node: str, kind: str, vmid: int, values: dict[str, str]) -> None:

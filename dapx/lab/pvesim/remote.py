@@ -77,16 +77,12 @@ class Target:
             conn.close()
 
 
-def _bridges(spec: str) -> dict[str, str]:
-    pairs = [p.split(":", 1) for p in spec.split(",") if p]
-    if len(pairs) == 1 and len(pairs[0]) == 1:
-        return {"*": pairs[0][0]}
-    return {a: b for a, b in pairs}
-
-
 def copy_guest(log: Log, node: str, kind: str, vmid: int, endpoint: dict[str, str], target_vmid: int,
-               target_storage: str, target_bridge: str) -> None:
-    """Create target_vmid on the target site with this guest's config and disk bytes."""
+               storage_map: dict[str, str], bridge_map: dict[str, str], start: bool = False) -> None:
+    """Create target_vmid on the target site with this guest's config and disk bytes; maps are
+    {source: target} ('*': everything), as migrate.pairs reads PVE's pair lists. ``start``:
+    start it there (an online or restart-mode move of a running guest)."""
+    from .migrate import mapped
     t = Target(endpoint)
     tnode = t.call("GET", "/nodes")[0]["node"]
     log(f"remote: target node '{tnode}'")
@@ -97,24 +93,29 @@ def copy_guest(log: Log, node: str, kind: str, vmid: int, endpoint: dict[str, st
         if key.startswith("unused"):
             values.pop(key)
             continue
+        if storage.path(volid).is_dir():
+            raise RuntimeError("lab: remote migration of container volumes is not simulated")
         size = storage.size_of(volid)
         _, props = guestconf.split_prop(values[key])
         name = f"vm-{target_vmid}-disk-{key[-1] if key[-1].isdigit() else 0}"
-        new = t.call("POST", f"/nodes/{tnode}/storage/{target_storage}/content",
+        sid = mapped(storage_map, storage.split_volid(volid)[0])
+        new = t.call("POST", f"/nodes/{tnode}/storage/{sid}/content",
                      {"filename": name, "size": f"{max(size // 1024, 1)}K", "vmid": target_vmid})
         log(f"remote: copying '{volid}' to '{new}'")
         with open(storage.path(volid), "rb") as fh:
             t.call("PUT", "/lab/volume", {"volid": new}, body=fh, length=size)
         values[key] = guestconf.join_prop(new, props)
-    bmap = _bridges(target_bridge)
     for key in [k for k in values if k.startswith("net")]:
         first, props = guestconf.split_prop(values[key])
         if "bridge" in props:
-            props["bridge"] = bmap.get(props["bridge"], bmap.get("*", props["bridge"]))
+            props["bridge"] = mapped(bridge_map, props["bridge"])
         values[key] = guestconf.join_prop(first, props)
     upid = t.call("POST", f"/nodes/{tnode}/{kind}", {"vmid": target_vmid, **values})
     _wait(t, tnode, upid)
     log(f"remote: guest {target_vmid} created on '{tnode}'")
+    if start:
+        _wait(t, tnode, t.call("POST", f"/nodes/{tnode}/{kind}/{target_vmid}/status/start", {}))
+        log(f"remote: guest {target_vmid} started on '{tnode}'")
 
 
 def _wait(t: Target, tnode: str, upid: str) -> None:

@@ -52,7 +52,7 @@ def log_path(upid: str) -> Path:
 class TaskLog:
     """Appends lines to a task's log file (and to stdout when echo is set, for the CLI tools)."""
 
-    def __init__(self, upid: str, echo: bool = False):
+    def __init__(self, upid: str, echo: bool | Any = False):
         self.upid = upid
         self.echo = echo
         self.warnings = 0
@@ -65,8 +65,8 @@ class TaskLog:
             self.warnings += 1
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
-        if self.echo:
-            print(line, flush=True)
+        if self.echo:  # True: stdout; a stream: there (vzdump --stdout logs on stderr)
+            print(line, flush=True, file=None if self.echo is True else self.echo)
 
 
 def _append_index(upid: str, status: str) -> None:
@@ -75,7 +75,7 @@ def _append_index(upid: str, status: str) -> None:
         fh.write(f"{upid} {int(time.time()):08X} {status}\n")
 
 
-def run_body(upid: str, body: Callable[[TaskLog], None], echo: bool = False) -> str:
+def run_body(upid: str, body: Callable[[TaskLog], None], echo: bool | Any = False) -> str:
     """Run body(log) as task upid; write TASK OK / TASK WARNINGS: N / TASK ERROR; returns the
     exit status (``OK``, ``WARNINGS: N`` or the error)."""
     log = TaskLog(upid, echo)

@@ -55,6 +55,34 @@ def _fg(wtype: str, wid: str, op: str, **args: Any) -> int:
     return 0 if done else 1
 
 
+def _fg_body(wtype: str, wid: str, body: Any, echo: Any = True) -> int:
+    """Run ``body(log)`` in the foreground as a task (log echoed to ``echo``); exit status."""
+    upid = tasks.make_upid(paths.node_name(), wtype, wid, "root@pam")
+    status = tasks.run_body(upid, body, echo=echo)
+    if status != "OK":
+        print(status, file=sys.stderr)
+    return 0 if status == "OK" else 1
+
+
+def _restore_stdin(kind: str, node: str, vmid: int, opts: dict[str, Any]) -> int:
+    """``qmrestore - VMID`` / ``pct restore VMID -``: the archive arrives on stdin."""
+    from . import stream
+
+    src, _ = stream.stdio()
+    return _fg_body(("qm" if kind == "qemu" else "vz") + "restore", str(vmid),
+                    lambda log: stream.restore_stdin(log, node, kind, vmid, src,
+                                                     opts.get("storage"), int(opts.get("unique", 0))))
+
+
+def _unlock(kind: str, node: str, vmid: int) -> int:
+    """``qm unlock`` / ``pct unlock``: drop the config's lock."""
+    from .ops import _unlock as unlock
+
+    guests.require(node, kind, vmid)
+    unlock(node, kind, vmid)
+    return 0
+
+
 def _guest_tool(kind: str, argv: list[str]) -> int:
     pos, opts = _parse(argv)
     if not pos:
@@ -90,12 +118,16 @@ def _guest_tool(kind: str, argv: list[str]) -> int:
         return 0
     if cmd == "destroy":
         return _fg(t + "destroy", str(vmid), "destroy", node=node, kind=kind, vmid=vmid)
+    if cmd == "unlock":
+        return _unlock(kind, node, vmid)
     if cmd == "migrate":
         return _fg("qmigrate" if kind == "qemu" else "vzmigrate", str(vmid), "migrate", node=node, kind=kind,
                    vmid=vmid, target=rest[1], online=int(opts.get("online", 0)))
     if cmd in ("create", "restore"):
         if cmd == "restore" or "archive" in opts:
             archive = rest[1] if cmd == "restore" else opts["archive"]
+            if archive == "-":
+                return _restore_stdin(kind, node, vmid, opts)
             return _fg(t + "restore", str(vmid), "restore", node=node, kind=kind, vmid=vmid, archive=archive,
                        storage_id=opts.get("storage"), force=int(opts.get("force", 0)))
         return _fg(t + "create", str(vmid), "create", node=node, kind=kind, vmid=vmid,
@@ -171,10 +203,26 @@ def _vzdump(argv: list[str]) -> int:
     pos, opts = _parse(argv)
     node = paths.node_name()
     vmids = [int(v) for v in pos]
+    if opts.get("stdout"):
+        return _vzdump_stdout(node, vmids, opts)
     sid = opts.get("storage", "local")
     return _fg("vzdump", str(vmids[0]) if len(vmids) == 1 else "", "vzdump", node=node, vmids=vmids,
                storage_id=sid, mode=opts.get("mode", "snapshot"), notes=opts.get("notes-template", ""),
                cmdline="vzdump " + " ".join(argv))
+
+
+def _vzdump_stdout(node: str, vmids: list[int], opts: dict[str, Any]) -> int:
+    """``vzdump VMID --stdout``: the archive on stdout, the task log on stderr."""
+    from . import stream
+
+    if len(vmids) != 1:
+        print("only one VM can be backed up to stdout", file=sys.stderr)
+        return 255
+    _, out = stream.stdio()
+    return _fg_body("vzdump", str(vmids[0]),
+                    lambda log: stream.vzdump_stdout(log, node, vmids[0], out,
+                                                     str(opts.get("mode", "snapshot"))),
+                    echo=sys.stderr)
 
 
 def _qmrestore(argv: list[str]) -> int:

@@ -1,0 +1,122 @@
+"""The migration side of the command line (M1-M4).
+
+    dapx job create migration --source pve1 --guest 100 --dest pve3 --dest-vmid 9100 \\
+        --memory 4096 --cores 4 --bridge-map vmbr0=vmbr1 --schedule "0 2 * * *" --force
+    dapx migrate --source pve1 --guest 100 --dest pve2 --move [--plan]
+
+A job is a deployment of ``vm-migration`` (a copy job on a schedule refreshes its copy each
+run); ``dapx migrate`` runs the flow once, in this process, and prints its result. Bad input
+is one line on stderr (exit 2) before anything is written or run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+
+from dapx.errors import InputError
+
+MIGRATION_OPTIONS = ("move", "transport", "target_storage", "storage_map", "nic_bridge",
+                     "memory", "cores", "sockets", "cpu", "new_macs", "snapshot_first",
+                     "keep_snapshots", "start_after", "restart", "force")
+"""Options only a migration takes (other job kinds refuse them)."""
+
+
+def add_migration_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a migration (``job create migration`` and ``migrate``)."""
+    parser.add_argument("--move", action="store_true",
+                        help="migration: move the guest (PVE's migration) instead of copying it")
+    parser.add_argument("--transport", choices=["auto", "zfs", "btrfs", "vzdump"],
+                        help="migration: how a copy's data travels (auto: by storage)")
+    parser.add_argument("--target-storage", help="migration: destination storage for every disk")
+    parser.add_argument("--storage-map", help="migration: source=destination storages, "
+                        "e.g. local=local-zfs")
+    parser.add_argument("--nic-bridge", help="migration: card=bridge, e.g. net1=vmbr2")
+    parser.add_argument("--memory", type=int, help="migration: memory in MiB (16 or more)")
+    parser.add_argument("--cores", type=int, help="migration: CPU cores")
+    parser.add_argument("--sockets", type=int, help="migration: CPU sockets (VMs)")
+    parser.add_argument("--cpu", help="migration: CPU type (VMs), e.g. host")
+    parser.add_argument("--new-macs", action="store_true",
+                        help="migration: new MAC addresses for a copy")
+    parser.add_argument("--snapshot-first", action="store_true",
+                        help="migration: take a Proxmox snapshot of the source first")
+    parser.add_argument("--keep-snapshots", type=int,
+                        help="migration: how many of those snapshots to keep (3)")
+    parser.add_argument("--start-after", action="store_true",
+                        help="migration: start the copy or the moved guest afterwards")
+    parser.add_argument("--restart", action="store_true",
+                        help="migration: move a running container in restart mode")
+    parser.add_argument("--force", action="store_true",
+                        help="migration: a copy may replace the guest at the target VMID "
+                        "(kept until the new copy is complete)")
+
+
+def migration_job(args: argparse.Namespace):  # noqa: ANN201 - a MigrationJob
+    """The MigrationJob the options describe; InputError (one line) when they are wrong."""
+    from dapx.core.migration_job import MigrationJob
+
+    missing = [f"--{n}" for n, v in (("source", args.source), ("guest", args.guest),
+                                      ("dest", args.dest)) if v is None]
+    if missing:
+        raise InputError(f"a migration needs {', '.join(missing)}")
+    fields = {"source": args.source, "guest": args.guest, "destination": args.dest,
+              "mode": "move" if args.move else "copy", "dest_vmid": args.dest_vmid,
+              "transport": args.transport, "target_storage": args.target_storage,
+              "storage_map": args.storage_map, "bridge_map": args.bridge_map,
+              "nic_bridges": args.nic_bridge, "memory": args.memory, "cores": args.cores,
+              "sockets": args.sockets, "cpu": args.cpu, "new_macs": args.new_macs,
+              "snapshot_first": args.snapshot_first, "keep_snapshots": args.keep_snapshots,
+              "start_after": args.start_after, "restart": args.restart, "force": args.force,
+              "compression": args.compress, "bwlimit": args.bwlimit,
+              "notify": getattr(args, "notify", None)}
+    return MigrationJob.from_input(**{k: v for k, v in fields.items()
+                                      if v is not None and v is not False})
+
+
+def create_migration_job(args: argparse.Namespace, refuse) -> int:  # noqa: ANN001
+    """``dapx job create migration``: a deployment of ``vm-migration``."""
+    from dapx.deployments import jobs
+
+    refuse(args, "migration", "dataset", "dest_dataset", "recursive", "method", "pool",
+           "subfolder", "no_register", "cpu_host", "keep", "carry_keys")
+    spec = migration_job(args)
+    name = args.name or f"{spec.mode}-vm{spec.guest}-to-{spec.destination}"[:63].rstrip("-")
+    full = jobs.create_job(name, "vm-migration", spec, schedule=args.schedule,
+                           timezone=args.timezone, paused=args.paused, replace=args.replace)
+    print(f"job {full} saved" + (f", schedule {args.schedule}" if args.schedule else ""))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """``dapx migrate``: run the flow once here; print its result (or its plan)."""
+    from dapx.flows.migration import vm_migration
+
+    spec = migration_job(args)
+    result = asyncio.run(vm_migration(job=spec, dry_run=args.plan))
+    if args.json:
+        print(json.dumps(result.model_dump(mode="json"), indent=2))
+        return 0
+    what = "planned (dry run; see the plan artifact)" if result.dry_run else "done"
+    print(f"{result.mode} of guest {result.guest} from {result.source} to {result.destination}"
+          f"/{result.dest_vmid} by {result.transport}: {what}")
+    if not result.dry_run:
+        print(f"bytes {result.bytes}, {result.seconds:g} s, changes "
+              f"{result.hardware_changed or 'none'}, started {'yes' if result.started else 'no'}")
+    return 0
+
+
+def add_migrate_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``dapx migrate`` to the top-level parser."""
+    migrate = sub.add_parser("migrate", help="copy or move a guest once (M1-M3)")
+    migrate.add_argument("--source", help="node the guest is on")
+    migrate.add_argument("--guest", type=int, help="VMID of the guest")
+    migrate.add_argument("--dest", help="destination node")
+    migrate.add_argument("--dest-vmid", type=int, help="VMID on the destination")
+    migrate.add_argument("--bridge-map", help="vmbr0=vmbr1,...")
+    migrate.add_argument("--compress", choices=["lz4", "zstd", "gzip", "none"])
+    migrate.add_argument("--bwlimit", help="bandwidth limit, e.g. 50M")
+    migrate.add_argument("--plan", action="store_true", help="dry run: the plan only")
+    migrate.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_migration_options(migrate)
+    migrate.set_defaults(func=cmd_migrate)
