@@ -29,6 +29,7 @@ BUILTIN_FLOWS = (
     "dapx.flows.snapshot_view.snapshot_view",
     "dapx.flows.snapshot_policy.snapshot_policy",
     "dapx.flows.snapshot_retention.snapshot_retention",
+    "dapx.flows.fleet.fleet_replica",
 )
 
 BUILTIN_SCHEDULES = {
@@ -46,9 +47,12 @@ def load_flow(path: str):  # noqa: ANN201 - returns a prefect Flow
 def deploy_flow(path: str, name: str = DEFAULT_DEPLOYMENT, *, cron: str | None = None,
                 timezone: str | None = None, parameters: dict | None = None,
                 tags: list[str] | None = None, description: str | None = None,
-                paused: bool = False) -> str:
+                paused: bool = False, work_queue: str | None = None,
+                concurrency_limit: object = None) -> str:
     """Create or update the deployment ``<flow>/<name>`` for the flow at ``path``, with the
-    cron schedule ``cron`` in ``timezone`` (IANA name; UTC when None) if given.
+    cron schedule ``cron`` in ``timezone`` (IANA name; UTC when None) if given, on the pool's
+    ``work_queue`` (default: the pool's default queue; made when missing), with a deployment
+    ``concurrency_limit`` (a ``ConcurrencyLimitConfig``) when given.
 
     The entrypoint is the module path, so a process worker with DAPX installed runs it without
     fetching code. Returns ``"<flow-name>/<name>"``.
@@ -61,7 +65,8 @@ def deploy_flow(path: str, name: str = DEFAULT_DEPLOYMENT, *, cron: str | None =
     deployment = flow.to_deployment(
         name=name, schedules=schedules, parameters=parameters or {}, tags=tags or ["dapx"],
         description=description, paused=paused,
-        entrypoint_type=EntrypointType.MODULE_PATH,
+        entrypoint_type=EntrypointType.MODULE_PATH, work_queue_name=work_queue,
+        concurrency_limit=concurrency_limit,
     )
     with contextlib.redirect_stdout(io.StringIO()):  # deploy() prints a table per call
         deploy(deployment, work_pool_name=WORK_POOL, build=False, push=False,
