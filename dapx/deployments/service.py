@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -108,6 +109,8 @@ def worker_unit(queue: str | None, limit: int, home: Path) -> tuple[str, str]:
     worker_argv([queue] if queue else [], limit)  # refuses a bad queue name or limit now
     argv = [_dapx_bin(), "worker", "--limit", str(limit)]
     argv += ["--queue", queue] if queue else []
+    # Named after its host and site, so the UI says where each run ran.
+    argv += ["--name", f"{socket.gethostname()}-{queue or 'all'}"]
     name = f"dapx-worker-{queue}.service" if queue else "dapx-worker.service"
     return name, _common(f"DAPX worker ({'site ' + queue if queue else 'every site'})",
                          argv, home, "control-group")
