@@ -49,6 +49,8 @@ class FleetResult(BaseModel):
     rows: list[FleetRow] = Field(default_factory=list)
     dry_run: bool = False
     seconds: float = 0.0
+    peak_rss_mib: float = Field(default=0.0, description="Peak memory of the process that "
+                                "ran the fleet (every guest's run is in it).")
 
     def count(self, outcome: str) -> int:
         return sum(r.outcome == outcome for r in self.rows)
@@ -181,9 +183,17 @@ def table_rows(rows: list[FleetRow]) -> list[dict[str, Any]]:
 async def publish_fleet(job: FleetJob, result: FleetResult) -> None:
     title = (f"fleet of {len(result.rows)} guest(s) in {result.seconds:g} s: "
              f"{result.count('completed')} completed, {result.count('failed')} failed, "
-             f"{result.count('skipped')} skipped" + (" (dry run)" if result.dry_run else ""))
+             f"{result.count('skipped')} skipped; peak memory {result.peak_rss_mib:g} MiB"
+             + (" (dry run)" if result.dry_run else ""))
     key = artifact_key("fleet-result", *sorted(job.routes))
     await publish_table(key, table_rows(result.rows), title)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _current_flow_run() -> str | None:
@@ -209,7 +219,8 @@ async def fleet_replica(job: FleetJob, dry_run: bool = False, force: bool = Fals
         todo, rows = await resolve(job, nodes)
     rows += await run_all(job, todo, dry_run=dry_run, force=force, lock_wait=lock_wait,
                           fleet_run=_current_flow_run())
-    result = FleetResult(rows=rows, dry_run=dry_run, seconds=round(time.monotonic() - started, 3))
+    result = FleetResult(rows=rows, dry_run=dry_run, seconds=round(time.monotonic() - started, 3),
+                         peak_rss_mib=peak_rss_mib())
     await publish_fleet(job, result)
     if result.count("failed"):
         raise PermanentError(failure_message(rows))
