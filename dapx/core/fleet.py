@@ -243,12 +243,17 @@ class FleetRow(BaseModel):
     flow_run: str = ""
     error: str = ""
 
+    @property
+    def label(self) -> str:
+        """``pve1/100``; ``pve2/*`` for a node whose guests could not be read at all."""
+        return f"{self.node}/{self.guest or '*'}"
+
 
 def failure_message(rows: list[FleetRow]) -> str:
     """One line naming every failed guest and why (for the run's final state)."""
     failed = [r for r in rows if r.outcome == "failed"]
     done = sum(r.outcome == "completed" for r in rows)
-    parts = [f"{r.node}/{r.guest}: {r.error}" for r in failed]
+    parts = [f"{r.label}: {r.error}" for r in failed]
     return (f"{len(failed)} of {len(failed) + done} guest(s) failed ({done} completed): "
             + "; ".join(parts))
 

@@ -62,20 +62,37 @@ class FleetResult(BaseModel):
 
 async def resolve(job: FleetJob, nodes: dict[str, ProxmoxNode]) -> tuple[list[tuple[
         FleetGuest, str]], list[FleetRow]]:
-    """The guests to run now with their method, and the rows of those that are not run
-    (skipped by the storage filter, or listed by VMID and not found or not replicable)."""
+    """The guests to run now with their method, and the rows of those that are not run:
+    skipped by the storage filter, listed by VMID and not found or not replicable, or on a
+    source node that could not be read (its guests fail; other nodes' guests still run)."""
     from dapx.core.fleet import select_guests
 
-    listings = await asyncio.gather(*(list_guests(nodes[s]) for s in job.routes))
-    guests, missing = select_guests((row for rows in listings for row in rows), job)
+    sources = list(job.routes)
+    listings = await asyncio.gather(*(list_guests(nodes[s]) for s in sources),
+                                    return_exceptions=True)
+    rows = [node_failure(s, "cannot list its guests", e)
+            for s, e in zip(sources, listings) if isinstance(e, BaseException)]
+    guests, missing = select_guests(
+        (row for rows_ in listings if not isinstance(rows_, BaseException) for row in rows_),
+        job)
+    unread = {r.node for r in rows}
+    rows += [FleetRow(guest=v, node="-", outcome="failed",
+                      error="on none of the job's source nodes") for v in missing
+             if not unread]  # with a node unread, a listed guest may just be there
     by_node: dict[str, list[FleetGuest]] = {}
     for guest in guests:
         by_node.setdefault(guest.node, []).append(guest)
-    found = await asyncio.gather(*(replica_methods(nodes[n], gs) for n, gs in by_node.items()))
-    methods = {vmid: m for part in found for vmid, m in part.items()}
-    todo, rows = [], [FleetRow(guest=v, node="-", outcome="failed",
-                               error="on none of the job's source nodes") for v in missing]
-    for guest in guests:
+    found = await asyncio.gather(*(replica_methods(nodes[n], gs) for n, gs in by_node.items()),
+                                 return_exceptions=True)
+    methods: dict[int, str] = {}
+    for (node, node_guests), part in zip(by_node.items(), found):
+        if isinstance(part, BaseException):
+            rows += [node_failure(node, "cannot read its guests' configs", part, g.vmid)
+                     for g in node_guests]
+        else:
+            methods.update(part)
+    todo = []
+    for guest in (g for g in guests if g.vmid in methods):
         method = methods[guest.vmid]
         if wanted_method(method, job):
             todo.append((guest, method))
@@ -87,6 +104,15 @@ async def resolve(job: FleetJob, nodes: dict[str, ProxmoxNode]) -> tuple[list[tu
             rows.append(FleetRow(guest=guest.vmid, node=guest.node, method=method,
                                  outcome="skipped", error=f"left out: {reason}"))
     return todo, rows
+
+
+def node_failure(node: str, what: str, exc: BaseException, vmid: int = 0) -> FleetRow:
+    """A failed row for a node (or one of its guests) that could not be read. Only DAPX's
+    own errors are expected; anything else is a bug and is raised."""
+    if not isinstance(exc, DapxError):
+        raise exc
+    return FleetRow(guest=vmid, node=node, outcome="failed",
+                    error=f"{what}: {first_line(str(exc))}")
 
 
 # -----------------------------------------------------------------------------------------------
@@ -173,7 +199,7 @@ async def run_all(job: FleetJob, todo: list[tuple[FleetGuest, str]], *, dry_run:
 def table_rows(rows: list[FleetRow]) -> list[dict[str, Any]]:
     """The result table, failures first, then by node and guest."""
     order = {"failed": 0, "completed": 1, "skipped": 2}
-    return [{"guest": f"{r.node}/{r.guest}", "destination":
+    return [{"guest": r.label, "destination":
              f"{r.destination}/{r.dest_vmid}" if r.destination else "-", "method": r.method,
              "outcome": r.outcome, "sent": human_bytes(r.bytes_sent), "seconds": r.seconds,
              "flow run": r.flow_run or "-", "error": r.error or "-"}
