@@ -77,6 +77,7 @@ def create_fleet(args: argparse.Namespace) -> int:
     spec = fleet_spec(args)
     name = args.name or default_name(spec)
     full = jobs.create_job(name, "fleet-replica", spec, schedule=args.schedule,
-                           paused=args.paused, site=args.site)
+                           timezone=args.timezone, paused=args.paused, replace=args.replace,
+                           site=args.site)
     print(f"job {full} saved" + (f", schedule {args.schedule}" if args.schedule else ""))
     return 0
