@@ -132,7 +132,7 @@ def time_split(run: uuid.UUID) -> str:
 
 
 def setup_product(home: Path, database: str | None, spread: dict[str, list[int]],
-                  stack: ExitStack) -> None:
+                  stack: ExitStack, share: bool) -> None:
     from tests.deploy.conftest import OwnServer, prefect_env
 
     from dapx.core.fleet import FleetJob
@@ -149,7 +149,8 @@ def setup_product(home: Path, database: str | None, spread: dict[str, list[int]]
     trust_all()
     vmids = [v for vs in spread.values() for v in vs]
     jobs.create_job(JOB, "fleet-replica", FleetJob(routes=ROUTES, vmids=vmids,
-                                                   vmid_offset=OFFSET, keep=2))
+                                                   vmid_offset=OFFSET, keep=2,
+                                                   share_connections=share))
 
 
 def cleanup(spread: dict[str, list[int]]) -> None:
@@ -166,6 +167,9 @@ def main() -> None:
     parser.add_argument("--kib", type=int, default=256, help="disk size in KiB (256)")
     parser.add_argument("--delta-kib", type=int, default=16, help="change per round (16)")
     parser.add_argument("--database", choices=["postgresql", "sqlite"], default="postgresql")
+    parser.add_argument("--per-guest-ssh", action="store_true",
+                        help="each guest's run opens its own SSH connections (the fleet job's "
+                             "share_connections off) instead of one per node for the run")
     args = parser.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     home = Path(tempfile.mkdtemp(prefix="dapx-bench-fleet-"))
@@ -185,7 +189,7 @@ def main() -> None:
                 stack.callback(cleanup, spread)
                 for node, vmids in spread.items():
                     tiny_guests.make(node, vmids, kib=args.kib)
-                setup_product(home, database, spread, stack)
+                setup_product(home, database, spread, stack, not args.per_guest_ssh)
                 full, _, _ = run_fleet_round()
                 print(f"first (full) fleet round: {full:.1f} s", flush=True)
                 for node, vmids in spread.items():
@@ -199,7 +203,8 @@ def main() -> None:
         finally:
             estate.down()
     print(f"\n{args.guests} guests ({args.kib} KiB disks, {args.delta_kib} KiB deltas) over "
-          f"{', '.join(NODES)}; Prefect server on {args.database}")
+          f"{', '.join(NODES)}; Prefect server on {args.database}; SSH: "
+          f"{'one connection per guest run' if args.per_guest_ssh else 'one per node, shared'}")
     print(f"baseline  sequential syncoid loop   {baseline:7.1f} s  "
           f"({baseline / args.guests:.2f} s per guest)")
     print(f"fleet     one fleet-replica run     {fleet:7.1f} s  (process start included)")

@@ -76,6 +76,9 @@ class FleetJob(BaseModel):
     per_destination: Optional[int] = Field(
         default=None, ge=1, le=256, description="At most this many of this job's guests at "
         "once per destination node (default: the node's limit).", examples=[4])
+    share_connections: bool = Field(
+        default=True, description="One SSH connection per node for the whole run, shared by "
+        "every guest's run (at most 8 commands at once on it), instead of one per guest run.")
     dest_pool: PoolName = Field(default="rpool", description="ZFS pool (or BTRFS storage id) "
                                 "on the destinations.", examples=["rpool"])
     subfolder: SubFolder = Field(default="replica", description="Dataset under the pool that "

@@ -37,7 +37,7 @@ from dapx.flows.replica import zfs_replica
 from dapx.tasks.guest_sets import list_guests, replica_methods
 from dapx.tasks.locks import DEFAULT_WAIT
 from dapx.tasks.node_limits import node_limits, node_slots
-from dapx.tasks.ssh import node_sessions
+from dapx.tasks.ssh import node_sessions, shared_sessions
 from dapx.ui_extensions.artifacts import artifact_key, human_bytes, publish_table
 
 REPLICA_FLOWS = {"zfs": zfs_replica, "btrfs": btrfs_replica}
@@ -241,10 +241,10 @@ async def fleet_replica(job: FleetJob, dry_run: bool = False, force: bool = Fals
     started = time.monotonic()
     names = job.nodes()
     nodes = dict(zip(names, await aload_nodes(*names)))
-    async with node_sessions():
+    async with shared_sessions() if job.share_connections else node_sessions():
         todo, rows = await resolve(job, nodes)
-    rows += await run_all(job, todo, dry_run=dry_run, force=force, lock_wait=lock_wait,
-                          fleet_run=_current_flow_run())
+        rows += await run_all(job, todo, dry_run=dry_run, force=force, lock_wait=lock_wait,
+                              fleet_run=_current_flow_run())
     result = FleetResult(rows=rows, dry_run=dry_run, seconds=round(time.monotonic() - started, 3),
                          peak_rss_mib=peak_rss_mib())
     await publish_fleet(job, result)

@@ -107,3 +107,36 @@ def test_cli_refusals(capsys, monkeypatch) -> None:
     assert main(["job", "create", "fleet", "--source", "pve1", "--dest", "pve3", "--guest",
                  "100"]) == 2
     assert "does not take --guest" in capsys.readouterr().err
+
+
+def test_up_refuses_a_bad_database_before_starting_anything(capsys, monkeypatch) -> None:
+    from dapx.cli import main
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    assert main(["up", "--database", "mysql://dapx:secret@db/dapx"]) == 2
+    err = capsys.readouterr().err
+    assert "postgresql+asyncpg://" in err and "secret" not in err and len(err.splitlines()) == 1
+
+
+async def test_a_shared_scope_keeps_one_session_key_and_closes_it_once(monkeypatch) -> None:
+    from dapx.tasks import ssh
+
+    closed: list[str] = []
+
+    async def close(run_key: str | None = None) -> None:
+        closed.append(run_key)
+
+    monkeypatch.setattr(ssh, "close_sessions", close)
+    async with ssh.shared_sessions():
+        key = ssh._run_key()
+        assert key.startswith("shared-")
+
+        async def guest() -> str:  # a guest's run: its own node_sessions() closes nothing
+            async with ssh.node_sessions():
+                return ssh._run_key()
+
+        import asyncio
+
+        assert await asyncio.gather(guest(), guest()) == [key, key]
+        assert closed == []
+    assert closed == [key] and ssh._run_key() == ""
