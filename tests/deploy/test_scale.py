@@ -30,10 +30,12 @@ from tests.lab.test_replica_helpers import sha256
 
 SRC, DST = "pve1", "pve3"
 SITE_A, SITE_B = "site-a", "site-b"
-VM_JOB, CT_JOB, FLEET = "scale-vm100", "scale-ct101", "scale-fleet"
+JOB_A, JOB_B, FLEET = "scale-a", "scale-b", "scale-fleet"
+GUEST_A, GUEST_B = 160, 161  # small guests of pve1, one replica job each (site A, site B)
 OFFSET = 20000  # the fleet's replicas: pve3/20100, 20101, ...
 NEW_GUEST, BROKEN_GUEST = 150, 151
-REPLICAS = [9600, 9601, 100 + OFFSET, 101 + OFFSET, NEW_GUEST + OFFSET]
+SMALL = [GUEST_A, GUEST_B, NEW_GUEST, BROKEN_GUEST]
+REPLICAS = [9600, 9601] + [g + OFFSET for g in (100, 101, GUEST_A, GUEST_B, NEW_GUEST)]
 
 
 class Worker:
@@ -97,25 +99,30 @@ def scale(lab: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]
 def _prepare() -> None:
     import asyncio
 
+    from dapx.core.jobspec import ReplicaJob
+    from dapx.deployments import jobs
     from dapx.flows.trust import trust_nodes
+    from dapx.lab.register import register_lab_nodes
 
     server.register_blocks()
     server.ensure_work_pool()
-    run_cli("dapx", "lab", "register")
+    register_lab_nodes()
     asyncio.run(trust_nodes(SRC, DST))
-    tiny_guests.remove(SRC, [NEW_GUEST, BROKEN_GUEST])
-    for name, guest, vmid, site in ((VM_JOB, 100, 9600, SITE_A), (CT_JOB, 101, 9601, SITE_B)):
-        run_cli("dapx", "job", "create", "replica", "--source", SRC, "--guest", str(guest),
-                "--dest", DST, "--dest-vmid", str(vmid), "--name", name, "--keep", "2",
-                "--site", site)
+    tiny_guests.remove(SRC, SMALL)
+    tiny_guests.make(SRC, [GUEST_A, GUEST_B])
+    for name, guest, vmid, site in ((JOB_A, GUEST_A, 9600, SITE_A),
+                                    (JOB_B, GUEST_B, 9601, SITE_B)):
+        jobs.create_job(name, "zfs-replica", ReplicaJob(source=SRC, guest=guest,
+                                                        destination=DST, dest_vmid=vmid,
+                                                        keep=2), site=site)
     run_cli("dapx", "job", "create", "fleet", "--source", SRC, "--dest", DST, "--name", FLEET,
             "--vmid-offset", str(OFFSET), "--keep", "2", "--site", SITE_B)
 
 
 def _cleanup() -> None:
-    tiny_guests.remove(SRC, [NEW_GUEST, BROKEN_GUEST])
+    tiny_guests.remove(SRC, SMALL)
     tiny_guests.remove_replicas(DST, REPLICAS)
-    for tag in ("dapx_pve3-96", "dapx_pve3-201", "dapx_pve3-2015"):
+    for tag in ("dapx_pve3-96", "dapx_pve3-2010", "dapx_pve3-2016"):
         tiny_guests.remove_snapshots(SRC, tag)
 
 
@@ -179,30 +186,28 @@ def test_the_server_runs_on_postgresql_and_the_unit_is_valid(scale: dict) -> Non
     assert "ExecStart=" in unit and " worker --limit 2 --queue site-a --name " in unit
     assert "EnvironmentFile=-" in unit and "KillMode=control-group" in unit
     listed = run_cli("dapx", "job", "list").stdout
-    assert all(f"{job}" in listed for job in (VM_JOB, CT_JOB, FLEET)) and SITE_B in listed
+    assert all(job in listed for job in (JOB_A, JOB_B, FLEET)) and SITE_B in listed
 
 
 def test_each_site_worker_runs_its_sites_jobs(scale: dict) -> None:
     worker_a, worker_b = scale["workers"]
-    runs = {VM_JOB: start(f"zfs-replica/{VM_JOB}"), CT_JOB: start(f"zfs-replica/{CT_JOB}")}
+    runs = {JOB_A: start(f"zfs-replica/{JOB_A}"), JOB_B: start(f"zfs-replica/{JOB_B}")}
     done = {name: wait_final(run) for name, run in runs.items()}
     assert all(f.state.is_completed() for f in done.values()), {
         n: f.state for n, f in done.items()}
-    assert done[VM_JOB].work_queue_name == SITE_A and done[CT_JOB].work_queue_name == SITE_B
-    assert submitted_by(runs[VM_JOB]) == worker_a.name
-    assert submitted_by(runs[CT_JOB]) == worker_b.name
-    for disk in ("vm-100-disk-0", "vm-100-disk-1"):
-        assert sha256(SRC, f"/rpool/data/{disk}/disk.raw") == sha256(
-            DST, f"/rpool/replica/{disk.replace('100', '9600')}/disk.raw")
-    assert sha256(SRC, "/rpool/data/subvol-101-disk-0/root/data.bin") == sha256(
-        DST, "/rpool/replica/subvol-9601-disk-0/root/data.bin")
+    assert done[JOB_A].work_queue_name == SITE_A and done[JOB_B].work_queue_name == SITE_B
+    assert submitted_by(runs[JOB_A]) == worker_a.name
+    assert submitted_by(runs[JOB_B]) == worker_b.name
+    for guest, vmid in ((GUEST_A, 9600), (GUEST_B, 9601)):
+        assert sha256(SRC, f"/rpool/data/vm-{guest}-disk-0/disk.raw") == sha256(
+            DST, f"/rpool/replica/vm-{vmid}-disk-0/disk.raw")
 
 
 def test_a_fleet_job_replicates_every_guest_of_pve1(scale: dict) -> None:
     flow_run = wait_final(start(f"fleet-replica/{FLEET}"))
     assert flow_run.state.is_completed(), flow_run.state
     table = fleet_table(flow_run.id)
-    assert set(table) == {"pve1/100", "pve1/101"}
+    assert set(table) == {"pve1/100", "pve1/101", f"pve1/{GUEST_A}", f"pve1/{GUEST_B}"}
     assert {r["outcome"] for r in table.values()} == {"completed"}
     assert table["pve1/100"]["destination"] == f"pve3/{100 + OFFSET}"
     with get_client(sync_client=True) as client:  # each guest its own (sub)flow run
@@ -218,11 +223,11 @@ def test_new_guests_are_picked_up_and_a_failing_guest_fails_alone(scale: dict) -
     flow_run = wait_final(start(f"fleet-replica/{FLEET}"))
     assert flow_run.state.is_failed(), flow_run.state
     message = flow_run.state.message or ""
-    assert "1 of 4 guest(s) failed (3 completed)" in message and "pve1/151" in message
+    assert "1 of 6 guest(s) failed (5 completed)" in message and "pve1/151" in message
     table = fleet_table(flow_run.id)
     assert table["pve1/151"]["outcome"] == "failed"
     assert "rpool/data/vm-151-disk-0" in table["pve1/151"]["error"]
-    assert {table[g]["outcome"] for g in ("pve1/100", "pve1/101", "pve1/150")} == {"completed"}
+    assert {r["outcome"] for g, r in table.items() if g != "pve1/151"} == {"completed"}
     assert sha256(SRC, f"/rpool/data/vm-{NEW_GUEST}-disk-0/disk.raw") == sha256(
         DST, f"/rpool/replica/vm-{NEW_GUEST + OFFSET}-disk-0/disk.raw")
     config = estate.run(DST, ["cat", f"/etc/pve/nodes/{DST}/qemu-server/"
@@ -236,7 +241,7 @@ def test_a_backlog_of_late_runs_runs_the_job_once(scale: dict) -> None:
     from prefect.states import Scheduled
 
     with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name(f"zfs-replica/{VM_JOB}")
+        deployment = client.read_deployment_by_name(f"zfs-replica/{JOB_A}")
         now = datetime.now(timezone.utc)
         late = [client.create_flow_run_from_deployment(
             deployment.id, state=Scheduled(scheduled_time=now - timedelta(minutes=m)))
