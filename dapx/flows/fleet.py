@@ -27,7 +27,8 @@ from pydantic import BaseModel, Field
 
 from dapx.blocks.manage import aload_nodes
 from dapx.blocks.node import ProxmoxNode
-from dapx.core.fleet import (FleetGuest, FleetJob, FleetRow, failure_message, first_line,
+from dapx.core.fleet import (DEFAULT_NODE_SLOTS, FleetGuest, FleetJob, FleetRow,
+                             failure_message, first_line,
                              guest_job, job_slots, receive_limit_name, send_limit_name,
                              wanted_method)
 from dapx.errors import DapxError, PermanentError
@@ -167,12 +168,12 @@ async def run_all(job: FleetJob, todo: list[tuple[FleetGuest, str]], *, dry_run:
                   force: bool, lock_wait: float, fleet_run: str | None) -> list[FleetRow]:
     """Run every guest: per source node ``job_slots`` runners take its guests in turn; a
     destination semaphore bounds the runs each destination receives from this job."""
-    limits = {} if dry_run else await node_limits(
-        [send_limit_name(s) for s in job.routes]
-        + [receive_limit_name(d) for d in set(job.routes.values())])
-    send = {s: job_slots(limits.get(send_limit_name(s), len(todo) or 1), job.per_source)
-            for s in job.routes}
-    receive = {d: asyncio.Semaphore(job_slots(limits.get(receive_limit_name(d), len(todo) or 1),
+    names = ([send_limit_name(s) for s in job.routes]
+             + [receive_limit_name(d) for d in set(job.routes.values())])
+    # A dry run changes nothing on the nodes: it takes no slots, but keeps the same pace.
+    limits = dict.fromkeys(names, DEFAULT_NODE_SLOTS) if dry_run else await node_limits(names)
+    send = {s: job_slots(limits[send_limit_name(s)], job.per_source) for s in job.routes}
+    receive = {d: asyncio.Semaphore(job_slots(limits[receive_limit_name(d)],
                                               job.per_destination))
                for d in set(job.routes.values())}
     queues: dict[str, deque] = {s: deque() for s in job.routes}
