@@ -88,7 +88,7 @@ def run_baseline(spread: dict[str, list[int]]) -> float:
     return time.monotonic() - started
 
 
-def run_fleet_round() -> tuple[float, float, uuid.UUID]:
+def run_fleet_round(log: Path) -> tuple[float, float, uuid.UUID]:
     """`prefect deployment run` + a run-once worker; (wall seconds, peak RSS MiB of the
     fleet run's process as the run reports it, flow run id)."""
     from prefect.client.orchestration import get_client
@@ -99,8 +99,9 @@ def run_fleet_round() -> tuple[float, float, uuid.UUID]:
     out = subprocess.run([server.prefect_bin(), "deployment", "run", f"fleet-replica/{JOB}"],
                          capture_output=True, text=True, check=True).stdout
     run = uuid.UUID(out.split("flow-run/")[1].split()[0].strip())
-    subprocess.run(server.worker_argv(limit=1, run_once=True), env=server.worker_env(),
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    with open(log, "ab") as out:  # the runs' logs, for when a guest fails
+        subprocess.run(server.worker_argv(limit=1, run_once=True), env=server.worker_env(),
+                       stdout=out, stderr=subprocess.STDOUT, check=False)
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(run).state
         while not state.is_final():
@@ -108,7 +109,8 @@ def run_fleet_round() -> tuple[float, float, uuid.UUID]:
             state = client.read_flow_run(run).state
     wall = time.monotonic() - started
     if not state.is_completed():
-        raise RuntimeError(f"fleet run {run} ended {state.type.value}: {state.message}")
+        raise RuntimeError(f"fleet run {run} ended {state.type.value}: {state.message}; "
+                           f"the worker's and the runs' logs are in {log}")
     return wall, state.result().peak_rss_mib, run
 
 
@@ -190,7 +192,7 @@ def main() -> None:
                 for node, vmids in spread.items():
                     tiny_guests.make(node, vmids, kib=args.kib)
                 setup_product(home, database, spread, stack, not args.per_guest_ssh)
-                full, _, _ = run_fleet_round()
+                full, _, _ = run_fleet_round(home / "worker.log")
                 print(f"first (full) fleet round: {full:.1f} s", flush=True)
                 for node, vmids in spread.items():
                     tiny_guests.change(node, vmids, kib=args.delta_kib)
@@ -198,7 +200,7 @@ def main() -> None:
                 print(f"baseline, sequential syncoid: {baseline:.1f} s", flush=True)
                 for node, vmids in spread.items():
                     tiny_guests.change(node, vmids, kib=args.delta_kib)
-                fleet, peak, run = run_fleet_round()
+                fleet, peak, run = run_fleet_round(home / "worker.log")
                 print(time_split(run))
         finally:
             estate.down()
