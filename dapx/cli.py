@@ -9,6 +9,8 @@
     dapx status                      protection state of every guest (X4)
     dapx backup list|restore         browse and restore PBS backups (B2)
     dapx migrate                     copy or move a guest once (M1-M3)
+    dapx worker --queue SITE         a process worker for one site's jobs (P6)
+    dapx install-service [--worker]  systemd units for the product or a worker (P6)
 
 A user mistake prints one line on stderr and exits 2; no traceback.
 """
@@ -126,9 +128,37 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from dapx.deployments.server import database_url
     from dapx.deployments.up import run_product
 
-    return run_product(port=args.port, with_lab=args.lab, worker_limit=args.limit)
+    database = database_url(args.database)
+    if args.database and database and "@" in database:
+        from sqlalchemy.engine import make_url
+
+        if make_url(database).password:
+            print("dapx: warning: a password on the command line is visible to every user "
+                  "of this host; set DAPX_DATABASE_URL in the environment (or "
+                  "/etc/dapx/dapx.env for the service) instead", file=sys.stderr)
+    return run_product(port=args.port, with_lab=args.lab, worker_limit=args.limit,
+                       database=database)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from dapx.deployments.service import run_worker
+
+    run_worker(args.queue or [], args.limit, args.name)
+    return 0  # not reached: the worker replaces this process
+
+
+def cmd_install_service(args: argparse.Namespace) -> int:
+    from dapx.deployments.service import install
+
+    if args.queue and not args.worker:
+        raise DapxError("--queue is for a worker unit: add --worker")
+    for line in install(worker=args.worker, queue=args.queue, limit=args.limit,
+                        port=args.port, enable=not args.no_enable):
+        print(line)
+    return 0
 
 
 # --- parser -----------------------------------------------------------------------------------
@@ -142,7 +172,29 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--lab", choices=["auto", "yes", "no"], default="auto",
                     help="start the lab: auto = only when no real nodes are configured")
     up.add_argument("--limit", type=int, default=4, help="flow runs at once in the worker (4)")
+    up.add_argument("--database", metavar="URL",
+                    help="PostgreSQL for Prefect's server and DAPX's store, e.g. "
+                         "postgresql+asyncpg://dapx:PASSWORD@db:5432/dapx (default: "
+                         "$DAPX_DATABASE_URL, else SQLite in the Prefect home)")
     up.set_defaults(func=cmd_up)
+
+    worker = sub.add_parser("worker", help="run a process worker on the dapx pool (prefect "
+                            "worker start with the product's settings)")
+    worker.add_argument("--queue", action="append", metavar="SITE",
+                        help="run only this site's jobs (repeat; default: every queue)")
+    worker.add_argument("--limit", type=int, default=4, help="flow runs at once (4)")
+    worker.add_argument("--name", help="worker name shown in the UI (default: Prefect's)")
+    worker.set_defaults(func=cmd_worker)
+
+    service = sub.add_parser("install-service", help="write the systemd unit of the product "
+                             "(dapx up) or of a worker")
+    service.add_argument("--worker", action="store_true", help="a worker unit, not the product")
+    service.add_argument("--queue", help="the worker's site (work queue)")
+    service.add_argument("--limit", type=int, default=4, help="worker: flow runs at once (4)")
+    service.add_argument("--port", type=int, default=4200, help="product: server port (4200)")
+    service.add_argument("--no-enable", action="store_true",
+                         help="write and verify the unit, do not enable or start it")
+    service.set_defaults(func=cmd_install_service)
 
     init = sub.add_parser("init", help="create the orchestrator's SSH key pair")
     init.add_argument("--overwrite", action="store_true", help="replace an existing key")

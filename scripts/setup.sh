@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# postgresql: the deploy tier and bench/fleet.py start throwaway clusters with its binaries.
 DEBIAN_PACKAGES=(zfs-fuse btrfs-progs sanoid openssh-server openssh-client mbuffer pv lzop
-                 iproute2 util-linux procps python3-venv ca-certificates)
+                 iproute2 util-linux procps python3-venv ca-certificates postgresql)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do

@@ -142,9 +142,17 @@ def covers_of_job(job: str, flow_name: str, parameters: Mapping[str, Any],
                   paused: bool = False) -> list[Cover]:
     """What a job deployment covers, read from its ``job`` parameter: ``source`` (or
     ``node``) with ``guest`` (a VMID), ``guests`` (VMIDs) or ``dataset``; ``destination``
-    (or ``pbs``) names where copies go; ``dest_vmid`` the replica's VMID."""
+    (or ``pbs``) names where copies go; ``dest_vmid`` the replica's VMID. A fleet job
+    (``routes``: source -> destination, ``vmids`` or every guest of each source) covers each
+    of its guests (with a pool or tag filter: every guest of the source, a known excess)."""
     kind = job_kind(flow_name)
     spec = parameters.get("job") if isinstance(parameters.get("job"), Mapping) else parameters
+    if kind is not None and isinstance(spec.get("routes"), Mapping):  # a fleet job
+        return [cover for source, dest in spec["routes"].items()
+                for cover in covers_of_job(job, flow_name, {
+                    "source": source, "destination": dest, "guests": spec.get("vmids") or [],
+                    "register_vm": spec.get("register_vm", True)}, interval, created=created,
+                    paused=paused)]
     node = spec.get("source") or spec.get("node")
     if kind is None or not isinstance(node, str):
         return []

@@ -34,6 +34,7 @@ BUILTIN_FLOWS = (
     "dapx.flows.restore.pbs_restore",
     "dapx.flows.recovery.pbs_recovery",
     "dapx.flows.migration.vm_migration",
+    "dapx.flows.fleet.fleet_replica",
 )
 
 BUILTIN_SCHEDULES = {
@@ -51,9 +52,12 @@ def load_flow(path: str):  # noqa: ANN201 - returns a prefect Flow
 def deploy_flow(path: str, name: str = DEFAULT_DEPLOYMENT, *, cron: str | None = None,
                 timezone: str | None = None, parameters: dict | None = None,
                 tags: list[str] | None = None, description: str | None = None,
-                paused: bool = False, triggers: list | None = None) -> str:
+                paused: bool = False, triggers: list | None = None,
+                work_queue: str | None = None, concurrency_limit: object = None) -> str:
     """Create or update the deployment ``<flow>/<name>`` for the flow at ``path``, with the
-    cron schedule ``cron`` in ``timezone`` (IANA name; UTC when None) if given.
+    cron schedule ``cron`` in ``timezone`` (IANA name; UTC when None) if given, on the pool's
+    ``work_queue`` (default: the pool's default queue; made when missing), with a deployment
+    ``concurrency_limit`` (a ``ConcurrencyLimitConfig``) when given.
 
     The entrypoint is the module path, so a process worker with DAPX installed runs it without
     fetching code. ``triggers`` are Prefect deployment triggers (Prefect replaces their
@@ -67,7 +71,8 @@ def deploy_flow(path: str, name: str = DEFAULT_DEPLOYMENT, *, cron: str | None =
     deployment = flow.to_deployment(
         name=name, schedules=schedules, parameters=parameters or {}, tags=tags or ["dapx"],
         description=description, paused=paused, triggers=triggers,
-        entrypoint_type=EntrypointType.MODULE_PATH,
+        entrypoint_type=EntrypointType.MODULE_PATH, work_queue_name=work_queue,
+        concurrency_limit=concurrency_limit,
     )
     with contextlib.redirect_stdout(io.StringIO()):  # deploy() prints a table per call
         deploy(deployment, work_pool_name=WORK_POOL, build=False, push=False,

@@ -22,10 +22,11 @@ def cmd_job(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(rows, indent=2, default=str))
             return 0
-        print(f"{'JOB':<24} {'FLOW':<16} {'SCHEDULE':<28} STATE")
+        print(f"{'JOB':<24} {'FLOW':<16} {'SCHEDULE':<28} {'SITE':<12} STATE")
         for r in rows:
             state = "paused" if r["paused"] else ("active" if r["schedule"] != "-" else "-")
-            print(f"{r['name']:<24} {r['flow']:<16} {r['schedule']:<28} {state}")
+            print(f"{r['name']:<24} {r['flow']:<16} {r['schedule']:<28} {r['site']:<12} "
+                  f"{state}")
         return 0
     if args.job_cmd == "run":
         return _run(args)
@@ -81,19 +82,37 @@ PBS_OPTIONS = ("node", "guests", "storage", "dest_storage", "mode", "pbs", "star
                "keep_yearly")
 
 
+FLEET_OPTIONS = ("route", "guests", "pve_pool", "tag", "storage_kind", "vmid_offset",
+                 "per_source", "per_dest")
+"""Options only fleet jobs take."""
+
+
+def _kind_options(kind: str) -> tuple[str, ...]:
+    """The options only some job kinds take that ``kind`` does not (refused, never ignored)."""
+    from dapx.deployments.migration_cli import MIGRATION_OPTIONS
+
+    special = {"backup": PBS_OPTIONS, "recovery": PBS_OPTIONS, "migration": MIGRATION_OPTIONS,
+               "fleet": FLEET_OPTIONS}
+    own = set(special.get(kind, ()))
+    return tuple(dict.fromkeys(n for k, names in special.items() if k != kind
+                               for n in names if n not in own))
+
+
 def _create(args: argparse.Namespace) -> int:
     from dapx.deployments import migration_cli, pbs_cli
 
+    _refuse(args, args.kind, *_kind_options(args.kind))
     if args.kind in ("backup", "recovery"):
-        _refuse(args, args.kind, *migration_cli.MIGRATION_OPTIONS)
         create = pbs_cli.create_backup_job if args.kind == "backup" \
             else pbs_cli.create_recovery_job
         return create(args, _refuse)
     if args.kind == "migration":
-        _refuse(args, args.kind, *PBS_OPTIONS)
         _require(args, args.kind, "source", "guest", "dest")
         return migration_cli.create_migration_job(args, _refuse)
-    _refuse(args, args.kind, *PBS_OPTIONS, *migration_cli.MIGRATION_OPTIONS)
+    if args.kind == "fleet":
+        from dapx.deployments.fleet_cli import create_fleet
+
+        return create_fleet(args)
     _require(args, args.kind, "source", "dest")
     if args.kind == "dataset":
         return _create_dataset(args)
@@ -120,7 +139,7 @@ def _create_dataset(args: argparse.Namespace) -> int:
 
     _require(args, "dataset", "dataset", "dest_dataset")
     _refuse(args, "dataset", "guest", "method", "pool", "subfolder", "dest_vmid",
-            "no_register", "cpu_host", "bridge_map", "carry_keys")
+            "no_register", "cpu_host", "bridge_map", "carry_keys", *FLEET_OPTIONS)
     fields = {"source": args.source, "dataset": args.dataset, "destination": args.dest,
               "dest_dataset": args.dest_dataset, "recursive": args.recursive,
               "compression": args.compress, "keep": args.keep, "bwlimit": args.bwlimit,
@@ -129,7 +148,8 @@ def _create_dataset(args: argparse.Namespace) -> int:
     default = re.sub(r"[^a-z0-9-]+", "-", f"ds-{spec.dataset}-to-{spec.destination}".lower())
     name = args.name or default.strip("-")[:63].rstrip("-")
     full = jobs.create_job(name, "dataset-replica", spec, schedule=args.schedule,
-                           timezone=args.timezone, paused=args.paused, replace=args.replace)
+                           timezone=args.timezone, paused=args.paused, replace=args.replace,
+                           site=args.site)
     print(f"job {full} saved" + (f", schedule {args.schedule}" if args.schedule else ""))
     return 0
 
@@ -157,7 +177,8 @@ def _create_replica(args: argparse.Namespace) -> int:
                          "use a replica through PBS (recovery job) for it")
     name = args.name or f"vm{spec.guest}-to-{spec.destination}"
     full = jobs.create_job(name, f"{method}-replica", spec, schedule=args.schedule,
-                           timezone=args.timezone, paused=args.paused, replace=args.replace)
+                           timezone=args.timezone, paused=args.paused, replace=args.replace,
+                           site=args.site)
     print(f"job {full} saved" + (f", schedule {args.schedule}" if args.schedule else ""))
     return 0
 
@@ -186,10 +207,12 @@ def add_job_parser(sub: argparse._SubParsersAction) -> None:
     jsub = job.add_subparsers(dest="job_cmd", required=True)
 
     create = jsub.add_parser("create", help="create a job (or replace one, with --replace)")
-    create.add_argument("kind", choices=["replica", "dataset", "backup", "recovery", "migration"],
+    create.add_argument("kind", choices=["replica", "dataset", "backup", "recovery", "migration",
+                                         "fleet"],
                         help="replica: a guest's disks; dataset: a plain ZFS dataset; "
                         "backup: guests to PBS with retention; recovery: a replica through PBS; "
-                        "migration: copy or move a guest, with hardware changes")
+                        "migration: copy or move a guest, with hardware changes; "
+                        "fleet: a set of guests, each its own replica run")
     create.add_argument("--name", help="job name (default vm<guest>-to-<dest>, "
                         "ds-<dataset>-to-<dest>)")
     create.add_argument("--source", help="source node")
@@ -224,6 +247,9 @@ def add_job_parser(sub: argparse._SubParsersAction) -> None:
                         help="replace an existing job's options (a paused schedule stays paused)")
     _add_pbs_job_options(create)
     _add_migration_job_options(create)
+    create.add_argument("--site", help="work queue of the dapx pool whose workers run the job "
+                        "(e.g. site-a; default: the pool's default queue)")
+    _add_fleet_options(create)
 
     lst = jsub.add_parser("list", help="list jobs")
     lst.add_argument("--json", action="store_true")
@@ -237,3 +263,20 @@ def add_job_parser(sub: argparse._SubParsersAction) -> None:
     rm = jsub.add_parser("remove", help="delete a job")
     rm.add_argument("name")
     job.set_defaults(func=cmd_job)
+
+
+def _add_fleet_options(create: argparse.ArgumentParser) -> None:
+    """Options of `dapx job create fleet` (--source may list several nodes there)."""
+    fleet = create.add_argument_group("fleet jobs (--source pve1[,pve2] --dest pve3)")
+    fleet.add_argument("--route", action="append", metavar="SRC=DST",
+                       help="fleet: the guests of SRC go to DST (repeat; adds to --source/--dest)")
+    fleet.add_argument("--pve-pool", help="fleet: only guests in this PVE pool")
+    fleet.add_argument("--tag", help="fleet: only guests with this PVE tag")
+    fleet.add_argument("--storage-kind", choices=["replicable", "zfs", "btrfs"],
+                       help="fleet: replicable (default: every guest on ZFS or BTRFS), zfs, btrfs")
+    fleet.add_argument("--vmid-offset", type=int,
+                       help="fleet: destination VMID = source VMID + offset (0)")
+    fleet.add_argument("--per-source", type=int,
+                       help="fleet: at most N guests at once per source node (the node's limit)")
+    fleet.add_argument("--per-dest", type=int,
+                       help="fleet: at most N guests at once per destination node")

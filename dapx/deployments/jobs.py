@@ -24,6 +24,7 @@ JOB_FLOWS = {
     "pbs-backup": "dapx.flows.backup.pbs_backup",
     "pbs-recovery": "dapx.flows.recovery.pbs_recovery",
     "vm-migration": "dapx.flows.migration.vm_migration",
+    "fleet-replica": "dapx.flows.fleet.fleet_replica",
 }
 _JOB_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
@@ -36,18 +37,40 @@ def validate_job_name(name: str) -> str:
     return name
 
 
+def job_concurrency() -> Any:
+    """One run of a job at a time; a run due while another is in flight is cancelled, not
+    queued (it would find nothing new to copy). So a backlog of scheduled runs left late by a
+    worker's downtime runs the job once, and never starts its runs all at once."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    return ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+
+
+def validate_site(site: str) -> str:
+    """A site (work queue) name: as a job name; InputError otherwise."""
+    if not _JOB_NAME.fullmatch(site or ""):
+        raise InputError(f"site {site!r} must be lower-case letters, digits and dashes "
+                         "(e.g. site-a): it names the work queue of that site's workers")
+    return site
+
+
 def create_job(name: str, flow: str, spec: BaseModel, *, schedule: str | None = None,
                timezone: str | None = None, paused: bool = False,
-               description: str | None = None, replace: bool = False) -> str:
+               description: str | None = None, replace: bool = False,
+               site: str | None = None) -> str:
     """Create job ``name`` running ``flow`` (a key of JOB_FLOWS) with ``spec``, on the cron
     ``schedule`` in ``timezone`` (default: this machine's zone); or, with ``replace``, replace
-    an existing job's options (a paused schedule stays paused).
+    an existing job's options (a paused schedule stays paused). The job runs on the work
+    queue ``site`` of the dapx pool (that site's workers; default: the pool's default
+    queue), one run at a time (``job_concurrency``).
 
-    Returns ``"<flow>/<name>"``. Raises InputError for a bad name, flow, cron line or time
-    zone, for a node that has no block, for an existing job without ``replace``, and when the
-    name is taken by a job of another flow.
+    Returns ``"<flow>/<name>"``. Raises InputError for a bad name, site, flow, cron line or
+    time zone, for a node that has no block, for an existing job without ``replace``, and
+    when the name is taken by a job of another flow.
     """
     validate_job_name(name)
+    if site is not None:
+        validate_site(site)
     if flow not in JOB_FLOWS:
         raise InputError(f"unknown job kind {flow!r}; use one of {', '.join(JOB_FLOWS)}")
     cron = validate_cron(schedule) if schedule else None
@@ -67,7 +90,8 @@ def create_job(name: str, flow: str, spec: BaseModel, *, schedule: str | None = 
     ensure_work_pool()  # the product's own pool: a job made before `dapx up` still has one
     return deploy_flow(JOB_FLOWS[flow], name, cron=cron, timezone=zone, paused=paused,
                        parameters={"job": spec.model_dump(mode="json")},
-                       tags=["dapx", JOB_TAG], description=description)
+                       tags=["dapx", JOB_TAG], description=description, work_queue=site,
+                       concurrency_limit=job_concurrency())
 
 
 def _check_nodes_exist(spec: BaseModel) -> None:
@@ -76,6 +100,8 @@ def _check_nodes_exist(spec: BaseModel) -> None:
     for field in ("source", "destination", "node", "pbs_node"):
         if getattr(spec, field, None):
             load_node(getattr(spec, field))
+    for node in spec.nodes() if hasattr(spec, "nodes") else ():  # fleet jobs
+        load_node(node)
 
 
 def list_jobs() -> list[dict[str, Any]]:
@@ -96,7 +122,8 @@ def list_jobs() -> list[dict[str, Any]]:
                              for s in crons) or "-"
         paused = bool(dep.paused or (crons and not any(s.active for s in crons)))
         rows.append({"name": dep.name, "flow": flows.get(dep.flow_id, "?"),
-                     "schedule": schedule, "paused": paused, "parameters": dep.parameters})
+                     "schedule": schedule, "paused": paused, "parameters": dep.parameters,
+                     "site": dep.work_queue_name or "default"})
     return sorted(rows, key=lambda r: r["name"])
 
 

@@ -83,7 +83,8 @@ def create_migration_job(args: argparse.Namespace, refuse) -> int:  # noqa: ANN0
     spec = migration_job(args)
     name = args.name or f"{spec.mode}-vm{spec.guest}-to-{spec.destination}"[:63].rstrip("-")
     full = jobs.create_job(name, "vm-migration", spec, schedule=args.schedule,
-                           timezone=args.timezone, paused=args.paused, replace=args.replace)
+                           timezone=args.timezone, paused=args.paused, replace=args.replace,
+                           site=args.site)
     print(f"job {full} saved" + (f", schedule {args.schedule}" if args.schedule else ""))
     return 0
 

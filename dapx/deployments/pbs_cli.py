@@ -49,7 +49,7 @@ def _save(name: str, flow: str, spec, args: argparse.Namespace) -> int:  # noqa:
     from dapx.deployments import jobs
 
     full = jobs.create_job(name, flow, spec, schedule=args.schedule, timezone=args.timezone,
-                           paused=args.paused, replace=args.replace)
+                           paused=args.paused, replace=args.replace, site=args.site)
     print(f"job {full} saved" + (f", schedule {args.schedule}" if args.schedule else ""))
     return 0
 
@@ -99,7 +99,7 @@ def add_pbs_job_options(create: argparse.ArgumentParser) -> None:
     """The options only backup and recovery jobs take."""
     create.add_argument("--node", help="backup: node to ask for the guests")
     create.add_argument("--guests", help="backup: VMIDs, e.g. 100,101 (default: every guest "
-                        "of --node)")
+                        "of --node); fleet: only these guests")
     create.add_argument("--storage", help="backup/recovery: the PVE storage of type pbs")
     create.add_argument("--dest-storage", help="recovery: storage for the copy's disks")
     create.add_argument("--mode", choices=["snapshot", "suspend", "stop"],

@@ -35,15 +35,23 @@ CREDENTIAL_FILE = Path("dapx") / "api-auth"
 CREDENTIAL_USER = "dapx"
 DEFAULT_PROFILE = "ephemeral"  # the profile Prefect makes active when none is chosen
 
+DATABASE_ENV = "DAPX_DATABASE_URL"
+"""The product's database, for Prefect's server and DAPX's own store alike: an SQLAlchemy URL
+(``postgresql+asyncpg://user:password@host:5432/dapx``). Unset: Prefect's SQLite under the
+Prefect home. ``dapx up --database URL`` sets it for everything it starts; a worker host sets
+it in ``/etc/dapx/dapx.env`` (``dapx install-service``)."""
+
 LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
 """Concurrency leases kept in files under the Prefect home: they survive a server restart, so a
 lock held by a running job is neither lost (a second run getting in) nor leaked (the slot taken
 for good, as with Prefect's in-memory default)."""
 
 
-def server_env(port: int | None = None, credential: str | None = None) -> dict[str, str]:
+def server_env(port: int | None = None, credential: str | None = None,
+               database: str | None = None) -> dict[str, str]:
     """Settings of the Prefect server the product runs (on top of the caller's environment);
-    with ``credential``, authentication and CORS limited to the UI's origins on ``port``."""
+    with ``credential``, authentication and CORS limited to the UI's origins on ``port``;
+    with ``database`` (``database_url``), that database instead of the SQLite file."""
     env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": LEASE_STORAGE,
            # The UI calls the API at this URL: on another port than 4200 it would call nothing.
@@ -51,7 +59,40 @@ def server_env(port: int | None = None, credential: str | None = None) -> dict[s
     if credential:
         env |= {"PREFECT_SERVER_API_AUTH_STRING": credential,
                 "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS": ui_origins(port or DEFAULT_PORT)}
+    if database:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database
     return env
+
+
+_ASYNC_DRIVERS = {"postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg",
+                  "postgresql+asyncpg": "postgresql+asyncpg", "sqlite": "sqlite+aiosqlite",
+                  "sqlite+aiosqlite": "sqlite+aiosqlite"}
+
+
+def database_url(url: str | None = None) -> str | None:
+    """The product's database URL with its async driver (``postgresql://`` becomes
+    ``postgresql+asyncpg://``, as Prefect's server needs): ``url``, else ``$DAPX_DATABASE_URL``,
+    else None (Prefect's SQLite). Raises InputError for a URL that is not PostgreSQL or SQLite
+    or names no database; the message never repeats the URL (it may hold a password)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from dapx.errors import InputError
+
+    text = (url if url is not None else os.environ.get(DATABASE_ENV, "")).strip()
+    if not text:
+        return None
+    try:
+        parsed = make_url(text)
+    except (ArgumentError, ValueError):
+        raise InputError("the database URL is not an SQLAlchemy URL; use "
+                         "postgresql+asyncpg://user:password@host:5432/dbname") from None
+    driver = _ASYNC_DRIVERS.get(parsed.drivername)
+    if driver is None or not parsed.database:
+        raise InputError(f"the database URL must be postgresql+asyncpg://user:password@host/"
+                         f"dbname (got a {parsed.drivername} URL"
+                         f"{'' if parsed.database else ' naming no database'})")
+    return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
 
 def prefect_bin() -> str:
@@ -222,15 +263,16 @@ def use_saved_credential(home: Path | None = None) -> None:
 
 
 def start_server(port: int = DEFAULT_PORT, *, log_path: Path | None = None,
-                 home: Path | None = None) -> subprocess.Popen:
+                 home: Path | None = None, database: str | None = None) -> subprocess.Popen:
     """Start ``prefect server start`` on 127.0.0.1:``port`` in a session of its own (the
-    database and leases under ``home``, default the caller's PREFECT_HOME), requiring the
-    home's credential (``api_credential``), CORS limited to its UI, its files root-only;
-    ``stop_server`` ends it."""
+    database and leases under ``home``, default the caller's PREFECT_HOME; with ``database``,
+    that database: see ``database_url``), requiring the home's credential
+    (``api_credential``), CORS limited to its UI, its files root-only; ``stop_server`` ends
+    it. Prefect migrates the database to its version as it starts."""
     home = home or prefect_home()
     credential = api_credential(home)
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    env = {**os.environ, "PREFECT_HOME": str(home), **server_env(port, credential)}
+    env = {**os.environ, "PREFECT_HOME": str(home), **server_env(port, credential, database)}
     env.pop("PREFECT_API_URL", None)
     try:
         # umask 077: the database, its journal and the logs are created root-only.
@@ -255,13 +297,13 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 @contextmanager
 def prefect_server(port: int = DEFAULT_PORT, *, log_path: Path | None = None,
-                   home: Path | None = None) -> Iterator[str]:
+                   home: Path | None = None, database: str | None = None) -> Iterator[str]:
     """Start ``prefect server start`` on 127.0.0.1:``port`` (``start_server``: with
-    authentication, CORS limited to its UI, its home root-only); yield its API URL; stop it
-    after."""
+    authentication, CORS limited to its UI, its home root-only, on ``database`` when given);
+    yield its API URL; stop it after."""
     api_url = f"http://127.0.0.1:{port}/api"
     home = home or prefect_home()
-    proc = start_server(port, log_path=log_path, home=home)
+    proc = start_server(port, log_path=log_path, home=home, database=database)
     try:
         wait_healthy(api_url)
         secure_home(home)  # a database made by an older version may still be world-readable

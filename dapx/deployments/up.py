@@ -1,6 +1,7 @@
 """`dapx up`: everything the product needs, in the foreground, until Ctrl-C or SIGTERM.
 
-1. a Prefect server on 127.0.0.1 with its embedded SQLite (unless PREFECT_API_URL points at one);
+1. a Prefect server on 127.0.0.1 with its embedded SQLite, or on PostgreSQL with ``--database``
+   / ``$DAPX_DATABASE_URL`` (unless PREFECT_API_URL points at a server already);
 2. the block types registered, the `dapx` process work pool and the product's automations;
 3. the lab, when no real nodes are configured (or when asked), its nodes saved as blocks;
 4. the built-in deployments and every job's deployment; notify-run (with its automation for
@@ -106,26 +107,30 @@ def _mark_runs_in_flight(reason: str) -> int:
 
 
 def run_product(*, port: int = server.DEFAULT_PORT, with_lab: str = "auto",
-                worker_limit: int = 4) -> int:
-    """Run the product until Ctrl-C, SIGTERM or SIGHUP; return 0 (or the worker's exit code
-    when the worker stopped by itself)."""
+                worker_limit: int = 4, database: str | None = None) -> int:
+    """Run the product until Ctrl-C, SIGTERM or SIGHUP, on ``database`` (a URL from
+    ``server.database_url``; None: SQLite); return 0 (or the worker's exit code when the
+    worker stopped by itself)."""
+    if database:  # the worker and its flow runs (DAPX's own store) use the same database
+        os.environ[server.DATABASE_ENV] = database
     with _stop_on_signals():
         try:
             with ExitStack() as stack:
-                return _run(stack, port, with_lab, worker_limit)
+                return _run(stack, port, with_lab, worker_limit, database)
         except (KeyboardInterrupt, Stop) as why:
             print(f"dapx: stopped ({why or 'interrupted'})", flush=True)
             return 0
 
 
-def _run(stack: ExitStack, port: int, with_lab: str, worker_limit: int) -> int:
+def _run(stack: ExitStack, port: int, with_lab: str, worker_limit: int,
+         database: str | None) -> int:
     api_url = os.environ.get("PREFECT_API_URL")
     external = bool(api_url)
     if api_url:
         server.wait_healthy(api_url, timeout=10)
     else:
         api_url = stack.enter_context(
-            server.prefect_server(port, log_path=_log_dir() / "server.log"))
+            server.prefect_server(port, log_path=_log_dir() / "server.log", database=database))
     # Subprocesses read the environment; this process's Prefect settings were loaded at
     # import, so point them at the server too (else the client starts its own).
     os.environ["PREFECT_API_URL"] = api_url

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, AsyncIterator
 
 from dapx.transports import ssh as transport
@@ -34,12 +36,17 @@ transport.command_logger = _run_logger
 
 _sessions: dict[tuple[str, str], NodeSession] = {}
 _locks: dict[tuple[str, str], asyncio.Lock] = {}
+_shared_scope: ContextVar[str | None] = ContextVar("dapx_shared_ssh_scope", default=None)
 
 
 def _run_key() -> str:
-    """Id of the current flow run ("" outside any run): sessions are shared within one run."""
+    """Id of the current flow run ("" outside any run): sessions are shared within one run,
+    or within the ``shared_sessions`` scope around it (a fleet run and its guests' runs)."""
     from prefect.context import FlowRunContext, TaskRunContext
 
+    shared = _shared_scope.get()
+    if shared is not None:
+        return shared
     task_ctx = TaskRunContext.get()
     if task_ctx is not None and task_ctx.task_run.flow_run_id:
         return str(task_ctx.task_run.flow_run_id)
@@ -84,11 +91,29 @@ async def close_sessions(run_key: str | None = None) -> None:
 
 @asynccontextmanager
 async def node_sessions() -> AsyncIterator[None]:
-    """Wrap a flow body: its tasks share one connection per node, closed when the body ends."""
+    """Wrap a flow body: its tasks share one connection per node, closed when the body ends
+    (inside ``shared_sessions``, by the scope's owner instead)."""
+    if _shared_scope.get() is not None:
+        yield
+        return
     key = _run_key()
     try:
         yield
     finally:
+        await close_sessions(key)
+
+
+@asynccontextmanager
+async def shared_sessions() -> AsyncIterator[None]:
+    """Every flow run started in the body (a fleet run's guests, as subflows) shares one
+    connection per node, closed when the body ends: a guest's run costs no SSH handshake.
+    Commands on a shared connection queue past ``MAX_CHANNELS`` at once."""
+    token = _shared_scope.set(f"shared-{uuid.uuid4()}")
+    key = _shared_scope.get()
+    try:
+        yield
+    finally:
+        _shared_scope.reset(token)
         await close_sessions(key)
 
 

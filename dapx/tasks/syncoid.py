@@ -136,6 +136,10 @@ async def stream_transfer(node: "ProxmoxNode", argv: list[str], what: str,
     if result.exit_status != 0:
         tail = "\n".join(messages[-20:])
         last = messages[-1] if messages else "no output"
+        from dapx.tasks.ssh import _run_logger  # the run's log keeps what the error line cuts
+
+        _run_logger().warning("%s failed on node %s; its last output:\n%s", what, node.name,
+                              tail or "none")
         raise classify_output(tail)(
             f"{what} failed on node {node.name} (exit status {result.exit_status}): {last}",
             exit_status=result.exit_status, stderr_tail=tail)

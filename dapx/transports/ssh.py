@@ -17,6 +17,7 @@ This module imports nothing of Prefect or the blocks (layers: blocks -> transpor
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 import threading
@@ -37,6 +38,9 @@ DEFAULT_TIMEOUT = 120.0
 """Seconds a command may run unless the caller says otherwise."""
 
 STDERR_TAIL_LINES = 20
+MAX_CHANNELS = 8
+"""Commands at once on one connection: OpenSSH refuses channels past its MaxSessions (10 by
+default), so a connection shared by many runs queues its commands here instead."""
 
 TRANSIENT_STDERR = (
     "dataset is busy", "pool is busy", "device or resource busy", "resource temporarily unavailable",
@@ -164,6 +168,7 @@ class NodeSession:
         self.default_timeout = default_timeout
         self.host_key: Optional[str] = node.ssh_host_key
         self._conn: Optional[asyncssh.SSHClientConnection] = None
+        self._channels: Optional[asyncio.Semaphore] = None  # made on the transport loop
 
     @property
     def where(self) -> str:
@@ -330,15 +335,24 @@ class NodeSession:
         return _exit_status(completed), "\n".join(tail)
 
     async def _guard(self, coro: Awaitable[T], args: list[str], limit: float) -> T:
-        """Apply the timeout and map connection trouble to ConnectionLost (drops the connection)."""
+        """Apply the timeout and map connection trouble to ConnectionLost (drops the connection).
+        At most MAX_CHANNELS commands run at once on the connection (the wait counts in the
+        timeout)."""
+        if self._channels is None:
+            self._channels = asyncio.Semaphore(MAX_CHANNELS)
         try:
-            return await asyncio.wait_for(coro, limit)
+            async with asyncio.timeout(limit):
+                async with self._channels:
+                    return await coro
         except (asyncio.TimeoutError, asyncssh.TimeoutError):
             raise CommandError(f"`{_short(args)}` on {self.where} timed out after {limit:g} s",
                                argv=args, exit_status=None) from None
         except (OSError, asyncssh.DisconnectError, asyncssh.ChannelOpenError, BrokenPipeError) as exc:
             self._conn = None
             raise ConnectionLost(f"SSH connection to {self.where} lost: {_reason(exc)}") from None
+        finally:
+            if inspect.iscoroutine(coro) and inspect.getcoroutinestate(coro) == "CORO_CREATED":
+                coro.close()  # timed out while queued for a channel: never started
 
     def _command_error(self, args: list[str], status: int, stderr: str,
                        classify: Callable[[str], type[CommandError]]) -> CommandError:

@@ -202,3 +202,23 @@ def test_restore_and_backup_rejected_alike(px, call, status, field):
         call(px)
     assert exc.value.status_code == status
     assert field in (exc.value.errors or {})
+
+
+def test_fleet_selection_reads_pools_and_tags_alike(px, request):
+    """A fleet job's set from /cluster/resources: the pool (user.cfg's pool line on PVE, the
+    pool API on fakepve) and the tags are shown the same way by both."""
+    from dapx.core.fleet import FleetJob, select_guests
+
+    px.nodes("pve1").qemu(100).config.put(tags="replicate;web")
+    if "sim" in request.node.callspec.id:
+        sim = request.getfixturevalue("sim")
+        (sim["root"] / "etc" / "pve" / "user.cfg").write_text(
+            "user:root@pam:1:0:::root@localhost::\n\npool:gold:fleet test:100:\n")
+    else:
+        px.pools.post(poolid="gold")
+        px.pools.put(poolid="gold", vms="100")
+    rows = px.cluster.resources.get(type="vm")
+    routes = {"pve1": "pve3"}
+    assert [g.vmid for g in select_guests(rows, FleetJob(routes=routes, pool="gold"))[0]] == [100]
+    assert [g.vmid for g in select_guests(rows, FleetJob(routes=routes, tag="WEB"))[0]] == [100]
+    assert select_guests(rows, FleetJob(routes=routes, pool="silver"))[0] == []

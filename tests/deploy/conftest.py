@@ -68,16 +68,17 @@ def drain_to_server() -> None:
 
 
 class OwnServer:
-    """A Prefect server of this module's own (its own home and database), restartable."""
+    """A Prefect server of this module's own (its own home and database: the SQLite file in
+    ``home``, or ``database``, a PostgreSQL URL), restartable."""
 
-    def __init__(self, home: Path) -> None:
-        self.home, self.port = home, free_port()
+    def __init__(self, home: Path, database: str | None = None) -> None:
+        self.home, self.port, self.database = home, free_port(), database
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self.proc = None
 
     def start(self) -> None:
         self.proc = server.start_server(self.port, log_path=self.home / "server.log",
-                                        home=self.home)
+                                        home=self.home, database=self.database)
         server.wait_healthy(self.api_url)
 
     def stop(self) -> None:

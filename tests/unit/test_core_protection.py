@@ -99,6 +99,18 @@ def test_a_backup_job_of_every_guest_covers_each_guest_its_node_reports() -> Non
     assert "pve1/*" not in rows
 
 
+def test_a_fleet_job_covers_the_guests_of_each_route() -> None:
+    fleet = covers("fleet-replica/f", "fleet-replica",
+                   {"job": {"routes": {"pve1": "pve3", "pve2": "pve3"}}}, QUARTER)
+    guests = [Guest("pve1", 100, "web"), Guest("pve2", 200, "db")]
+    rows = {r.subject: r for r in protection_rows(guests, fleet, [], NOW)}
+    assert set(rows) == {"pve1/100", "pve2/200"}
+    assert all(r.jobs == ("fleet-replica/f",) for r in rows.values())
+    listed = covers("fleet-replica/g", "fleet-replica",
+                    {"job": {"routes": {"pve1": "pve3"}, "vmids": [100]}})
+    assert [(c.subject, c.destination) for c in listed] == [("pve1/100", "pve3")]
+
+
 def test_a_job_without_schedule_is_never_late() -> None:
     (cover,) = covers("zfs-replica/manual", "zfs-replica", replica_job(), interval=None)
     old = Record("pve1/100", "replica", "pve3", NOW - timedelta(days=300), "zfs-replica/manual")

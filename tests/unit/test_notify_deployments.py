@@ -67,4 +67,4 @@ def test_every_job_flow_takes_part_in_notifications() -> None:
         for hooks in (flow.on_completion_hooks, flow.on_failure_hooks, flow.on_crashed_hooks):
             assert notify_hook in hooks, f"{flow.name} does not notify"
     assert {"zfs-replica", "btrfs-replica", "dataset-replica", "pbs-backup",
-            "pbs-recovery", "vm-migration"} <= set(job_flows)
+            "pbs-recovery", "vm-migration", "fleet-replica"} <= set(job_flows)

@@ -164,7 +164,8 @@ def _resources(req: Request) -> list[dict]:
     want = p.get("type")
     out: list[dict] = []
     if want in (None, "vm"):
-        out += [_vm_resource(n, k, v) for n, k, v in guests.all_guests()]
+        pools = guest_pools()
+        out += [_vm_resource(n, k, v, pools.get(v)) for n, k, v in guests.all_guests()]
     if want in (None, "storage"):
         local = paths.node_name()
         for sid, st in sorted(storage.load().items()):
@@ -180,7 +181,24 @@ def _resources(req: Request) -> list[dict]:
     return out
 
 
-def _vm_resource(node: str, kind: str, vmid: int) -> dict:
+def guest_pools() -> dict[int, str]:
+    """VMID -> the PVE pool it is in, from ``user.cfg`` lines ``pool:<id>:<comment>:<vmids>:``
+    (as PVE keeps them; a guest is in one pool at most)."""
+    try:
+        text = (paths.pve_dir() / "user.cfg").read_text()
+    except OSError:
+        return {}
+    found = {}
+    for line in text.splitlines():
+        fields = line.split(":")
+        if fields[0] == "pool" and len(fields) >= 4:
+            for vmid in filter(None, fields[3].split(",")):
+                if vmid.strip().isdigit():
+                    found[int(vmid)] = fields[1]
+    return found
+
+
+def _vm_resource(node: str, kind: str, vmid: int, pool: str | None = None) -> dict:
     conf = guests.require(node, kind, vmid).current
     running = guests.is_running(vmid) and node == paths.node_name()
     entry = {"type": kind, "id": f"{kind}/{vmid}", "vmid": vmid, "node": node,
@@ -195,6 +213,8 @@ def _vm_resource(node: str, kind: str, vmid: int) -> dict:
         entry["hastate"] = guests.ha_state(kind, vmid)
     if conf.get("tags"):
         entry["tags"] = conf["tags"]
+    if pool:
+        entry["pool"] = pool
     return entry
 
 

@@ -1,0 +1,240 @@
+"""Fleet scale (X7): one incremental round of many small guests through a fleet job, against
+a sequential syncoid loop over the same datasets (the seed's way), in the same run.
+
+Run as root: `.venv/bin/python bench/fleet.py [--guests 100] [--database postgresql|sqlite]`.
+It holds the lab lock (as the tests do), brings the lab up, makes ``--guests`` small VMs
+(one ZFS disk of ``--kib`` KiB each) spread over pve1, pve2 and pve3, starts a Prefect server
+in a home of its own (on a throwaway PostgreSQL cluster by default) with the product's blocks
+and pool, and a fleet job: pve1 and pve2 -> pve3, pve3 -> pve1. Then:
+
+  1. a first fleet run copies every guest in full (not timed);
+  2. every disk changes by ``--delta-kib`` KiB; the BASELINE replicates each guest in turn the
+     way the seed did: one `ssh root@<source> syncoid ...` per guest (syncoid's own snapshot,
+     the same key, pinned host key, compression and target dataset as the product's);
+  3. every disk changes again; the FLEET round: `prefect deployment run` of the job, run by
+     `prefect worker start --run-once` (process start included), timed from the command to
+     the run's Completed state.
+
+It prints both times, the ratio (target >= 3x) and the peak RSS of the fleet run's process
+(the orchestrator; target < 500 MB), then the per-guest time split of the fleet round.
+Everything it made is removed and the lab taken down. Never a timed test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack, nullcontext
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+LAB_LOCK = Path("/tmp/.dapx-lab-session.lock")
+NODES = ("pve1", "pve2", "pve3")
+ROUTES = {"pve1": "pve3", "pve2": "pve3", "pve3": "pve1"}
+FIRST_VMID, OFFSET = 6000, 100000
+JOB = "bench-fleet"
+
+
+def guests_by_node(count: int) -> dict[str, list[int]]:
+    """VMIDs 6000.. dealt round-robin over the PVE nodes."""
+    spread: dict[str, list[int]] = {n: [] for n in NODES}
+    for i in range(count):
+        spread[NODES[i % len(NODES)]].append(FIRST_VMID + i)
+    return spread
+
+
+def trust_all() -> None:
+    from dapx.flows.trust import trust_nodes
+
+    for source, dest in ROUTES.items():
+        asyncio.run(trust_nodes(source, dest))
+
+
+def baseline_argv(source: str, vmid: int) -> list[str]:
+    """The seed's way: syncoid with its own sync snapshot, run on the source over SSH."""
+    from dapx.blocks.manage import load_node
+    from dapx.core.syncoid_argv import SyncoidOptions, syncoid_argv
+    from dapx.flows.trust import KNOWN_HOSTS, REPLICATION_KEY
+    from dapx.lab import estate
+
+    dest = load_node(ROUTES[source])
+    options = SyncoidOptions(ssh_key=REPLICATION_KEY, known_hosts_file=KNOWN_HOSTS,
+                             resume=False)  # zfs-fuse has no resumable receive
+    argv = syncoid_argv(f"rpool/data/vm-{vmid}-disk-0", dest.host,
+                        f"rpool/replica/vm-{vmid + OFFSET}-disk-0", options)
+    argv.remove("--no-sync-snap")
+    return estate.ssh_argv(source, argv)
+
+
+def run_baseline(spread: dict[str, list[int]]) -> float:
+    """Every guest in turn, one ssh + syncoid each; seconds."""
+    started = time.monotonic()
+    for source, vmids in spread.items():
+        for vmid in vmids:
+            argv = baseline_argv(source, vmid)
+            done = subprocess.run(argv, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"baseline syncoid of {source}/{vmid} failed: "
+                                   f"{done.stderr.strip()[-300:]}")
+    return time.monotonic() - started
+
+
+def run_fleet_round(log: Path) -> tuple[float, float, uuid.UUID, int]:
+    """`prefect deployment run` + a run-once worker; (wall seconds, peak RSS MiB of the
+    fleet run's process as the run reports it, flow run id, guests that failed)."""
+    from prefect.client.orchestration import get_client
+
+    from dapx.deployments import server
+
+    started = time.monotonic()
+    out = subprocess.run([server.prefect_bin(), "deployment", "run", f"fleet-replica/{JOB}"],
+                         capture_output=True, text=True, check=True).stdout
+    run = uuid.UUID(out.split("flow-run/")[1].split()[0].strip())
+    with open(log, "ab") as out:  # the runs' logs, for when a guest fails
+        subprocess.run(server.worker_argv(limit=1, run_once=True), env=server.worker_env(),
+                       stdout=out, stderr=subprocess.STDOUT, check=False)
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(run).state
+        while not state.is_final():
+            time.sleep(0.2)
+            state = client.read_flow_run(run).state
+    wall = time.monotonic() - started
+    if state.is_completed():
+        return wall, state.result().peak_rss_mib, run, 0
+    if not state.is_failed() or "guest(s) failed" not in (state.message or ""):
+        raise RuntimeError(f"fleet run {run} ended {state.type.value}: {state.message}; "
+                           f"the worker's and the runs' logs are in {log}")
+    failed = int(state.message.split(" guest(s) failed")[0].split()[-3])
+    print(f"  {failed} guest(s) failed: {state.message[:600]}\n  logs: {log}", flush=True)
+    return wall, reported_peak(run), run, failed
+
+
+def reported_peak(run: uuid.UUID) -> float:
+    """The peak memory a failed fleet run wrote in its table's title (MiB; 0 if none)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run])))
+    for artifact in found:
+        if "peak memory " in (artifact.description or ""):
+            return float(artifact.description.split("peak memory ")[1].split()[0])
+    return 0.0
+
+
+def time_split(run: uuid.UUID) -> str:
+    """Where a fleet round's time went: per guest subflow, and the fixed cost around them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        parent = client.read_flow_run(run)
+        subs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run])), limit=1000)
+    seconds = [s.total_run_time.total_seconds() for s in subs]
+    first = min(s.start_time for s in subs)
+    last = max(s.end_time for s in subs)
+    return (f"fleet run: {parent.total_run_time.total_seconds():.1f} s in the flow "
+            f"(created -> running {(parent.start_time - parent.created).total_seconds():.1f} "
+            f"s); {len(subs)} guest runs, each {statistics.median(seconds):.2f} s median "
+            f"({min(seconds):.2f}..{max(seconds):.2f}); guests from first start to last end "
+            f"{(last - first).total_seconds():.1f} s")
+
+
+def setup_product(home: Path, database: str | None, spread: dict[str, list[int]],
+                  stack: ExitStack, share: bool) -> None:
+    from tests.deploy.conftest import OwnServer, prefect_env
+
+    from dapx.core.fleet import FleetJob
+    from dapx.deployments import jobs, server
+    from dapx.lab.register import register_lab_nodes
+
+    own = OwnServer(home, database)
+    stack.enter_context(prefect_env(home, own.api_url))
+    own.start()
+    stack.callback(own.stop)
+    server.register_blocks()
+    server.ensure_work_pool()
+    register_lab_nodes()
+    trust_all()
+    vmids = [v for vs in spread.values() for v in vs]
+    jobs.create_job(JOB, "fleet-replica", FleetJob(routes=ROUTES, vmids=vmids,
+                                                   vmid_offset=OFFSET, keep=2,
+                                                   share_connections=share))
+
+
+def cleanup(spread: dict[str, list[int]]) -> None:
+    from tests.helpers import tiny_guests
+
+    for source, vmids in spread.items():
+        tiny_guests.remove_replicas(ROUTES[source], [v + OFFSET for v in vmids])
+        tiny_guests.remove(source, vmids)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--guests", type=int, default=100, help="guests (100)")
+    parser.add_argument("--kib", type=int, default=256, help="disk size in KiB (256)")
+    parser.add_argument("--delta-kib", type=int, default=16, help="change per round (16)")
+    parser.add_argument("--database", choices=["postgresql", "sqlite"], default="postgresql")
+    parser.add_argument("--per-guest-ssh", action="store_true",
+                        help="each guest's run opens its own SSH connections (the fleet job's "
+                             "share_connections off) instead of one per node for the run")
+    args = parser.parse_args()
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    home = Path(tempfile.mkdtemp(prefix="dapx-bench-fleet-"))
+    spread = guests_by_node(args.guests)
+
+    with open(LAB_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        from dapx.lab import estate
+        from tests.helpers import postgres, tiny_guests
+
+        estate.up()
+        try:
+            with ExitStack() as stack:
+                database = stack.enter_context(postgres.throwaway_cluster()
+                                               if args.database == "postgresql"
+                                               else nullcontext(None))
+                stack.callback(cleanup, spread)
+                for node, vmids in spread.items():
+                    tiny_guests.make(node, vmids, kib=args.kib)
+                setup_product(home, database, spread, stack, not args.per_guest_ssh)
+                full, _, _, full_failed = run_fleet_round(home / "worker.log")
+                print(f"first (full) fleet round: {full:.1f} s", flush=True)
+                if full_failed:  # fill in the guests that failed, so both rounds are increments
+                    again, _, _, _ = run_fleet_round(home / "worker.log")
+                    print(f"first round again: {again:.1f} s", flush=True)
+                for node, vmids in spread.items():
+                    tiny_guests.change(node, vmids, kib=args.delta_kib)
+                baseline = run_baseline(spread)
+                print(f"baseline, sequential syncoid: {baseline:.1f} s", flush=True)
+                for node, vmids in spread.items():
+                    tiny_guests.change(node, vmids, kib=args.delta_kib)
+                fleet, peak, run, failed = run_fleet_round(home / "worker.log")
+                print(time_split(run))
+        finally:
+            estate.down()
+    print(f"\n{args.guests} guests ({args.kib} KiB disks, {args.delta_kib} KiB deltas) over "
+          f"{', '.join(NODES)}; Prefect server on {args.database}; SSH: "
+          f"{'one connection per guest run' if args.per_guest_ssh else 'one per node, shared'}")
+    print(f"baseline  sequential syncoid loop   {baseline:7.1f} s  "
+          f"({baseline / args.guests:.2f} s per guest)")
+    print(f"fleet     one fleet-replica run     {fleet:7.1f} s  (process start included)")
+    print(f"ratio     {baseline / fleet:.2f}x   (target >= 3x)"
+          + (f"   NOT VALID: {failed} guest(s) failed in the fleet round" if failed else ""))
+    print(f"memory    fleet run peak RSS {peak:.0f} MiB   (target < 500 MB)")
+
+
+if __name__ == "__main__":
+    main()
