@@ -282,10 +282,12 @@ def test_up_recovers_after_daemons_are_killed(lab: dict) -> None:
 
 def test_down_leaves_machine_as_before(lab: dict, machine_before: dict) -> None:
     estate.down()
-    after = machine_snapshot()
-    assert lab_processes() == []
-    for key in ("mounts", "loops", "netns", "links", "addresses", "paths"):
-        assert after[key] == machine_before[key], (key, after[key] ^ machine_before[key])
-    assert after["namespaces"] <= machine_before["namespaces"]
-    assert estate.status()["nodes"]["pve1"]["state"] == "stopped"
-    estate.up()  # later tests in the session (and DAPX_LAB_KEEP) expect a running lab
+    try:
+        after = machine_snapshot()
+        assert lab_processes() == []
+        for key in ("mounts", "loops", "netns", "links", "addresses", "paths"):
+            assert after[key] == machine_before[key], (key, after[key] ^ machine_before[key])
+        assert after["namespaces"] <= machine_before["namespaces"]
+        assert estate.status()["nodes"]["pve1"]["state"] == "stopped"
+    finally:
+        estate.up()  # later tests in the session (and DAPX_LAB_KEEP) expect a running lab
