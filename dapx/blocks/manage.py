@@ -170,17 +170,19 @@ def list_nodes() -> list[dict]:
 
 
 def remove_node(name: str) -> None:
-    """Delete the node block ``name``; InputError when there is none."""
+    """Delete the node block ``name`` (an invalid one too: removing it is the way out);
+    InputError naming the known nodes when there is none."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
-    load_node(name)
+    validate_node_name(name)
     with get_client(sync_client=True) as client:
         try:
             doc = client.read_block_document_by_name(name, block_type_slug="proxmox-node")
-            client.delete_block_document(doc.id)
         except ObjectNotFound:
-            raise InputError(f"unknown node {name!r}") from None
+            known = ", ".join(sorted(r["name"] for r in list_nodes())) or "none"
+            raise _unknown_node(name, known) from None
+        client.delete_block_document(doc.id)
 
 
 def init_orchestrator_key(*, overwrite: bool = False) -> str:

@@ -60,9 +60,14 @@ def _gap(cron: str):  # noqa: ANN202 - timedelta | None
 async def all_guests() -> tuple[list[Guest], dict[str, str]]:
     """(guests of every PVE node, node -> error for those that did not answer)."""
     names = [n["name"] for n in await asyncio.to_thread(list_nodes) if n["kind"] == "pve"]
-    nodes = await aload_nodes(*names) if names else []
+    loaded = await asyncio.gather(*(aload_nodes(n) for n in names), return_exceptions=True)
+    guests, unreachable, nodes = [], {}, []
+    for name, result in zip(names, loaded):  # a block made invalid does not hide the others
+        if isinstance(result, BaseException):
+            unreachable[name] = f"{type(result).__name__}: {result}"[:300]
+        else:
+            nodes += result
     found = await asyncio.gather(*(node_guests(n) for n in nodes), return_exceptions=True)
-    guests, unreachable = [], {}
     for node, result in zip(nodes, found):
         if isinstance(result, BaseException):
             unreachable[node.name] = f"{type(result).__name__}: {result}"[:300]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from dapx.core import btrfs_argv
 from dapx.core.btrfs_argv import BtrfsSubvolume
 from dapx.core.validate import parse_bandwidth, validate_abs_path, validate_host
+from dapx.errors import CommandError
 from dapx.tasks.base import dapx_task
 from dapx.tasks.ssh import run
 
@@ -39,15 +40,35 @@ async def snapshot_readonly(node: "ProxmoxNode", subvolumes: list[str], name: st
     """A read-only ``<subvol>@<name>`` of each subvolume (BTRFS has no multi-subvolume
     atomic snapshot: they are taken back to back)."""
     for subvolume in subvolumes:
-        await run(node, btrfs_argv.snapshot_ro(subvolume, name), timeout=120)
+        argv = btrfs_argv.snapshot_ro(subvolume, name)
+        result = await run(node, argv, check=False, timeout=120)
+        if result.exit_status != 0 and not await _exists(node, argv[-1]):
+            raise CommandError(f"btrfs snapshot failed on node {node.name}: "
+                               f"{_last_line(result)}", argv=argv,
+                               exit_status=result.exit_status)
+        # (it exists: a retry after the connection dropped once the command had run)
 
 
 @dapx_task
 async def delete_subvolumes(node: "ProxmoxNode", paths: list[str]) -> list[str]:
-    """``btrfs subvolume delete`` each path; returns the paths."""
+    """``btrfs subvolume delete`` each path; returns the paths. A path already gone counts as
+    deleted (a retry is safe)."""
     for path in paths:
-        await run(node, btrfs_argv.delete(path), timeout=300)
+        argv = btrfs_argv.delete(path)
+        result = await run(node, argv, check=False, timeout=300)
+        if result.exit_status != 0 and await _exists(node, path):
+            raise CommandError(f"btrfs subvolume delete failed on node {node.name}: "
+                               f"{_last_line(result)}", argv=argv,
+                               exit_status=result.exit_status)
     return paths
+
+
+async def _exists(node: "ProxmoxNode", path: str) -> bool:
+    return (await run(node, ["test", "-e", path], check=False)).exit_status == 0
+
+
+def _last_line(result) -> str:  # noqa: ANN001 - an SSH command result
+    return ((result.stderr or result.stdout).strip().splitlines() or ["?"])[-1]
 
 
 @dapx_task

@@ -130,20 +130,42 @@ async def take_snapshots(node: "ProxmoxNode", datasets: list[str], name: str) ->
     result = await run(node, ["zfs", "snapshot", *paths], check=False, timeout=120)
     if result.exit_status == 0:
         return True
+    if "exists" in result.stderr and await _snapshots_exist(node, paths):
+        return True  # a retry after the connection dropped once the command had run
     if len(paths) == 1 or "usage" not in result.stderr.lower() + result.stdout.lower():
         raise CommandError(f"zfs snapshot failed on node {node.name}: "
                            f"{(result.stderr.strip().splitlines() or ['?'])[-1]}",
                            argv=["zfs", "snapshot", *paths], exit_status=result.exit_status)
     for path in paths:
-        await run(node, ["zfs", "snapshot", path], timeout=120)
+        if not await _snapshots_exist(node, [path]):  # safe to repeat
+            await run(node, ["zfs", "snapshot", path], timeout=120)
     return False
+
+
+async def _snapshots_exist(node: "ProxmoxNode", paths: list[str]) -> bool:
+    """True when every snapshot in ``paths`` exists (one ``zfs list``)."""
+    found = await run(node, ["zfs", "list", "-H", "-o", "name", "-t", "snapshot", *paths],
+                      check=False, timeout=120)
+    return found.exit_status == 0
+
+
+# What ``zfs destroy`` says of a snapshot that is not there: OpenZFS, then zfs-fuse.
+_ALREADY_GONE = ("could not find any snapshots to destroy", "does not exist")
 
 
 @dapx_task
 async def destroy_snapshots(node: "ProxmoxNode", dataset: str, names: list[str]) -> list[str]:
-    """Destroy ``dataset@name`` for each name (never recursive); returns the names destroyed."""
+    """Destroy ``dataset@name`` for each name (never recursive); returns the names.
+
+    A snapshot already gone counts as destroyed, so a retry after a dropped connection (or a
+    concurrent prune) is safe; any other failure (a hold, a clone) raises CommandError."""
     for name in names:
-        await run(node, zfs_argv.destroy_snapshot(dataset, name), timeout=300)
+        argv = zfs_argv.destroy_snapshot(dataset, name)
+        result = await run(node, argv, check=False, timeout=300)
+        if result.exit_status != 0 and not any(t in result.stderr for t in _ALREADY_GONE):
+            raise CommandError(f"zfs destroy failed on node {node.name}: "
+                               f"{(result.stderr.strip().splitlines() or ['?'])[-1]}",
+                               argv=argv, exit_status=result.exit_status)
     return names
 
 

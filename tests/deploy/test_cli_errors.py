@@ -73,5 +73,6 @@ def test_a_node_block_made_invalid_in_the_ui(prefect_api: str) -> None:
         assert "invalid" in line and "yes" not in line, listed
         result = run_cli("dapx", "node", "test", "pasted", check=False)
         assert_one_line(result, "pasted", "ssh_host_key")
-    finally:
-        run_cli("dapx", "node", "remove", "pasted", check=False)
+    finally:  # the way out for the user: remove it (later tests list every node block)
+        run_cli("dapx", "node", "remove", "pasted")
+    assert "pasted" not in run_cli("dapx", "node", "list").stdout

@@ -49,10 +49,10 @@ def test_replica_job_runs_from_prefect_deployment_run(prefect_api: str, lab: dic
     from dapx.deployments.builtin import deploy_builtin
 
     assert "trust-nodes/default" in deploy_builtin()
-    trust = _run_deployment_through_worker("trust-nodes/default", "source=pve1",
-                                           "destination=pve2")
+    trusted = _run_deployment_through_worker("trust-nodes/default", "source=pve1",
+                                             "destination=pve2")
     with get_client(sync_client=True) as client:
-        assert client.read_flow_run(trust).state.is_completed()
+        assert client.read_flow_run(trusted).state.is_completed()
 
     run_cli("dapx", "job", "create", "replica", "--source", "pve1", "--guest", "100",
             "--dest", "pve2", "--dest-vmid", "8100", "--name", JOB,
