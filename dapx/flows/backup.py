@@ -227,7 +227,7 @@ async def pbs_backup(job: BackupJob, dry_run: bool = False,
 def result_rows(guests: list[GuestBackup]) -> list[dict[str, Any]]:
     """The result table's rows, one per guest."""
     return [{"guest": g.guest, "node": g.node, "volume id": g.volid or "-",
-             "size": human_bytes(g.bytes), "bytes": g.bytes, "seconds": g.seconds,
+             "size": human_bytes(g.bytes), "seconds": g.seconds,
              "warnings": "; ".join(g.warnings) or "-", "pruned": len(g.pruned),
              "error": g.error or "-"} for g in guests]
 

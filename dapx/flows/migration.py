@@ -151,7 +151,7 @@ def result_rows(result: MigrationResult) -> list[dict[str, Any]]:
     return [{"mode": result.mode, "transport": result.transport,
              "source": f"{result.source}/{result.guest}",
              "destination": f"{result.destination}/{result.dest_vmid}",
-             "hardware changed": result.hardware_changed or "-", "bytes": result.bytes,
+             "hardware changed": result.hardware_changed or "-",
              "size": human_bytes(result.bytes), "seconds": result.seconds,
              "snapshot": result.snapshot or "-", "replaced": result.replaced or "-",
              "started": result.started}]

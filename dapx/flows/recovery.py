@@ -177,7 +177,7 @@ def result_rows(result: RecoveryResult) -> list[dict[str, Any]]:
              "copy": f"{result.destination}/{result.dest_vmid}",
              "recovery point": pbs_time(result.recovery_point) if result.recovery_point else "-",
              "backup": result.backup.volid if result.backup else "-",
-             "bytes moved": result.bytes, "size": human_bytes(result.bytes),
+             "size": human_bytes(result.bytes),
              "backup seconds": result.backup.seconds if result.backup else 0,
              "restore seconds": restore.seconds if restore else 0,
              "replaced": (restore.replaced or "-") if restore else "-",

@@ -648,27 +648,28 @@ async def zfs_replica(job: ReplicaJob, dry_run: bool = False, force: bool = Fals
     return await run_guest_replica(job, dry_run, force, lock_wait, _replicate)
 
 
-def result_rows(disks: list[DiskResult], registration: str = "") -> list[dict[str, Any]]:
-    """The result table's rows, one per disk (or dataset)."""
+def result_rows(disks: list[DiskResult]) -> list[dict[str, Any]]:
+    """The result table's rows, one per disk (or dataset); run-level facts (registration) go
+    in the table's description, once."""
     return [{"disk": d.disk, "destination": d.dest_dataset, "plan": d.plan,
-             "bytes sent": d.bytes_sent, "size": human_bytes(d.bytes_sent),
-             "seconds": d.seconds, "common snapshot": d.common or "-",
-             "pruned": len(d.pruned_source) + len(d.pruned_dest),
-             "registration": registration or "-", "error": d.error or "-"} for d in disks]
+             "sent": human_bytes(d.bytes_sent), "seconds": d.seconds,
+             "common snapshot": d.common or "-",
+             "pruned": len(d.pruned_source) + len(d.pruned_dest), "error": d.error or "-"}
+            for d in disks]
 
 
 def dropped_rows(notes: list[str]) -> list[dict[str, Any]]:
     """Result-table rows for disks the guest no longer has (what was kept or removed)."""
-    return [{"disk": "(dropped)", "destination": note, "plan": "-", "bytes sent": 0,
-             "size": "-", "seconds": 0, "common snapshot": "-", "pruned": 0,
-             "registration": "-", "error": "-"} for note in notes]
+    return [{"disk": "(dropped)", "destination": note, "plan": "-", "sent": "-", "seconds": 0,
+             "common snapshot": "-", "pruned": 0, "error": "-"} for note in notes]
 
 
 async def publish_result(result: ReplicaResult) -> None:
     registration = result.registration + (f": {result.registration_error}"
                                           if result.registration_error else "")
-    rows = result_rows(result.disks, registration) + dropped_rows(result.dropped)
+    rows = result_rows(result.disks) + dropped_rows(result.dropped)
     await publish_table(artifact_key("replica-result", result.source, result.guest,
                                      result.destination), rows,
                         f"guest {result.guest}: {result.source} -> {result.destination}/"
-                        f"{result.dest_vmid} in {result.seconds:g} s")
+                        f"{result.dest_vmid}, {human_bytes(result.bytes_sent)} sent in "
+                        f"{result.seconds:g} s; registration: {registration or '-'}")

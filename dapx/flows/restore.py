@@ -370,7 +370,7 @@ def result_rows(result: RestoreResult) -> list[dict[str, Any]]:
     """The result table: one row."""
     return [{"backup": result.backup, "guest": f"{result.kind} {result.guest}",
              "destination": f"{result.destination}/{result.vmid}", "storage": result.storage,
-             "size": human_bytes(result.bytes), "bytes": result.bytes,
+             "size": human_bytes(result.bytes),
              "seconds": result.seconds, "replaced": result.replaced or "-",
              "bridges": ", ".join(f"{k}: {v}" for k, v in result.bridges.items()) or "-",
              "dropped": ", ".join(result.dropped) or "-",

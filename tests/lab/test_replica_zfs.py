@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from dapx.core.jobspec import ReplicaJob
 from dapx.errors import ConflictError, InputError, PermanentError
 from dapx.lab import estate
+from dapx.ui_extensions.artifacts import human_bytes
 from test_replica_helpers import (background, find_process, harness, lab_processes,
                                   lab_state, latest_artifact, release_dead_holder,
                                   run_flow_in_subprocess, sh, sha256, start_api, stop_api,
@@ -155,7 +156,8 @@ async def test_full_replication_registers_the_vm() -> None:
     assert result.registration.startswith("created")
     table = await latest_artifact("replica-result-pve1-100-pve3")
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
-    assert [r["bytes sent"] for r in rows] == [d.bytes_sent for d in result.disks]
+    assert [r["sent"] for r in rows] == [human_bytes(d.bytes_sent) for d in result.disks]
+    assert "registration: created" in table.description
     assert await latest_artifact("replica-progress-pve1-100-pve3") is not None
 
 
