@@ -42,10 +42,16 @@ def test_the_back_off_is_bounded() -> None:
     assert delays == [BACKOFF_FACTOR * 2 ** i for i in range(DEFAULT_RETRIES)]
 
 
-def _check_vmid(node: ProxmoxNode) -> None:
+def _check_vmid(node: ProxmoxNode, monkeypatch: pytest.MonkeyPatch) -> None:
     from prefect import flow
 
+    from dapx.flows import register
     from dapx.flows.register import check_vmid_available
+
+    async def no_config_file(*_args: object) -> None:  # the SSH half: this test is the API's
+        return None
+
+    monkeypatch.setattr(register, "existing_config", no_config_file)
 
     quick = check_vmid_available.with_options(retry_delay_seconds=0)
     job = ReplicaJob(source="pve3", guest=100, destination="pve1", dest_vmid=9100)
@@ -57,18 +63,20 @@ def _check_vmid(node: ProxmoxNode) -> None:
     asyncio.run(check())
 
 
-def test_a_busy_api_costs_four_calls_not_sixteen(pve, cert_fingerprint, prefect_harness) -> None:  # noqa: F811
+def test_a_busy_api_costs_four_calls_not_sixteen(pve, cert_fingerprint, prefect_harness,  # noqa: F811
+                                                 monkeypatch) -> None:  # noqa: ANN001
     pve.fail("GET", "/cluster/resources", 500, "got timeout", times=LIMIT)
     with pytest.raises(TransientApiError, match="got timeout"):
-        _check_vmid(_node(pve, cert_fingerprint))
+        _check_vmid(_node(pve, cert_fingerprint), monkeypatch)
     assert _calls_made(pve, "GET", "/cluster/resources") == 1 + DEFAULT_RETRIES
 
 
-def test_a_missing_guest_is_not_retried(pve, cert_fingerprint, prefect_harness) -> None:  # noqa: F811
+def test_a_missing_guest_is_not_retried(pve, cert_fingerprint, prefect_harness,  # noqa: F811
+                                        monkeypatch) -> None:  # noqa: ANN001
     message = "Configuration file 'nodes/pve1/qemu-server/555.conf' does not exist"
     pve.fail("GET", "/cluster/resources", 500, message, times=LIMIT)
     with pytest.raises(NotFoundError, match="555.conf' does not exist"):
-        _check_vmid(_node(pve, cert_fingerprint))
+        _check_vmid(_node(pve, cert_fingerprint), monkeypatch)
     assert _calls_made(pve, "GET", "/cluster/resources") == 1
 
 
