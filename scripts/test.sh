@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 export PREFECT_HOME=${PREFECT_HOME:-$(mktemp -d /tmp/dapx-test-prefect.XXXXXX)}
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 # Arguments pass through to pytest; without a test path, pyproject's testpaths (every tier) runs.
-exec .venv/bin/python -m pytest -ra -p no:cacheprovider "$@"
+exec .venv/bin/python -m pytest -ra --durations=15 -p no:cacheprovider "$@"
