@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING
 from dapx.core import btrfs_argv
 from dapx.core.btrfs_argv import BtrfsSubvolume
 from dapx.core.validate import parse_bandwidth, validate_abs_path, validate_host
-from dapx.errors import CommandError
 from dapx.tasks.base import dapx_task
-from dapx.tasks.ssh import run
+from dapx.tasks.ssh import command_failure, run
 
 if TYPE_CHECKING:
     from dapx.blocks.node import ProxmoxNode
@@ -43,9 +42,7 @@ async def snapshot_readonly(node: "ProxmoxNode", subvolumes: list[str], name: st
         argv = btrfs_argv.snapshot_ro(subvolume, name)
         result = await run(node, argv, check=False, timeout=120)
         if result.exit_status != 0 and not await _exists(node, argv[-1]):
-            raise CommandError(f"btrfs snapshot failed on node {node.name}: "
-                               f"{_last_line(result)}", argv=argv,
-                               exit_status=result.exit_status)
+            raise command_failure(node, "btrfs snapshot", argv, result)
         # (it exists: a retry after the connection dropped once the command had run)
 
 
@@ -57,18 +54,13 @@ async def delete_subvolumes(node: "ProxmoxNode", paths: list[str]) -> list[str]:
         argv = btrfs_argv.delete(path)
         result = await run(node, argv, check=False, timeout=300)
         if result.exit_status != 0 and await _exists(node, path):
-            raise CommandError(f"btrfs subvolume delete failed on node {node.name}: "
-                               f"{_last_line(result)}", argv=argv,
-                               exit_status=result.exit_status)
+            raise command_failure(node, "btrfs subvolume delete", argv, result)
     return paths
 
 
 async def _exists(node: "ProxmoxNode", path: str) -> bool:
     return (await run(node, ["test", "-e", path], check=False)).exit_status == 0
 
-
-def _last_line(result) -> str:  # noqa: ANN001 - an SSH command result
-    return ((result.stderr or result.stdout).strip().splitlines() or ["?"])[-1]
 
 
 @dapx_task

@@ -120,3 +120,14 @@ async def shared_sessions() -> AsyncIterator[None]:
 async def run(node: "ProxmoxNode", argv: list[str], **kwargs):  # noqa: ANN201 - a Result
     """Run ``argv`` on ``node`` over the flow run's shared session (see ``NodeSession.run``)."""
     return await (await get_session(node)).run(argv, **kwargs)
+
+
+def command_failure(node: "ProxmoxNode", what: str, argv: list[str], result) -> Exception:  # noqa: ANN001
+    """The error ``run(check=True)`` would raise for ``result`` (a finished command that
+    failed): TransientCommandError when stderr says busy, else CommandError, naming ``what``
+    and the node with stderr's last line. For tasks that inspect a failure before raising."""
+    from dapx.transports.ssh import classify_stderr
+
+    last = ((result.stderr or result.stdout).strip().splitlines() or ["?"])[-1]
+    return classify_stderr(result.stderr)(f"{what} failed on node {node.name}: {last}",
+                                          argv=argv, exit_status=result.exit_status)

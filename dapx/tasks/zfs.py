@@ -15,7 +15,7 @@ from dapx.core.snapshots import Snapshot
 from dapx.core.validate import snapshot_path, validate_dataset_name
 from dapx.errors import CommandError, InputError
 from dapx.tasks.base import dapx_task
-from dapx.tasks.ssh import run
+from dapx.tasks.ssh import command_failure, run
 
 if TYPE_CHECKING:
     from dapx.blocks.node import ProxmoxNode
@@ -158,14 +158,13 @@ async def destroy_snapshots(node: "ProxmoxNode", dataset: str, names: list[str])
     """Destroy ``dataset@name`` for each name (never recursive); returns the names.
 
     A snapshot already gone counts as destroyed, so a retry after a dropped connection (or a
-    concurrent prune) is safe; any other failure (a hold, a clone) raises CommandError."""
+    concurrent prune) is safe; any other failure raises CommandError (a hold, a clone), or
+    TransientCommandError when ZFS says busy (retried)."""
     for name in names:
         argv = zfs_argv.destroy_snapshot(dataset, name)
         result = await run(node, argv, check=False, timeout=300)
         if result.exit_status != 0 and not any(t in result.stderr for t in _ALREADY_GONE):
-            raise CommandError(f"zfs destroy failed on node {node.name}: "
-                               f"{(result.stderr.strip().splitlines() or ['?'])[-1]}",
-                               argv=argv, exit_status=result.exit_status)
+            raise command_failure(node, "zfs destroy", argv, result)
     return names
 
 

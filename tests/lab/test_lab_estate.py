@@ -223,7 +223,8 @@ def test_backup_to_pbs_and_restore_on_other_site_keeps_bytes(lab: dict) -> None:
     assert cp.returncode == 0 and "TASK OK" in cp.stdout, cp.stdout + cp.stderr
     volid = ssh("pve1", ["pvesm", "list", "pbs"]).stdout.splitlines()[-1].split()[0]
     assert volid.startswith("pbs:backup/vm/100/")
-    stored = in_node("pbs1", ["find", "/datastore/store1/vm/100", "-name", "*.fidx"]).stdout
+    backup_dir = "/datastore/store1/" + volid.split(":backup/", 1)[1]  # this backup's own
+    stored = in_node("pbs1", ["find", backup_dir, "-name", "*.fidx"]).stdout
     assert sorted(p.rsplit("/", 1)[1] for p in stored.split()) == [
         "drive-scsi0.img.fidx", "drive-scsi1.img.fidx"]
     cp = ssh("pve3", ["qmrestore", volid, "190", "--storage", "local-zfs"])

@@ -34,7 +34,8 @@ def prefect_lab(request: pytest.FixtureRequest) -> Iterator[None]:
 
 class DropAfterRun:
     """Stands in for ``dapx.tasks.ssh.run`` in one task module: the first command whose argv
-    starts with ``prefix`` runs on the node, then the connection 'drops'."""
+    starts with ``prefix`` and that succeeds on the node is followed by the connection
+    'dropping' (the caller never learns that it succeeded)."""
 
     def __init__(self, real, prefix: list[str]):  # noqa: ANN001
         self.real, self.prefix, self.dropped, self.calls = real, prefix, 0, []
@@ -42,7 +43,8 @@ class DropAfterRun:
     async def __call__(self, node, argv, **kwargs):  # noqa: ANN001, ANN204
         self.calls.append(list(argv))
         result = await self.real(node, argv, **kwargs)
-        if argv[: len(self.prefix)] == self.prefix and not self.dropped:
+        if argv[: len(self.prefix)] == self.prefix and not self.dropped and \
+                result.exit_status == 0:
             self.dropped += 1
             raise ConnectionLost(f"cannot reach node {node.name} over SSH: Connection lost "
                                  "(test: after the command ran)")
@@ -73,9 +75,9 @@ async def test_zfs_snapshot_and_destroy_survive_a_drop_after_the_command(monkeyp
 
     snap = drop_after(monkeypatch, zfs, ["zfs", "snapshot"])
     try:
-        atomic, gone = await snapshot_then_destroy()
-        assert snap.dropped == 1 and atomic
-        assert [c[:2] for c in snap.calls].count(["zfs", "snapshot"]) == 2  # really retried
+        _atomic, gone = await snapshot_then_destroy()  # one command on OpenZFS; zfs-fuse
+        assert snap.dropped == 1  # takes one name per command (then: one per disk)
+        assert [c[:2] for c in snap.calls].count(["zfs", "snapshot"]) >= 2  # really retried
         assert gone == [name, name]
         assert all(name not in zfs_snapshots(ZFS_NODE, d) for d in ZFS_DISKS)
     finally:
