@@ -255,7 +255,7 @@ async def test_view_after_a_replica_run_shows_groups_and_what_pve3_holds() -> No
     assert held[first.snapshot] == held[second.snapshot] == [DST]
     assert held["manual-after"] == []
     for entry in guest.snapshots:
-        assert entry.disks == ["scsi0", "scsi1"] and entry.creation > 0
+        assert entry.disks == ["scsi0", "scsi1"] and entry.creation > 0, entry.name
         assert entry.used is not None and entry.referenced is not None
     assert [(r.job, r.common) for r in guest.replicas] == [(JOB_NAME, second.snapshot)]
     everywhere = await snapshot_view(guest=VMID, all_nodes=True)
