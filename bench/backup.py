@@ -16,6 +16,7 @@ each restored disk equals the source, and takes the lab down at the end. Numbers
 from __future__ import annotations
 
 import argparse
+import os
 import asyncio
 import fcntl
 import statistics
@@ -24,6 +25,8 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from dapx.lab import estate
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry writes
 
 NODE, VMID, BASE_VMID, PRODUCT_VMID = "pve3", 777, 7771, 7772
 DISK = "/var/lib/vz/images/{vmid}/vm-{vmid}-disk-0.raw"

@@ -21,6 +21,7 @@ removed and the lab is brought down at the end. Numbers, never asserts.
 from __future__ import annotations
 
 import argparse
+import os
 import asyncio
 import fcntl
 import statistics
@@ -30,6 +31,8 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from dapx.lab import estate
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry writes
 
 NODE, FIRST_VMID, POOL = "pve1", 5000, "rpool/bench"
 LOCK = Path("/tmp/.dapx-lab-session.lock")

@@ -14,11 +14,14 @@ Prints one line per measurement and the ratios. Never a timed test: numbers, not
 from __future__ import annotations
 
 import argparse
+import os
 import asyncio
 import statistics
 import time
 
 from dapx.lab import estate
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry writes
 
 SOURCE, DEST, DEST_ADDR = "pve1", "pve3", "198.18.213.13"
 VMID, DEST_VMID = 777, 7777
