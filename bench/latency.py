@@ -79,8 +79,6 @@ def main() -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         from dapx.lab import estate
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry writes
-
         lab_was_up = any(n["state"] == "running" for n in estate.status()["nodes"].values())
         estate.up()
         from dapx.deployments import server
