@@ -88,3 +88,16 @@ def syncoid_argv(source_dataset: str, target_host: str, target_dataset: str,
              "--force-delete": options.force_delete}
     argv += [flag for flag, on in flags.items() if on]
     return argv + [source_dataset, f"{target_user}@{validate_host(target_host)}:{target_dataset}"]
+
+
+# syncoid names its SSH master socket /tmp/syncoid-<user@host>-<epoch second>: two syncoid
+# processes on one node sending to one host in the same second share a socket, and the first to
+# finish closes the master under the other (its listing or transfer then fails). Each transfer
+# therefore runs with a /tmp of its own: a mount namespace with a fresh tmpfs, gone when it ends.
+PRIVATE_TMP = 'mount -t tmpfs -o mode=1777,size=16m dapx-syncoid /tmp && exec "$@"'
+
+
+def with_private_tmp(argv: list[str]) -> list[str]:
+    """``unshare --mount --propagation private -- sh -c PRIVATE_TMP sh ARGV...`` (root)."""
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", PRIVATE_TMP,
+            "sh", *argv]

@@ -120,3 +120,22 @@ def test_container_rootfs_maps_to_a_renamed_subvol_and_registers_as_lxc() -> Non
     assert "rootfs: dapx-rpool-replica:subvol-9101-disk-0,size=1G\n" in text
     assert "bridge=vmbr1" in text and "onboot" not in text and "cpu:" not in text
     assert guests.config_path("lxc", 9101, "pve3") == "/etc/pve/nodes/pve3/lxc/9101.conf"
+
+
+def test_each_syncoid_gets_a_tmp_of_its_own() -> None:
+    """syncoid's master socket is /tmp/syncoid-<host>-<second>: concurrent transfers to one
+    host would share it, so each runs in a mount namespace with its own /tmp."""
+    import subprocess
+
+    from dapx.blocks.node import ProxmoxNode
+
+    dest = ProxmoxNode.model_construct(ssh_port=22)
+    options = replica.syncoid_options(dataset.dataset_run(djob()), dest, False)
+    argv = transfer_argv("rpool/data/share", "198.18.213.13", "rpool/backup/share", options)
+    assert argv[:5] == ["unshare", "--mount", "--propagation", "private", "--"]
+    assert argv[argv.index("syncoid"):][-2:] == ["rpool/data/share",
+                                                 "root@198.18.213.13:rpool/backup/share"]
+    # the wrapper hands its arguments on unchanged (as root it mounts a tmpfs first)
+    probe = ["sh", "-c", argv[7].replace("mount -t tmpfs", "true"), "sh", "printf", "%s|",
+             "a b", "$(x)", "'q'"]
+    assert subprocess.run(probe, capture_output=True, text=True).stdout == "a b|$(x)|'q'|"
