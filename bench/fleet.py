@@ -139,8 +139,14 @@ def time_split(run: uuid.UUID) -> str:
 
     with get_client(sync_client=True) as client:
         parent = client.read_flow_run(run)
-        subs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run])), limit=1000)
+        subs: list = []
+        while True:  # the API returns at most 200 per call
+            page = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run])), limit=200,
+                offset=len(subs))
+            subs += page
+            if len(page) < 200:
+                break
     seconds = [s.total_run_time.total_seconds() for s in subs]
     first = min(s.start_time for s in subs)
     last = max(s.end_time for s in subs)
