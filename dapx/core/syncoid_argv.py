@@ -90,14 +90,31 @@ def syncoid_argv(source_dataset: str, target_host: str, target_dataset: str,
     return argv + [source_dataset, f"{target_user}@{validate_host(target_host)}:{target_dataset}"]
 
 
-# syncoid names its SSH master socket /tmp/syncoid-<user@host>-<epoch second>: two syncoid
-# processes on one node sending to one host in the same second share a socket, and the first to
-# finish closes the master under the other (its listing or transfer then fails). Each transfer
-# therefore runs with a /tmp of its own: a mount namespace with a fresh tmpfs, gone when it ends.
-PRIVATE_TMP = 'mount -t tmpfs -o mode=1777,size=16m dapx-syncoid /tmp && exec "$@"'
+# syncoid 2.1 (Debian 12, PVE 8) names its SSH master socket /tmp/syncoid-<user@host>-<epoch
+# second> (fixed upstream in 2.2, sanoid #734): two syncoids on one node sending to one host in
+# the same second share the socket, and the first to finish closes the master under the other
+# (its listing or transfer fails). Each transfer therefore runs with an ``ssh`` shim first in
+# PATH that appends an id of its own to every ``-S <socket>``; the shim's directory goes when
+# the transfer ends.
+OWN_SOCKETS = r'''real=$(command -v ssh) || exit 1
+dir=$(mktemp -d /tmp/dapx-syncoid.XXXXXXXX) || exit 1
+trap 'rm -rf "$dir"' EXIT
+cat > "$dir/ssh" <<'SHIM'
+#!/bin/sh
+socket=
+for arg do
+  shift
+  if [ -n "$socket" ]; then arg="$arg-$DAPX_SOCKET_ID"; socket=; fi
+  [ "$arg" = -S ] && socket=1
+  set -- "$@" "$arg"
+done
+exec "$DAPX_REAL_SSH" "$@"
+SHIM
+chmod 700 "$dir/ssh"
+DAPX_REAL_SSH=$real DAPX_SOCKET_ID=${dir##*.} PATH="$dir:$PATH" "$@"'''
 
 
-def with_private_tmp(argv: list[str]) -> list[str]:
-    """``unshare --mount --propagation private -- sh -c PRIVATE_TMP sh ARGV...`` (root)."""
-    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", PRIVATE_TMP,
-            "sh", *argv]
+def with_own_sockets(argv: list[str]) -> list[str]:
+    """``sh -c OWN_SOCKETS sh ARGV...``: ``argv`` (a syncoid command) with SSH master sockets
+    no other syncoid shares; its exit status is the command's."""
+    return ["sh", "-c", OWN_SOCKETS, "sh", *argv]

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from dapx.core.syncoid_argv import SyncoidOptions, syncoid_argv, with_private_tmp
+from dapx.core.syncoid_argv import SyncoidOptions, syncoid_argv, with_own_sockets
 from dapx.errors import CommandError, TransientCommandError
 from dapx.tasks.base import dapx_task
 
@@ -78,10 +78,10 @@ class SyncResult:
 
 def transfer_argv(source_dataset: str, target_host: str, target_dataset: str,
                   options: SyncoidOptions) -> list[str]:
-    """``syncoid ... --pv-options=... SRC root@HOST:DST``, with a /tmp of its own (see
-    ``dapx.core.syncoid_argv.with_private_tmp``: concurrent syncoids to one host)."""
+    """``syncoid ... --pv-options=... SRC root@HOST:DST``, with SSH master sockets of its own
+    (see ``dapx.core.syncoid_argv.with_own_sockets``: concurrent syncoids to one host)."""
     argv = syncoid_argv(source_dataset, target_host, target_dataset, options)
-    return with_private_tmp(argv[:-2] + [PV_OPTIONS] + argv[-2:])
+    return with_own_sockets(argv[:-2] + [PV_OPTIONS] + argv[-2:])
 
 
 def tied_argv(argv: list[str]) -> list[str]:

@@ -122,20 +122,35 @@ def test_container_rootfs_maps_to_a_renamed_subvol_and_registers_as_lxc() -> Non
     assert guests.config_path("lxc", 9101, "pve3") == "/etc/pve/nodes/pve3/lxc/9101.conf"
 
 
-def test_each_syncoid_gets_a_tmp_of_its_own() -> None:
-    """syncoid's master socket is /tmp/syncoid-<host>-<second>: concurrent transfers to one
-    host would share it, so each runs in a mount namespace with its own /tmp."""
+def test_each_syncoid_gets_ssh_master_sockets_of_its_own(tmp_path) -> None:  # noqa: ANN001
+    """syncoid 2.1 names its master socket /tmp/syncoid-<host>-<second>: concurrent transfers
+    to one host would share it, so ``ssh -S <socket>`` gets an id of the transfer's own, and
+    every other argument reaches ssh unchanged."""
+    import os
     import subprocess
+    from pathlib import Path
 
     from dapx.blocks.node import ProxmoxNode
 
     dest = ProxmoxNode.model_construct(ssh_port=22)
     options = replica.syncoid_options(dataset.dataset_run(djob()), dest, False)
     argv = transfer_argv("rpool/data/share", "198.18.213.13", "rpool/backup/share", options)
-    assert argv[:5] == ["unshare", "--mount", "--propagation", "private", "--"]
-    assert argv[argv.index("syncoid"):][-2:] == ["rpool/data/share",
-                                                 "root@198.18.213.13:rpool/backup/share"]
-    # the wrapper hands its arguments on unchanged (as root it mounts a tmpfs first)
-    probe = ["sh", "-c", argv[7].replace("mount -t tmpfs", "true"), "sh", "printf", "%s|",
-             "a b", "$(x)", "'q'"]
-    assert subprocess.run(probe, capture_output=True, text=True).stdout == "a b|$(x)|'q'|"
+    assert argv[:2] == ["sh", "-c"] and argv[3:5] == ["sh", "syncoid"]
+    assert argv[-2:] == ["rpool/data/share", "root@198.18.213.13:rpool/backup/share"]
+    fake = tmp_path / "ssh"  # stands in for the real ssh: prints what it was given
+    fake.write_text('#!/bin/sh\nfor a do printf "%s|" "$a"; done\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+
+    def through_shim(*ssh_args: str) -> str:
+        run = [*argv[:4], "sh", "-c", 'ssh "$@"', "sh", *ssh_args]  # what syncoid does
+        return subprocess.run(run, capture_output=True, text=True, env=env).stdout
+
+    first = through_shim("-M", "-S", "/tmp/syncoid-root@h-1", "a b", "$(x)", "'q'")
+    second = through_shim("-S", "/tmp/syncoid-root@h-1", "root@h")
+    head, socket, rest = first.split("|", 3)[:2] + [first.split("|", 3)[3]]
+    assert head == "-M" and socket == "-S" and rest == "a b|$(x)|'q'|"
+    one = first.split("|")[2]
+    assert one.startswith("/tmp/syncoid-root@h-1-") and len(one) > len("/tmp/syncoid-root@h-1-")
+    assert second.split("|")[1] != one  # another transfer: another socket
+    assert not list(Path("/tmp").glob(f"dapx-syncoid.{one.rsplit('-', 1)[1]}"))  # cleaned up
