@@ -10,6 +10,7 @@ never the source dataset).
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from dapx.blocks.node import ProxmoxNode
@@ -20,6 +21,17 @@ from dapx.tasks import zfs
 
 if TYPE_CHECKING:
     from dapx.flows.replica import ZfsDisk, ZfsRun
+
+
+def leftover_replicas(owned: dict[str, str], owner: str, targets: set[str],
+                      target_vmid: int) -> list[str]:
+    """Datasets this job made for disks its guest no longer has: marked with the job's owner
+    (the source guest), named for the job's destination VMID (``vm-9100-disk-2``) and not a
+    current target. Another job's replica of the same guest (another VMID: a fleet job, a
+    second destination VMID) is never one of them."""
+    own_name = re.compile(rf"(?:vm|subvol|base)-{int(target_vmid)}-disk-[0-9]+")
+    return sorted(n for n, mark in owned.items() if mark == owner and n not in targets
+                  and own_name.fullmatch(n.rsplit("/", 1)[-1]))
 
 
 def source_candidates(leftover: str, disks: list["ZfsDisk"], guest: int) -> list[str]:
@@ -36,7 +48,7 @@ async def dropped_disks(job: ReplicaJob, run: "ZfsRun", source: ProxmoxNode, des
     it on the source): removed when ``remove``, else kept and said so."""
     owned = await zfs.owned_children(dest, parent)
     targets = {d.target for d in disks}
-    leftovers = sorted(n for n, owner in owned.items() if owner == run.owner and n not in targets)
+    leftovers = leftover_replicas(owned, run.owner, targets, job.target_vmid)
     if not leftovers:
         return []
     candidates = {n: source_candidates(n, disks, job.guest) for n in leftovers}

@@ -40,7 +40,7 @@ from dapx.core.snapnames import SNAPSHOT_PREFIX, job_prefix, new_snapshot_name
 from dapx.core.snapshots import FullSend, Plan, Snapshot
 from dapx.core.syncoid_argv import SyncoidOptions
 from dapx.core.volumes import destination_dataset, zfs_dataset
-from dapx.errors import ConflictError, DapxError, InputError, PermanentError
+from dapx.errors import ConflictError, DapxError, InputError, PermanentError, TransientError
 from dapx.flows import dropped, resend
 from dapx.flows.hooks import job_hooks, record_protection
 from dapx.flows.register import check_vmid_available, register_guest, registration_note
@@ -455,10 +455,20 @@ async def retention(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
             result.error = f"after the transfer {disk.target} does not hold {name}"
             continue
         result.common = common.name
-        result.pruned_source = await zfs.destroy_snapshots(
-            source, disk.source, prune_list(src[disk.source], run, name))
-        result.pruned_dest = await zfs.destroy_snapshots(
-            dest, disk.target, prune_list(dst[disk.target], run, name))
+        try:
+            result.pruned_source = await zfs.destroy_snapshots(
+                source, disk.source, prune_list(src[disk.source], run, name))
+            result.pruned_dest = await zfs.destroy_snapshots(
+                dest, disk.target, prune_list(dst[disk.target], run, name))
+        except TransientError as exc:  # still busy after the retries: the copy stands
+            _log_prune_deferred(disk, exc)
+
+
+def _log_prune_deferred(disk: ZfsDisk, exc: Exception) -> None:
+    from prefect.logging import get_run_logger
+
+    get_run_logger().warning("pruning %s deferred to the next run (the copy is complete): %s",
+                             disk.key, exc)
 
 
 # -----------------------------------------------------------------------------------------------

@@ -212,3 +212,15 @@ async def test_written_probe_where_the_pool_lacks_the_property(monkeypatch) -> N
     _answers(monkeypatch, [(1, "", "cannot open 'rpool/r/a': I/O error\n")])
     with pytest.raises(CommandError, match="zfs get written failed on node pve3"):
         await zfs.head_written.fn(_Node(), {"rpool/r/a": "s1"})
+
+
+def test_only_this_jobs_replicas_of_dropped_disks_are_leftovers() -> None:
+    """Two jobs replicate guest 100 to one node (VMIDs 9100 and 20100): a disk of one is never
+    a dropped disk of the other (remove_dropped_disks would destroy the other's replica)."""
+    from dapx.flows.dropped import leftover_replicas
+
+    owned = {"rpool/replica/vm-9100-disk-0": "pve1/100", "rpool/replica/vm-9100-disk-2": "pve1/100",
+             "rpool/replica/vm-20100-disk-0": "pve1/100", "rpool/replica/vm-9100-disk-3": "pve2/7",
+             "rpool/replica/subvol-9100-disk-1": "pve1/100"}
+    assert leftover_replicas(owned, "pve1/100", {"rpool/replica/vm-9100-disk-0"}, 9100) == [
+        "rpool/replica/subvol-9100-disk-1", "rpool/replica/vm-9100-disk-2"]
