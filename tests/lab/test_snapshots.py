@@ -255,6 +255,8 @@ async def test_view_after_a_replica_run_shows_groups_and_what_pve3_holds() -> No
     assert held[first.snapshot] == held[second.snapshot] == [DST]
     assert held["manual-after"] == []
     for entry in guest.snapshots:
+        if entry.group == "replication" and not entry.name.startswith(TAG):
+            continue  # another module's job (zfs-fuse may keep one busy past its cleanup)
         assert entry.disks == ["scsi0", "scsi1"] and entry.creation > 0, entry.name
         assert entry.used is not None and entry.referenced is not None
     assert [(r.job, r.common) for r in guest.replicas] == [(JOB_NAME, second.snapshot)]
