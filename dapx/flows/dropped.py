@@ -17,6 +17,7 @@ from dapx.blocks.node import ProxmoxNode
 from dapx.core.jobspec import ReplicaJob
 from dapx.core.registration import source_volname
 from dapx.core.snapnames import job_prefix
+from dapx.errors import TransientError
 from dapx.tasks import zfs
 
 if TYPE_CHECKING:
@@ -62,10 +63,16 @@ async def dropped_disks(job: ReplicaJob, run: "ZfsRun", source: ProxmoxNode, des
                               for c, n in snaps.items()) or "no snapshots of this job on the source"
         if remove:
             await zfs.destroy_existing(dest, [leftover])
+            busy = []
             for dataset, names in snaps.items():
-                await zfs.destroy_snapshots(source, dataset, names)
+                try:
+                    await zfs.destroy_snapshots(source, dataset, names)
+                except TransientError:  # still busy after the retries: said, not hidden
+                    busy.append(dataset)
+            left = (f"; this job's snapshots of {', '.join(busy)} were busy and stay (remove "
+                    "them with zfs destroy once idle)") if busy else ""
             lines.append(f"removed {dest.name}:{leftover} (a disk guest {job.guest} no longer "
-                         f"has) and {on_source}")
+                         f"has) and {on_source}{left}")
         else:
             lines.append(f"{dest.name}:{leftover} replicates a disk guest {job.guest} no "
                          f"longer has; kept, with {on_source} (set remove_dropped_disks to "
