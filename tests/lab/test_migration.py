@@ -123,8 +123,13 @@ async def test_bad_input_is_refused_before_anything_runs() -> None:
     await ProxmoxNode(**(pve3.model_dump() | {"name": "pve3x", "api_token_id": None,
                                                "api_token_secret": None})).save(
         "pve3x", overwrite=True)
-    with pytest.raises(InputError, match="pve3x has no API token"):
-        await vm_migration(job=job(destination="pve3x", mode="move", dest_vmid=None))
+    try:
+        with pytest.raises(InputError, match="pve3x has no API token"):
+            await vm_migration(job=job(destination="pve3x", mode="move", dest_vmid=None))
+    finally:  # later modules list every node block
+        from dapx.blocks.manage import remove_node
+
+        await asyncio.to_thread(remove_node, "pve3x")
     assert (await api("pve1")).guest_config("pve1", "qemu", 100)["digest"] == before
     assert sorted(g["vmid"] for g in (await api("pve3")).guests()) == guests_pve3
 
