@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager, contextmanager
 import pytest
 
 from dapx.lab import estate
+from dapx.lab.common import LabError
 
 
 def lab_state(request: pytest.FixtureRequest) -> dict:
@@ -117,8 +118,21 @@ def preserved(node: str, datasets: list[str]) -> Iterator[None]:
         yield
     finally:
         for dataset in datasets:
-            sh(node, ["zfs", "rollback", "-r", f"{dataset}@{mark}"])
-            sh(node, ["zfs", "destroy", f"{dataset}@{mark}"])
+            until_not_busy(node, ["zfs", "rollback", "-r", f"{dataset}@{mark}"])
+            until_not_busy(node, ["zfs", "destroy", f"{dataset}@{mark}"])
+
+
+def until_not_busy(node: str, argv: list[str], wait: float = 90.0) -> None:
+    """Run argv on a lab node, again while zfs-fuse says a dataset is busy (it keeps a
+    snapshot busy for a while after a send from it ended); LabError for any other failure."""
+    deadline = time.monotonic() + wait
+    while True:
+        result = estate.run(node, argv, timeout=300)
+        if result.returncode == 0:
+            return
+        if "busy" not in result.stderr or time.monotonic() > deadline:
+            raise LabError(f"{node}: {' '.join(argv)}: {result.stderr.strip()}")
+        time.sleep(1.0)
 
 
 def stop_api(node: str) -> None:
