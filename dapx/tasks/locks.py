@@ -248,6 +248,7 @@ async def release(name: str, lease: UUID) -> None:
     """Give the slot back (idempotent), and clear the holder record when it is still ours."""
     import httpx
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
 
     for attempt in range(3):
         try:
@@ -255,7 +256,10 @@ async def release(name: str, lease: UUID) -> None:
                 await client.release_concurrency_slots_with_lease(lease_id=lease)
                 holder = await _read_holder(client, name)
                 if holder is not None and holder.lease == str(lease):
-                    await client.delete_variable_by_name(holder_variable(name))
+                    try:
+                        await client.delete_variable_by_name(holder_variable(name))
+                    except ObjectNotFound:  # removed meanwhile (a waiter freeing it): done
+                        pass
             return
         except (httpx.HTTPError, OSError) as exc:
             if attempt == 2:
