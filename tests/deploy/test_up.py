@@ -16,9 +16,10 @@ from prefect.client.orchestration import get_client
 from dapx.deployments import server
 from dapx.lab import estate
 from tests.deploy.conftest import BIN, free_port, prefect_env, run_cli, trust
-from tests.lab.test_replica_helpers import find_process, sh, wait_for_process
+from tests.helpers import tiny_guests
+from tests.lab.test_replica_helpers import find_process
 
-SRC, DST, NEW = "pve1", "pve3", 9600
+SRC, DST, NEW = "pve1", "pve3", 9650  # a VMID no other test uses
 
 
 def processes_of(home: Path) -> list[int]:
@@ -45,6 +46,22 @@ def wait_line(proc: subprocess.Popen, text: str, timeout: float = 180.0) -> list
     raise AssertionError(f"dapx up never said {text!r}:\n{''.join(lines)}")
 
 
+def sending(run: uuid.UUID, timeout: float = 120.0) -> None:
+    """Wait until the run's `zfs send` runs on the source; fail naming the run's state when
+    the run ends (or never starts) without one."""
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            if find_process(SRC, "zfs", "send"):
+                return
+            state = client.read_flow_run(run).state
+            if state is not None and state.is_final():
+                raise AssertionError(f"the run ended before any zfs send: {state.name}: "
+                                     f"{state.message}")
+            time.sleep(0.2)
+    raise AssertionError(f"no zfs send on {SRC} in {timeout} s; the run is {state.name}")
+
+
 def test_sigterm_stops_everything_dapx_up_started(lab: dict, tmp_path: Path) -> None:
     home, port = tmp_path / "home", free_port()
     home.mkdir()
@@ -61,7 +78,7 @@ def test_sigterm_stops_everything_dapx_up_started(lab: dict, tmp_path: Path) -> 
                     "--dest", DST, "--dest-vmid", str(NEW), "--bwlimit", "1M", "--name", "up-slow")
             out = run_cli("prefect", "deployment", "run", "zfs-replica/up-slow").stdout
             run = uuid.UUID(out.split("flow-run/")[1].split()[0].strip())
-            wait_for_process(SRC, "zfs", "send", timeout=120)
+            sending(run)
         started = processes_of(home)
         assert len(started) >= 3  # dapx up, the server, the worker, the flow run
 
@@ -85,11 +102,5 @@ def test_sigterm_stops_everything_dapx_up_started(lab: dict, tmp_path: Path) -> 
             while (pid := find_process(node, *words)) is not None:  # the cut transfer
                 os.kill(pid, signal.SIGKILL)
                 time.sleep(0.2)
-        estate.run(DST, ["rm", "-f", f"/etc/pve/nodes/{DST}/qemu-server/{NEW}.conf"])
-        for i in (0, 1):
-            estate.run(DST, ["zfs", "destroy", "-r", f"rpool/replica/vm-{NEW}-disk-{i}"])
-            source = f"rpool/data/vm-100-disk-{i}"
-            for snap in sh(SRC, ["zfs", "list", "-H", "-o", "name", "-t", "snapshot", "-r",
-                                 source]).split():
-                if f"@dapx_{DST}-{NEW}_" in snap:
-                    estate.run(SRC, ["zfs", "destroy", snap])
+        tiny_guests.remove_replicas(DST, [NEW])
+        tiny_guests.remove_snapshots(SRC, f"dapx_{DST}-{NEW}_")

@@ -6,6 +6,16 @@ from __future__ import annotations
 
 from dapx.lab import estate
 
+# zfs-fuse calls a dataset busy for a while after a send from it ended: destroy again then.
+_DESTROY = r'''destroy() {
+  i=0
+  while ! err=$(zfs destroy "$@" 2>&1); do
+    case $err in *busy*) ;; *) return 0 ;; esac
+    i=$((i + 1)); [ $i -ge 90 ] && { echo "$err" >&2; return 1; }
+    sleep 1
+  done
+}
+'''
 # Values arrive as positional arguments; the scripts are constants.
 _MAKE = r'''set -e
 node=$1; kib=$2; shift 2
@@ -23,10 +33,11 @@ for vmid in "$@"; do
   dd if=/dev/urandom of="/rpool/data/vm-$vmid-disk-0/disk.raw" bs=1024 count="$kib" conv=notrunc status=none
 done
 '''
-_REMOVE = r'''node=$1; shift
+_REMOVE = _DESTROY + r'''node=$1; shift
 for vmid in "$@"; do
   rm -f "/etc/pve/nodes/$node/qemu-server/$vmid.conf"
-  zfs destroy -r "rpool/data/vm-$vmid-disk-0" 2>/dev/null || true
+  zfs list -H -o name "rpool/data/vm-$vmid-disk-0" >/dev/null 2>&1 || continue
+  destroy -r "rpool/data/vm-$vmid-disk-0"
 done
 '''
 _CONFIG_ONLY = r'''node=$1; shift
@@ -65,7 +76,7 @@ def remove(node: str, vmids: list[int]) -> None:
 def remove_replicas(node: str, vmids: list[int]) -> None:
     """Remove replicas registered on ``node`` as ``vmids`` and their datasets under
     rpool/replica (what a replica job with those destination VMIDs made)."""
-    remove_script = r'''node=$1; shift
+    remove_script = _DESTROY + r'''node=$1; shift
 for vmid in "$@"; do
   rm -f "/etc/pve/nodes/$node/qemu-server/$vmid.conf" "/etc/pve/nodes/$node/lxc/$vmid.conf"
   for ds in $(zfs list -H -o name -r rpool/replica 2>/dev/null | grep -E "^rpool/replica/(vm|subvol)-$vmid-disk-[0-9]+$"); do
@@ -81,8 +92,8 @@ done
 def remove_snapshots(node: str, tag_prefix: str) -> None:
     """Destroy every snapshot on ``node`` whose name starts with ``tag_prefix`` (the
     snapshots replica jobs left on their sources, e.g. ``dapx_pve3-2``)."""
-    script = r'''zfs list -H -o name -t snapshot -r rpool | grep "@$1" | while read -r s; do
-  zfs destroy "$s" || true
+    script = _DESTROY + r'''zfs list -H -o name -t snapshot -r rpool | grep "@$1" | while read -r s; do
+  destroy "$s"
 done
 '''
     estate.run(node, ["sh", "-c", script, "sh", tag_prefix], timeout=600)
