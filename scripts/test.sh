@@ -4,8 +4,31 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-# Tests get a Prefect home of their own, so they never touch the product's database.
-export PREFECT_HOME=${PREFECT_HOME:-$(mktemp -d /tmp/dapx-test-prefect.XXXXXX)}
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
-# Arguments pass through to pytest; without a test path, pyproject's testpaths (every tier) runs.
-exec .venv/bin/python -m pytest -ra --durations=15 -p no:cacheprovider "$@"
+PYTEST=(.venv/bin/python -m pytest -ra -p no:cacheprovider)
+
+# Tests get a Prefect home of their own, so they never touch the product's database.
+home() { mktemp -d /tmp/dapx-test-prefect.XXXXXX; }
+
+if [ "$#" -gt 0 ]; then  # arguments pass through to pytest (a tier, a file, -k ...)
+  export PREFECT_HOME=${PREFECT_HOME:-$(home)}
+  exec "${PYTEST[@]}" --durations=15 "$@"
+fi
+
+# Every tier. The unit and api tiers need no lab and no shared server: they run beside the
+# lab and deploy tiers (which mostly wait on nodes, transfers and servers), each side with a
+# Prefect home of its own; their report follows the other's.
+quick_log=$(mktemp /tmp/dapx-test-quick.XXXXXX)
+PREFECT_HOME=$(home) "${PYTEST[@]}" tests/unit tests/api >"$quick_log" 2>&1 &
+quick=$!
+trap 'kill "$quick" 2>/dev/null || true' EXIT  # interrupted: stop that side too
+lab_status=0
+PREFECT_HOME=$(home) "${PYTEST[@]}" --durations=15 tests/lab tests/deploy || lab_status=$?
+quick_status=0
+wait "$quick" || quick_status=$?
+echo
+echo "=============================== unit and api tiers ==============================="
+cat "$quick_log"
+rm -f "$quick_log"
+echo "lab and deploy tiers: exit $lab_status; unit and api tiers: exit $quick_status"
+[ "$lab_status" -eq 0 ] && [ "$quick_status" -eq 0 ]

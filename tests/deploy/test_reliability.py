@@ -22,8 +22,8 @@ from prefect.client.orchestration import get_client
 
 from dapx.deployments import server
 from dapx.deployments.processes import descendants, stop_tree
-from dapx.lab import estate
 from tests.deploy.conftest import OwnServer, prefect_env, run_cli, trust
+from tests.helpers import tiny_guests
 from tests.lab.test_replica_helpers import (find_process, preserved, sha256, wait_for_process,
                                             write_random)
 
@@ -81,14 +81,8 @@ def product(lab: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Own
             yield own
         finally:
             own.stop()
-            estate.run(DST, ["rm", "-f", f"/etc/pve/nodes/{DST}/qemu-server/{NEW}.conf"])
-            for dst in DISKS.values():
-                estate.run(DST, ["zfs", "destroy", "-r", dst])
-            for src in DISKS:
-                for line in estate.run(SRC, ["zfs", "list", "-H", "-o", "name", "-t",
-                                             "snapshot", "-r", src]).stdout.split():
-                    if f"@dapx_{DST}-{NEW}_" in line:
-                        estate.run(SRC, ["zfs", "destroy", line])
+            tiny_guests.remove_replicas(DST, [NEW])  # destroys again while zfs-fuse says busy
+            tiny_guests.remove_snapshots(SRC, f"dapx_{DST}-{NEW}_")
 
 
 def start(job: str) -> uuid.UUID:
