@@ -200,19 +200,23 @@ def registration_options(job: ReplicaJob, guest: SourceGuest, storage: str) -> R
 async def register_guest(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode,
                          storage_kind: Literal["zfs", "btrfs"] = "zfs",
                          storage: str | None = None,
-                         guest: SourceGuest | None = None) -> Registration:
+                         guest: SourceGuest | None = None,
+                         cluster_checked: bool = False) -> Registration:
     """The registration steps, for use inside a flow that holds the node sessions.
 
     ZFS: the destination storage for ``dest_pool/subfolder`` (created when missing).
     BTRFS: ``storage`` (the destination's BTRFS storage id), default ``job.dest_pool``.
-    ``guest``: the source guest when the caller has read it already.
+    ``guest``: the source guest when the caller has read it already. ``cluster_checked``:
+    the caller checked the VMID against the cluster's API moments ago; the destination's
+    config files are checked again as the config is written, in any case.
     """
     guest = guest or await read_guest(source, job.guest)
     if storage_kind == "zfs":
         storage, created = ensure_zfs_storage(dest, job.dest_pool, job.subfolder)
     else:
         storage, created = validate_storage_id(storage or job.dest_pool), False
-    await check_vmid_available(job, source, dest, guest.kind)
+    if not cluster_checked:
+        await check_vmid_available(job, source, dest, guest.kind)
     options = registration_options(job, guest, storage)
     config = rewrite_for_destination(guest.config, job.guest, options)
     text = with_mark(serialise(config), job.source, job.guest)

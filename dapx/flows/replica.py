@@ -49,6 +49,7 @@ from dapx.tasks import zfs
 from dapx.tasks.processes import refuse_running_receive
 from dapx.tasks.guests import SourceGuest, read_guest
 from dapx.tasks.locks import DEFAULT_WAIT, guest_lock_name, run_exclusively
+from dapx.tasks.ssh import connect_ahead
 from dapx.tasks.syncoid import run_pipe, run_syncoid
 from dapx.ui_extensions.artifacts import (
     Progress,
@@ -307,9 +308,11 @@ def direct_pipe(run: ZfsRun, dest: ProxmoxNode, source: str, into: str, plan: Pl
 
 async def send_disk(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode, disk: ZfsDisk,
                     into: str, plan: Plan, options: SyncoidOptions | None,
-                    progress: "TransferProgress", result: DiskResult) -> None:
+                    progress: "TransferProgress", result: DiskResult,
+                    marked: bool = False) -> None:
     """Prepare ``into`` (the target, or its staged copy), send (syncoid, or the direct pipe
-    when ``options`` is None) on the source node, mark it ours."""
+    when ``options`` is None) on the source node, mark it ours unless ``marked`` (it carried
+    this job's mark before the send: an incremental receive keeps it)."""
     await prepare_target(dest, into, plan)
     if options is not None:
         sync = await run_syncoid(source, disk.source, dest.host, into, options,
@@ -319,7 +322,8 @@ async def send_disk(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode, disk: Z
                               f"zfs send {disk.source} -> {dest.name}:{into}",
                               on_bytes=progress.on_bytes)
     result.bytes_sent, result.seconds = sync.bytes_sent, round(sync.seconds, 3)
-    await zfs.mark_owned(dest, into, run.owner)
+    if not marked:
+        await zfs.mark_owned(dest, into, run.owner)
 
 
 class TransferProgress:
@@ -347,14 +351,31 @@ class TransferProgress:
             await asyncio.sleep(1.0)
 
 
+FEATURES_KEPT = 300.0
+"""Seconds a process keeps what it found out about two nodes' ZFS (a fleet run's guests then
+probe each pair of nodes once, not once per guest)."""
+_features: dict[tuple[str, ...], tuple[float, bool, bool]] = {}
+"""(source, destination, pools) -> (when found, syncoid usable, resumable receive)"""
+
+
 async def choose_transport(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
                            disks: list[ZfsDisk]) -> SyncoidOptions | None:
     """syncoid options, or None for the direct pipe where syncoid 2.1 cannot work."""
-    usable = await asyncio.gather(zfs.syncoid_can_list(source, disks[0].source.split("/")[0]),
-                                  zfs.syncoid_can_list(dest, run.dest_pool))
-    if not all(usable):
+    # What ZFS can do is a property of its version: ask each side's pool (the destination's
+    # dataset may not exist yet). Only a pair found able is kept: a probe that failed for
+    # another reason (busy...) must not pin the direct pipe.
+    source_pool, dest_pool = disks[0].source.split("/")[0], run.dest_pool.split("/")[0]
+    key = (source.name, source.host, source_pool, dest.name, dest.host, dest_pool)
+    seen = _features.get(key)
+    if seen is not None and time.monotonic() - seen[0] <= FEATURES_KEPT:
+        return syncoid_options(run, dest, seen[2])
+    source_lists, dest_lists, resume = await asyncio.gather(
+        zfs.syncoid_can_list(source, source_pool), zfs.syncoid_can_list(dest, dest_pool),
+        zfs.supports_resume(dest, dest_pool))
+    if not (source_lists and dest_lists):
         return None
-    return syncoid_options(run, dest, await zfs.supports_resume(dest, run.dest_pool))
+    _features[key] = (time.monotonic(), True, resume)
+    return syncoid_options(run, dest, resume)
 
 
 async def transfer_all(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode, plan: "ZfsPlan",
@@ -392,7 +413,7 @@ async def send_each(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode, plan: "
         tracker.start_disk(plan.src[disk.source].referenced if full else 0)
         try:
             await send_disk(run, source, dest, disk, plan.into(disk), disk_plan, plan.options,
-                            tracker, results[disk.key])
+                            tracker, results[disk.key], marked=plan.marked(disk, run.owner))
         except DapxError as exc:
             results[disk.key].error = str(exc)
             failed = failed or disk.key
@@ -455,13 +476,22 @@ async def retention(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
             result.error = f"after the transfer {disk.target} does not hold {name}"
             continue
         result.common = common.name
-        try:
-            result.pruned_source = await zfs.destroy_snapshots(
-                source, disk.source, prune_list(src[disk.source], run, name))
-            result.pruned_dest = await zfs.destroy_snapshots(
-                dest, disk.target, prune_list(dst[disk.target], run, name))
-        except TransientError as exc:  # still busy after the retries: the copy stands
-            _log_prune_deferred(disk, exc)
+        pruned = await asyncio.gather(
+            prune(source, disk.source, prune_list(src[disk.source], run, name)),
+            prune(dest, disk.target, prune_list(dst[disk.target], run, name)),
+            return_exceptions=True)
+        for side, done in zip(("pruned_source", "pruned_dest"), pruned):
+            if isinstance(done, TransientError):  # still busy after the retries: the copy stands
+                _log_prune_deferred(disk, done)
+            elif isinstance(done, BaseException):
+                raise done
+            else:
+                setattr(result, side, done)
+
+
+async def prune(node: ProxmoxNode, dataset: str, names: list[str]) -> list[str]:
+    """Destroy ``names`` on ``dataset`` (no task run when there is nothing to destroy)."""
+    return await zfs.destroy_snapshots(node, dataset, names) if names else []
 
 
 def _log_prune_deferred(disk: ZfsDisk, exc: Exception) -> None:
@@ -498,6 +528,13 @@ class ZfsPlan:
     def into(self, disk: ZfsDisk) -> str:
         """The dataset this run receives the disk into: its target or its staged copy."""
         return self.staging.incoming[disk.target] if disk.key in self.staged else disk.target
+
+    def marked(self, disk: ZfsDisk, owner: str) -> bool:
+        """The dataset this run receives into already carries ``owner``'s mark (an
+        incremental into this job's target: no need to mark it again)."""
+        into = self.into(disk)
+        return (into == disk.target and isinstance(self.transfer_plan(disk), snapplan.Incremental)
+                and self.dst[into].owner == owner)
 
     def transfer_plan(self, disk: ZfsDisk) -> Plan:
         return self.staged.get(disk.key, self.plans[disk.key])
@@ -574,12 +611,16 @@ async def _replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode, dr
                      force: bool, result: ReplicaResult) -> None:
     result.snapshot = new_snapshot_name(job_tag(job), datetime.now(timezone.utc))
     name, run = result.snapshot, guest_run(job)
-    guest = await read_guest(source, job.guest)
+    guest, _ = await asyncio.gather(read_guest(source, job.guest), connect_ahead(dest))
     disks = zfs_disks(guest, job)
-    checks = (check_vmid_available(job, source, dest, guest.kind, api_optional=True),) \
-        if job.register_vm else ()
+    cluster_checked: list[float] = []  # when the VMID check reached the cluster's API
+
+    async def check_vmid() -> None:
+        if not await check_vmid_available(job, source, dest, guest.kind, api_optional=True):
+            cluster_checked.append(time.monotonic())
+
     plan = await read_and_plan(run, source, dest, disks, name, force=force, dry_run=dry_run,
-                               checks=checks)
+                               checks=(check_vmid(),) if job.register_vm else ())
     results = plan.results()
     result.disks = list(results.values())
     parent = destination_dataset(job.dest_pool, job.subfolder, "x").rsplit("/", 1)[0]
@@ -589,23 +630,46 @@ async def _replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode, dr
         await publish_plan(job, plan_rows(disks, plan, run, name), name, guest, result.dropped)
         return
     await replicate_datasets(run, source, dest, plan, results, name, parent)
-    if not result.failures:
-        result.dropped = await dropped.dropped_disks(job, run, source, dest, disks, parent,
-                                                     remove=job.remove_dropped_disks)
-    await register_after_copy(job, source, dest, result, "zfs", guest=guest)
+    if result.failures:
+        return
+    # A cluster check made moments ago (a small increment) need not be made again.
+    fresh = bool(cluster_checked) and time.monotonic() - cluster_checked[0] < FRESH_CHECK
+    found, _ = await gather_all(
+        dropped.dropped_disks(job, run, source, dest, disks, parent,
+                              remove=job.remove_dropped_disks),
+        register_after_copy(job, source, dest, result, "zfs", guest=guest,
+                            cluster_checked=fresh))
+    result.dropped = found
+
+
+FRESH_CHECK = 60.0
+"""Seconds a pre-copy cluster VMID check stands for registration (a longer copy checks
+again: another guest may have taken the VMID meanwhile)."""
+
+
+async def gather_all(*steps: Awaitable[Any]) -> list[Any]:
+    """Run ``steps`` side by side to the end; then raise the first failure, if any."""
+    done = await asyncio.gather(*steps, return_exceptions=True)
+    for outcome in done:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return done
 
 
 async def register_after_copy(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode,
                               result: ReplicaResult, kind: str, storage: str | None = None,
-                              guest: SourceGuest | None = None) -> None:
+                              guest: SourceGuest | None = None,
+                              cluster_checked: bool = False) -> None:
     """Register the copy when the job says so and every disk made it. A registration that
     fails (the API is down...) does not undo the copy: it is recorded for the run to fail
-    naming it, and the next run registers."""
+    naming it, and the next run registers. ``cluster_checked``: the cluster's VMID check
+    passed moments ago (the destination's own files are checked again in any case)."""
     if not job.register_vm or result.failures:
         return
     try:
         result.registration = str(await register_guest(job, source, dest, kind, storage,
-                                                       guest=guest))
+                                                       guest=guest,
+                                                       cluster_checked=cluster_checked))
     except DapxError as exc:
         result.registration, result.registration_error = "failed", str(exc)
 

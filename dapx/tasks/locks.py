@@ -8,8 +8,9 @@ died never blocks the next one for longer than one lease period. ``dapx up`` run
 with file-backed lease storage, so leases survive a server restart (the in-memory default loses
 them and the slot stays taken for good).
 
-Who holds a lock is written to a Prefect variable ``dapx-lock-<limit>`` (flow run, lease). A run
-that waits re-validates that holder: when its flow run is no longer running (finished, crashed,
+Who holds a lock is written to a Prefect variable ``dapx-lock-<limit>`` (flow run, lease; after
+a release it names the last holder until the next run takes the slot). A run that waits
+re-validates that holder: when its flow run is no longer running (finished, crashed,
 cancelled, deleted), the holder's lease is released at once instead of waiting for it to expire.
 A run that cannot get the slot within its wait fails with ``LockTimeout`` naming the holder, its
 state, and when its lease ends.
@@ -245,21 +246,20 @@ async def _keep(name: str, lease: UUID) -> None:
 
 
 async def release(name: str, lease: UUID) -> None:
-    """Give the slot back (idempotent), and clear the holder record when it is still ours."""
+    """Give the slot back (idempotent: a lease already released or expired is a no-op).
+
+    The holder record stays, naming the last holder: it is rewritten by the next run that
+    takes the slot, and a waiter that reads it while the slot is free or newly taken only
+    releases that finished run's lease again (a no-op). Deleting it cost ~2 s at the end of
+    every run on a SQLite server (a variable delete waits there while the run's task events
+    are written)."""
     import httpx
     from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
 
     for attempt in range(3):
         try:
             async with get_client() as client:
                 await client.release_concurrency_slots_with_lease(lease_id=lease)
-                holder = await _read_holder(client, name)
-                if holder is not None and holder.lease == str(lease):
-                    try:
-                        await client.delete_variable_by_name(holder_variable(name))
-                    except ObjectNotFound:  # removed meanwhile (a waiter freeing it): done
-                        pass
             return
         except (httpx.HTTPError, OSError) as exc:
             if attempt == 2:

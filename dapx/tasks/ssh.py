@@ -70,6 +70,13 @@ async def get_session(node: "ProxmoxNode") -> NodeSession:
     return await _on_transport(_open_locked(key, node, lock))
 
 
+async def connect_ahead(*nodes: "ProxmoxNode") -> None:
+    """Open the run's sessions to ``nodes`` now, side by side, so that the first task that
+    needs one finds it ready. A node that cannot be reached is left for that task to report
+    (with its retries and its one-line cause): nothing is raised here."""
+    await asyncio.gather(*(get_session(n) for n in nodes), return_exceptions=True)
+
+
 async def _open_locked(key: tuple[str, str], node: "ProxmoxNode", lock: asyncio.Lock) -> NodeSession:
     async with lock:
         session = _sessions.get(key)

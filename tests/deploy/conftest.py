@@ -14,6 +14,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -134,3 +136,23 @@ def trust(source: str, destination: str, *, revoke: bool = False) -> None:
                             timeout=300, env={**os.environ})
     if result.returncode != 0:
         raise AssertionError(f"trust-nodes {source} -> {destination} failed:\n{result.stderr}")
+
+
+def wait_final(run_id: uuid.UUID, timeout: float = 150.0):  # noqa: ANN201 - a FlowRun
+    """The flow run once its state is final (polled every 0.25 s; a server that is restarting
+    meanwhile is asked again). AssertionError naming the last state after ``timeout``."""
+    from prefect.client.orchestration import get_client
+
+    deadline, run = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        try:
+            with get_client(sync_client=True) as client:
+                run = client.read_flow_run(run_id)
+        except Exception:  # noqa: BLE001 - the server restarting
+            run = None
+        if run is not None and run.state is not None and run.state.is_final():
+            return run
+        time.sleep(0.25)
+    raise AssertionError(f"flow run {run_id} did not finish in {timeout:g} s: "
+                         f"{run.state if run else 'server not answering'}")
+

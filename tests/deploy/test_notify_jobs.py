@@ -28,7 +28,7 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from dapx.lab import estate
-from tests.deploy.conftest import BIN, run_cli
+from tests.deploy.conftest import BIN, run_cli, wait_final
 from tests.lab.test_replica_helpers import preserved
 from tests.helpers.receivers import SMTP_PASSWORD, HttpReceiver, SmtpReceiver
 
@@ -125,17 +125,6 @@ def start(job: str) -> uuid.UUID:
     from prefect.deployments import run_deployment
 
     return run_deployment(f"zfs-replica/{job}", timeout=0).id
-
-
-def wait_final(run_id: uuid.UUID, timeout: float = 120.0):  # noqa: ANN201 - a FlowRun
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            run = client.read_flow_run(run_id)
-            if run.state and run.state.is_final():
-                return run
-            time.sleep(0.3)
-    raise AssertionError(f"flow run {run_id} not finished after {timeout} s: {run.state}")
 
 
 def wait_running(run_id: uuid.UUID, timeout: float = 60.0) -> None:

@@ -22,6 +22,7 @@ from prefect.client.orchestration import get_client
 
 from dapx.deployments import server
 from dapx.deployments.processes import descendants, stop_tree
+from tests.deploy import conftest
 from tests.deploy.conftest import OwnServer, prefect_env, run_cli, trust
 from tests.helpers import tiny_guests
 from tests.lab.test_replica_helpers import (find_process, preserved, sha256, wait_for_process,
@@ -95,17 +96,8 @@ def state_of(run: uuid.UUID):  # noqa: ANN201
         return client.read_flow_run(run).state
 
 
-def wait_final(run: uuid.UUID, timeout: float = 180.0):  # noqa: ANN201
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            state = state_of(run)
-        except Exception:  # the server restarting
-            state = None
-        if state is not None and state.is_final():
-            return state
-        time.sleep(1.0)
-    raise AssertionError(f"flow run {run} did not finish in {timeout:g} s: {state_of(run)}")
+def wait_final(run: uuid.UUID, timeout: float = 180.0):  # noqa: ANN201 - a State
+    return conftest.wait_final(run, timeout).state
 
 
 def wait_receives_gone(timeout: float = 60.0) -> None:

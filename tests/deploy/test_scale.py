@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from prefect.client.orchestration import get_client
 from dapx.deployments import server, service
 from dapx.deployments.processes import stop_tree
 from dapx.lab import estate
-from tests.deploy.conftest import OwnServer, prefect_env, run_cli
+from tests.deploy.conftest import OwnServer, prefect_env, run_cli, wait_final
 from tests.helpers import postgres, tiny_guests
 from tests.lab.test_replica_helpers import sha256
 
@@ -93,7 +92,7 @@ def scale(lab: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]
                 for worker in workers:
                     worker.stop()
                 own.stop()
-                _cleanup()
+                _cleanup(wait=False)  # what zfs-fuse still calls busy goes at the next setup
 
 
 def _prepare() -> None:
@@ -108,7 +107,7 @@ def _prepare() -> None:
     server.ensure_work_pool()
     register_lab_nodes()
     asyncio.run(trust_nodes(SRC, DST))
-    tiny_guests.remove(SRC, SMALL)
+    _cleanup()  # also what an earlier session's teardown left busy
     tiny_guests.make(SRC, [GUEST_A, GUEST_B])
     for name, guest, vmid, site in ((JOB_A, GUEST_A, 9600, SITE_A),
                                     (JOB_B, GUEST_B, 9601, SITE_B)):
@@ -119,27 +118,16 @@ def _prepare() -> None:
             "--vmid-offset", str(OFFSET), "--keep", "2", "--site", SITE_B)
 
 
-def _cleanup() -> None:
-    tiny_guests.remove(SRC, SMALL)
-    tiny_guests.remove_replicas(DST, REPLICAS)
-    for tag in ("dapx_pve3-96", "dapx_pve3-2010", "dapx_pve3-2016"):
-        tiny_guests.remove_snapshots(SRC, tag)
+def _cleanup(wait: bool = True) -> None:
+    tiny_guests.remove(SRC, SMALL, wait)
+    tiny_guests.remove_replicas(DST, REPLICAS, wait)
+    for tag in ("dapx_pve3-960", "dapx_pve3-2010", "dapx_pve3-2016"):
+        tiny_guests.remove_snapshots(SRC, tag, wait)
 
 
 def start(deployment: str) -> uuid.UUID:
     out = run_cli("prefect", "deployment", "run", deployment).stdout
     return uuid.UUID(out.split("flow-run/")[1].split()[0].strip())
-
-
-def wait_final(run: uuid.UUID, timeout: float = 150.0):  # noqa: ANN201
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with get_client(sync_client=True) as client:
-            flow_run = client.read_flow_run(run)
-        if flow_run.state is not None and flow_run.state.is_final():
-            return flow_run
-        time.sleep(1.0)
-    raise AssertionError(f"flow run {run} did not finish in {timeout:g} s: {flow_run.state}")
 
 
 def submitted_by(run: uuid.UUID) -> str:

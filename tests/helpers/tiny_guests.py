@@ -6,16 +6,19 @@ from __future__ import annotations
 
 from dapx.lab import estate
 
-# zfs-fuse calls a dataset busy for a while after a send from it ended: destroy again then.
-_DESTROY = r'''destroy() {
+# zfs-fuse calls a dataset busy for a while after a send from it ended: destroy again then,
+# once a second for up to $tries seconds (the scripts' first argument; 0: try once).
+_DESTROY = r'''tries=$1; shift
+destroy() {
   i=0
   while ! err=$(zfs destroy "$@" 2>&1); do
     case $err in *busy*) ;; *) return 0 ;; esac
-    i=$((i + 1)); [ $i -ge 90 ] && { echo "$err" >&2; return 1; }
+    i=$((i + 1)); [ $i -gt "$tries" ] && { echo "$err" >&2; return 1; }
     sleep 1
   done
 }
 '''
+BUSY_WAIT = 90
 # Values arrive as positional arguments; the scripts are constants.
 _MAKE = r'''set -e
 node=$1; kib=$2; shift 2
@@ -67,33 +70,40 @@ def make_without_disk(node: str, vmids: list[int]) -> None:
         estate.run(node, ["sh", "-c", _CONFIG_ONLY, "sh", node, *map(str, vmids)])
 
 
-def remove(node: str, vmids: list[int]) -> None:
-    """Remove the guests' configs and datasets (with their snapshots)."""
+def remove(node: str, vmids: list[int], wait: bool = True) -> None:
+    """Remove the guests' configs and datasets (with their snapshots); ``wait``: while
+    zfs-fuse says busy (else what is busy stays)."""
     if vmids:
-        estate.run(node, ["sh", "-c", _REMOVE, "sh", node, *map(str, vmids)], timeout=600)
+        estate.run(node, ["sh", "-c", _REMOVE, "sh", _tries(wait), node, *map(str, vmids)],
+                   timeout=600)
 
 
-def remove_replicas(node: str, vmids: list[int]) -> None:
+def _tries(wait: bool) -> str:
+    return str(BUSY_WAIT if wait else 0)
+
+
+def remove_replicas(node: str, vmids: list[int], wait: bool = True) -> None:
     """Remove replicas registered on ``node`` as ``vmids`` and their datasets under
-    rpool/replica (what a replica job with those destination VMIDs made)."""
+    rpool/replica (what a replica job with those destination VMIDs made); ``wait`` as in
+    ``remove``."""
     remove_script = _DESTROY + r'''node=$1; shift
 for vmid in "$@"; do
   rm -f "/etc/pve/nodes/$node/qemu-server/$vmid.conf" "/etc/pve/nodes/$node/lxc/$vmid.conf"
   for ds in $(zfs list -H -o name -r rpool/replica 2>/dev/null | grep -E "^rpool/replica/(vm|subvol)-$vmid-disk-[0-9]+$"); do
-    zfs destroy -r "$ds" || true
+    destroy -r "$ds"
   done
 done
 '''
     if vmids:
-        estate.run(node, ["sh", "-c", remove_script, "sh", node, *map(str, vmids)],
-                   timeout=600)
+        estate.run(node, ["sh", "-c", remove_script, "sh", _tries(wait), node,
+                          *map(str, vmids)], timeout=600)
 
 
-def remove_snapshots(node: str, tag_prefix: str) -> None:
+def remove_snapshots(node: str, tag_prefix: str, wait: bool = True) -> None:
     """Destroy every snapshot on ``node`` whose name starts with ``tag_prefix`` (the
     snapshots replica jobs left on their sources, e.g. ``dapx_pve3-2``)."""
     script = _DESTROY + r'''zfs list -H -o name -t snapshot -r rpool | grep "@$1" | while read -r s; do
   destroy "$s"
 done
 '''
-    estate.run(node, ["sh", "-c", script, "sh", tag_prefix], timeout=600)
+    estate.run(node, ["sh", "-c", script, "sh", _tries(wait), tag_prefix], timeout=600)

@@ -224,3 +224,42 @@ def test_only_this_jobs_replicas_of_dropped_disks_are_leftovers() -> None:
              "rpool/replica/subvol-9100-disk-1": "pve1/100"}
     assert leftover_replicas(owned, "pve1/100", {"rpool/replica/vm-9100-disk-0"}, 9100) == [
         "rpool/replica/subvol-9100-disk-1", "rpool/replica/vm-9100-disk-2"]
+
+
+def test_only_an_incremental_into_this_jobs_own_target_skips_marking_it() -> None:
+    from dapx.core.snapshots import FullSend, Incremental, Snapshot
+    from dapx.flows.replica import ZfsDisk, ZfsPlan
+
+    disk = ZfsDisk("scsi0", "", "rpool/data/vm-1-disk-0", "rpool/r/vm-9-disk-0")
+    stage = resend.staging_for([disk.target], tree=False)
+    a, b = (Snapshot(name=n, guid=i, createtxg=i, creation=i) for i, n in ((1, "a"), (2, "b")))
+
+    def plan(owner: str | None, transfer) -> ZfsPlan:  # noqa: ANN001
+        dst = {n: zfs.DatasetState(n, exists=True, owner=owner) for n in stage.all_names()}
+        return ZfsPlan([disk], {}, dst, {"scsi0": transfer}, None, stage)
+
+    assert plan("pve1/1", Incremental(base=a, to=b)).marked(disk, "pve1/1")
+    assert not plan("pve1/2", Incremental(base=a, to=b)).marked(disk, "pve1/1")
+    assert not plan(None, Incremental(base=a, to=b)).marked(disk, "pve1/1")
+    assert not plan("pve1/1", FullSend(to=b)).marked(disk, "pve1/1")
+
+
+async def test_steps_run_side_by_side_to_the_end_before_a_failure_is_raised() -> None:
+    import asyncio
+
+    from dapx.flows.replica import gather_all
+
+    finished = []
+
+    async def slow() -> str:
+        await asyncio.sleep(0.05)
+        finished.append("slow")
+        return "done"
+
+    async def failing() -> None:
+        raise PermanentError("no")
+
+    with pytest.raises(PermanentError, match="no"):
+        await gather_all(failing(), slow())
+    assert finished == ["slow"]  # not left running behind the error
+    assert await gather_all(slow(), slow()) == ["done", "done"]

@@ -27,7 +27,7 @@ from dapx.core.registration import RegistrationOptions, dropped_keys, rewrite_fo
 from dapx.core.validate import validate_host
 from dapx.deployments import server
 from dapx.deployments.jobs import _JOB_NAME
-from dapx.errors import ApiError, ConnectionLost, InputError
+from dapx.errors import ConnectionLost, InputError
 from dapx.flows.register import Registration, registration_note, with_mark
 from dapx.tasks.guests import SourceGuest, is_replica_of, parse_grep_files
 from dapx.transports.pve import PveClient
@@ -112,7 +112,7 @@ def test_only_the_first_line_mark_counts_and_source_marks_are_stripped() -> None
     assert not is_replica_of(f"#my notes\n{mark}\ncores: 2\n", "pve1", 100)
     assert not is_replica_of(f"cores: 2\n{mark}\n", "pve1", 100)
     # A source that is itself a replica (or says so in its notes) carries no mark along.
-    source = f"#dapx-replica-of: pve9/555\n#notes\n# DAPX-Replica-Of: pve1/100\ncores: 2\n" \
+    source = "#dapx-replica-of: pve9/555\n#notes\n# DAPX-Replica-Of: pve1/100\ncores: 2\n" \
              "scsi0: local-zfs:vm-100-disk-0\n"
     options = RegistrationOptions(new_vmid=9100, storage_map={"local-zfs": "local-zfs"})
     out = serialise(rewrite_for_destination(parse_guest_config(source, "qemu"), 100, options))

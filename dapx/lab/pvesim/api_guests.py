@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from . import guestconf, guests, paths, storage, tasks
+from . import guestconf, guests, storage, tasks
 from .api_cluster import require_node
 from .guestkeys import CONFIG_KEYS
 from .httpd import ApiError, Request, Router

@@ -23,7 +23,7 @@ def _upid(req: Request) -> str:
     except ValueError:
         raise ApiError(400, "Parameter verification failed.", {"upid": f"unable to parse worker upid '{upid}'"}) from None
     if info["node"] != req.match["node"] or not tasks.log_path(upid).exists():
-        raise ApiError(500, f"no such task")
+        raise ApiError(500, "no such task")
     return upid
 
 

@@ -107,7 +107,7 @@ def migrate(log: Log, node: str, kind: str, vmid: int, target: str, online: int 
     members = cfg.get("cluster_nodes") or {}
     if target not in members or target == node:
         raise RuntimeError(f"target node '{target}' is not a cluster member" if target != node
-                           else f"target is local node.")
+                           else "target is local node.")
     running = guests.is_running(vmid)
     if running and kind == "lxc" and not restart:
         raise RuntimeError("running container can only be migrated in restart mode")

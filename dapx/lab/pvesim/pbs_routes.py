@@ -7,11 +7,10 @@ the lab instead takes whole files: PUT /api2/json/lab/upload (body = file bytes)
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
-from . import paths, pbs_prune, pbsstore, pbstasks
+from . import pbs_prune, pbsstore, pbstasks
 from .httpd import ApiError, Request, Router
 from .schema import BOOL, INT, Param, check
 

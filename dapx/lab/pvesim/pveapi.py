@@ -28,7 +28,6 @@ def build_router() -> httpd.Router:
 
 def _upload_volume(handler, req: httpd.Request) -> None:
     """Lab-only: PUT /api2/json/lab/volume?volid=V with the raw bytes (remote_migrate's data path)."""
-    import shutil
 
     from . import storage
     volid = req.params.get("volid", "")

@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from . import guestconf, guests, paths, storage, tasks
+from . import guests, paths, storage, tasks
 from .httpd import ApiError, Request
 
 
