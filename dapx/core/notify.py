@@ -15,6 +15,7 @@ from typing import Any, Literal, Mapping
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from dapx.core.cron import validate_timezone  # noqa: F401 - used here and re-exported
+from dapx.core.units import human_bytes
 from dapx.errors import InputError
 
 Outcome = Literal["Completed", "Failed", "Crashed"]
@@ -115,7 +116,7 @@ def run_body(notice: RunNotice) -> str:
     if notice.seconds is not None:
         lines.append(f"Duration: {format_duration(notice.seconds)}")
     if notice.bytes_sent is not None:
-        lines.append(f"Bytes: {format_bytes(notice.bytes_sent)} ({notice.bytes_sent} B)")
+        lines.append(f"Bytes: {human_bytes(notice.bytes_sent)} ({notice.bytes_sent} B)")
     if notice.refs:
         lines.append(f"Made: {', '.join(notice.refs)}")
     if notice.detail:
@@ -123,16 +124,6 @@ def run_body(notice: RunNotice) -> str:
     if notice.url:
         lines.append(f"Run: {notice.url}")
     return "\n".join(lines) + "\n"
-
-
-def format_bytes(count: int) -> str:
-    """``33554432`` -> ``32.0 MiB``."""
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def format_duration(seconds: float) -> str:

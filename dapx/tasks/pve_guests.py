@@ -80,24 +80,27 @@ def adapt_guest_config(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int,
     return changes, delete
 
 
+async def _power(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int, action: str,
+                 done: str) -> None:
+    """``action`` (start, stop) the guest unless its status is ``done`` already; follow the
+    task. Safe to repeat."""
+    api = _api(api_node)
+    if (await asyncio.to_thread(api.guest_status, on, kind, vmid)).get("status") == done:
+        return
+    upid = await asyncio.to_thread(api.set_guest_power, on, kind, vmid, action)
+    await asyncio.to_thread(follow, api, upid, f"{action} of guest {vmid} on {on}")
+
+
 @dapx_task(name="start-guest")
 async def start_guest(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int) -> None:
     """Start the guest unless it runs already; follow the task."""
-    api = _api(api_node)
-    if (await asyncio.to_thread(api.guest_status, on, kind, vmid)).get("status") == "running":
-        return
-    upid = await asyncio.to_thread(api.set_guest_power, on, kind, vmid, "start")
-    await asyncio.to_thread(follow, api, upid, f"start of guest {vmid} on {on}")
+    await _power(api_node, on, kind, vmid, "start", "running")
 
 
 @dapx_task(name="stop-guest")
 async def stop_guest(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int) -> None:
     """Stop the guest unless it is stopped already; follow the task."""
-    api = _api(api_node)
-    if (await asyncio.to_thread(api.guest_status, on, kind, vmid)).get("status") == "stopped":
-        return
-    upid = await asyncio.to_thread(api.set_guest_power, on, kind, vmid, "stop")
-    await asyncio.to_thread(follow, api, upid, f"stop of guest {vmid} on {on}")
+    await _power(api_node, on, kind, vmid, "stop", "stopped")
 
 
 @dapx_task(name="destroy-guest")

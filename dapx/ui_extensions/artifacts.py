@@ -10,6 +10,8 @@ import logging
 import re
 from typing import Any
 
+from dapx.core.units import human_bytes  # noqa: F401 - the flows take it from here too
+
 _KEY = re.compile(r"[^a-z0-9-]+")
 log = logging.getLogger("dapx.artifacts")
 
@@ -17,16 +19,6 @@ log = logging.getLogger("dapx.artifacts")
 def artifact_key(*parts: object) -> str:
     """An artifact key (lower-case letters, digits, dashes) from ``parts``."""
     return _KEY.sub("-", "-".join(str(p) for p in parts).lower()).strip("-")[:100]
-
-
-def human_bytes(count: int) -> str:
-    """``33554432`` -> ``32.0 MiB``."""
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{count} B"  # pragma: no cover
 
 
 def readable(value: Any) -> str:

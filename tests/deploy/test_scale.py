@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from dapx.deployments import server, service
-from dapx.deployments.processes import stop_tree
+from dapx.deployments.processes import signal_tree, stop_tree
 from dapx.lab import estate
 from tests.deploy.conftest import OwnServer, prefect_env, run_cli, wait_final
 from tests.helpers import postgres, tiny_guests
@@ -89,6 +90,8 @@ def scale(lab: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]
                                        "--name", "worker-b"], dict(os.environ)))
                 yield {"database": database, "workers": workers, "unit": unit, "server": own}
             finally:
+                for worker in workers:  # both at once: each may wait for its flow runs
+                    signal_tree(worker.proc.pid, signal.SIGTERM)
                 for worker in workers:
                     worker.stop()
                 own.stop()

@@ -1,0 +1,13 @@
+"""Sizes as people read them, for artifacts, notifications and CLI tables alike."""
+
+from __future__ import annotations
+
+
+def human_bytes(count: int) -> str:
+    """``33554432`` -> ``32.0 MiB``; ``512`` -> ``512 B``."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
