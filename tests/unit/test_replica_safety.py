@@ -263,3 +263,24 @@ async def test_steps_run_side_by_side_to_the_end_before_a_failure_is_raised() ->
         await gather_all(failing(), slow())
     assert finished == ["slow"]  # not left running behind the error
     assert await gather_all(slow(), slow()) == ["done", "done"]
+
+
+async def test_btrfs_send_sizes_count_from_the_base_or_from_the_start(monkeypatch) -> None:  # noqa: ANN001
+    from dapx.core.snapshots import FullSend, Incremental, Snapshot
+    from dapx.flows import btrfs_replica
+    from dapx.tasks import btrfs
+
+    asked = {}
+
+    async def written_since(node, mount, subvolumes):  # noqa: ANN001, ANN202
+        asked.update(subvolumes)
+        return {path: 4096 for path in subvolumes}
+
+    monkeypatch.setattr(btrfs, "written_since", written_since)
+    disks = [btrfs_replica.BtrfsDisk(f"scsi{i}", f"/b/images/1/vm-1-disk-{i}", "", "", "", "",
+                                     "/b") for i in (0, 1)]
+    base, new = (Snapshot(name=n, guid=g, createtxg=g, creation=g) for g, n in ((7, "a"), (9, "n")))
+    plans = {"scsi0": Incremental(base=base, to=new), "scsi1": FullSend(to=new)}
+    sizes = await btrfs_replica.send_sizes(None, "/b", disks, plans, "n")
+    assert asked == {"/b/images/1/vm-1-disk-0@n": 7, "/b/images/1/vm-1-disk-1@n": -1}
+    assert sizes == {"/b/images/1/vm-1-disk-0@n": 4096, "/b/images/1/vm-1-disk-1@n": 4096}
