@@ -364,7 +364,7 @@ def register_blocks() -> None:
                    check=True, stdout=subprocess.DEVNULL)
 
 
-WORKER_QUERY_SECONDS = 1
+WORKER_QUERY_SECONDS = 0.5
 """How often a worker asks the server for runs to start (Prefect's default, 10 s, makes a run
 started from the UI wait up to 10 s before anything happens)."""
 
