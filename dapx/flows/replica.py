@@ -354,8 +354,9 @@ class TransferProgress:
 FEATURES_KEPT = 300.0
 """Seconds a process keeps what it found out about two nodes' ZFS (a fleet run's guests then
 probe each pair of nodes once, not once per guest)."""
-_features: dict[tuple[str, ...], tuple[float, bool, bool]] = {}
-"""(source, destination, pools) -> (when found, syncoid usable, resumable receive)"""
+_features: dict[tuple[str, ...], tuple[float, bool]] = {}
+"""(source, destination, pools) of a pair syncoid works between -> (when found, resumable
+receive on the destination)"""
 
 
 async def choose_transport(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
@@ -368,13 +369,13 @@ async def choose_transport(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
     key = (source.name, source.host, source_pool, dest.name, dest.host, dest_pool)
     seen = _features.get(key)
     if seen is not None and time.monotonic() - seen[0] <= FEATURES_KEPT:
-        return syncoid_options(run, dest, seen[2])
+        return syncoid_options(run, dest, seen[1])
     source_lists, dest_lists, resume = await asyncio.gather(
         zfs.syncoid_can_list(source, source_pool), zfs.syncoid_can_list(dest, dest_pool),
         zfs.supports_resume(dest, dest_pool))
     if not (source_lists and dest_lists):
         return None
-    _features[key] = (time.monotonic(), True, resume)
+    _features[key] = (time.monotonic(), resume)
     return syncoid_options(run, dest, resume)
 
 
@@ -613,11 +614,12 @@ async def _replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode, dr
     name, run = result.snapshot, guest_run(job)
     guest, _ = await asyncio.gather(read_guest(source, job.guest), connect_ahead(dest))
     disks = zfs_disks(guest, job)
-    cluster_checked: list[float] = []  # when the VMID check reached the cluster's API
+    checked_at: float | None = None  # when the VMID check last reached the cluster's API
 
     async def check_vmid() -> None:
+        nonlocal checked_at
         if not await check_vmid_available(job, source, dest, guest.kind, api_optional=True):
-            cluster_checked.append(time.monotonic())
+            checked_at = time.monotonic()
 
     plan = await read_and_plan(run, source, dest, disks, name, force=force, dry_run=dry_run,
                                checks=(check_vmid(),) if job.register_vm else ())
@@ -633,7 +635,7 @@ async def _replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode, dr
     if result.failures:
         return
     # A cluster check made moments ago (a small increment) need not be made again.
-    fresh = bool(cluster_checked) and time.monotonic() - cluster_checked[0] < FRESH_CHECK
+    fresh = checked_at is not None and time.monotonic() - checked_at < FRESH_CHECK
     found, _ = await gather_all(
         dropped.dropped_disks(job, run, source, dest, disks, parent,
                               remove=job.remove_dropped_disks),
