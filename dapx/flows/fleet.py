@@ -4,8 +4,11 @@ Shape of a run: load the job's node blocks; ask each source node's API which gue
 (``/cluster/resources``: new guests are found by the next run, gone ones are no longer
 asked for) and keep those the job's filters name (a list, a PVE pool, a tag); read their
 configs over SSH, one round trip per node, to tell ZFS guests from BTRFS ones (guests on
-other storage are skipped, or fail when listed by VMID). Then every guest is one subflow run
-of ``zfs-replica`` or ``btrfs-replica``, which takes the guest's own lock as always. At most
+other storage are skipped, or fail when listed by VMID). Then the quick round
+(``dapx.flows.fleet_round``) copies, in a few batched steps per node, every ZFS guest whose
+disks are plain incrementals into this job's own replicas (a fleet's steady state); every
+other guest is one subflow run of ``zfs-replica`` or ``btrfs-replica``, which takes the
+guest's own lock as always (a dry or forced run has no quick round). At most
 ``job_slots`` guests run at once per source node and per destination node, and across jobs
 and workers the node limits (``dapx.tasks.node_limits``) hold. A failing guest is recorded
 and the others carry on; the run publishes one table row per guest and fails at the end
@@ -35,6 +38,7 @@ from dapx.errors import DapxError, PermanentError
 from dapx.flows import KEPT_RESULTS
 from dapx.flows.hooks import job_hooks
 from dapx.flows.btrfs_replica import btrfs_replica
+from dapx.flows.fleet_round import Pacing, quick_round
 from dapx.flows.replica import zfs_replica
 from dapx.tasks.guest_sets import list_guests, replica_methods
 from dapx.tasks.locks import DEFAULT_WAIT
@@ -165,18 +169,25 @@ async def outcome_row(row: FleetRow, state: Any, started: float) -> FleetRow:
 # Every guest, bounded per node
 
 
-async def run_all(job: FleetJob, todo: list[tuple[FleetGuest, str]], *, dry_run: bool,
-                  force: bool, lock_wait: float, fleet_run: str | None) -> list[FleetRow]:
-    """Run every guest: per source node ``job_slots`` runners take its guests in turn; a
-    destination semaphore bounds the runs each destination receives from this job."""
+async def pacing(job: FleetJob, dry_run: bool) -> Pacing:
+    """How many of this job's guests run at once per source node and per destination node:
+    the node limits (created when missing), or the job's own caps when lower."""
     names = ([send_limit_name(s) for s in job.routes]
              + [receive_limit_name(d) for d in set(job.routes.values())])
     # A dry run changes nothing on the nodes: it takes no slots, but keeps the same pace.
     limits = dict.fromkeys(names, DEFAULT_NODE_SLOTS) if dry_run else await node_limits(names)
-    send = {s: job_slots(limits[send_limit_name(s)], job.per_source) for s in job.routes}
-    receive = {d: asyncio.Semaphore(job_slots(limits[receive_limit_name(d)],
-                                              job.per_destination))
-               for d in set(job.routes.values())}
+    return Pacing(send={s: job_slots(limits[send_limit_name(s)], job.per_source)
+                        for s in job.routes},
+                  receive={d: asyncio.Semaphore(job_slots(limits[receive_limit_name(d)],
+                                                          job.per_destination))
+                           for d in set(job.routes.values())})
+
+
+async def run_all(job: FleetJob, todo: list[tuple[FleetGuest, str]], pace: Pacing, *,
+                  dry_run: bool, force: bool, lock_wait: float,
+                  fleet_run: str | None) -> list[FleetRow]:
+    """Run every guest: per source node ``pace.send`` runners take its guests in turn; a
+    destination semaphore bounds the runs each destination receives from this job."""
     queues: dict[str, deque] = {s: deque() for s in job.routes}
     for guest, method in todo:
         queues[guest.node].append((guest, method))
@@ -185,12 +196,12 @@ async def run_all(job: FleetJob, todo: list[tuple[FleetGuest, str]], *, dry_run:
     async def runner(queue: deque) -> None:
         while queue:
             guest, method = queue.popleft()
-            async with receive[job.routes[guest.node]]:
+            async with pace.receive[job.routes[guest.node]]:
                 rows.append(await run_guest(job, guest, method, dry_run=dry_run, force=force,
                                             lock_wait=lock_wait, fleet_run=fleet_run))
 
     await asyncio.gather(*(runner(queues[s]) for s in job.routes
-                           for _ in range(min(send[s], len(queues[s])))))
+                           for _ in range(min(pace.send[s], len(queues[s])))))
     return rows
 
 
@@ -243,10 +254,15 @@ async def fleet_replica(job: FleetJob, dry_run: bool = False, force: bool = Fals
     started = time.monotonic()
     names = job.nodes()
     nodes = dict(zip(names, await aload_nodes(*names)))
+    fleet_run = _current_flow_run()
     async with shared_sessions() if job.share_connections else node_sessions():
         todo, rows = await resolve(job, nodes)
-        rows += await run_all(job, todo, dry_run=dry_run, force=force, lock_wait=lock_wait,
-                              fleet_run=_current_flow_run())
+        pace = await pacing(job, dry_run)
+        if not (dry_run or force):  # the steady state, batched; the rest in their own runs
+            quick, todo = await quick_round(job, nodes, todo, pace, fleet_run)
+            rows += quick
+        rows += await run_all(job, todo, pace, dry_run=dry_run, force=force,
+                              lock_wait=lock_wait, fleet_run=fleet_run)
     result = FleetResult(rows=rows, dry_run=dry_run, seconds=round(time.monotonic() - started, 3),
                          peak_rss_mib=peak_rss_mib())
     await publish_fleet(job, result)

@@ -217,13 +217,18 @@ async def register_guest(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode
         storage, created = validate_storage_id(storage or job.dest_pool), False
     if not cluster_checked:
         await check_vmid_available(job, source, dest, guest.kind)
-    options = registration_options(job, guest, storage)
-    config = rewrite_for_destination(guest.config, job.guest, options)
-    text = with_mark(serialise(config), job.source, job.guest)
+    text, dropped = registration_text(job, guest, storage)
     action = await write_registration(dest, guest, job.target_vmid, text)
     return Registration(node=dest.name, vmid=job.target_vmid, kind=guest.kind, storage=storage,
-                        action=action, storage_created=created,
-                        dropped_keys=dropped_keys(guest.config, options.carry_keys))
+                        action=action, storage_created=created, dropped_keys=dropped)
+
+
+def registration_text(job: ReplicaJob, guest: SourceGuest, storage: str) -> tuple[str, list[str]]:
+    """(the config text the destination gets, with our mark; the source keys left out)."""
+    options = registration_options(job, guest, storage)
+    config = rewrite_for_destination(guest.config, job.guest, options)
+    return (with_mark(serialise(config), job.source, job.guest),
+            dropped_keys(guest.config, options.carry_keys))
 
 
 @flow(name="register-vm", log_prints=False, **KEPT_RESULTS)

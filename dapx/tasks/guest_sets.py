@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from dapx.core.fleet import FleetGuest, replica_method
 from dapx.core.guestconfig import parse_guest_config
 from dapx.tasks.base import dapx_task
-from dapx.tasks.guests import STORAGE_CFG, config_path, read_files
+from dapx.tasks.guests import STORAGE_CFG, SourceGuest, config_path, read_files
 
 if TYPE_CHECKING:
     from dapx.blocks.node import ProxmoxNode
@@ -42,6 +42,26 @@ async def replica_methods(node: "ProxmoxNode", guests: list[FleetGuest]) -> dict
             continue
         methods[guest.vmid] = replica_method(parse_guest_config(text, guest.kind), storages)
     return methods
+
+
+@dapx_task(name="read-guests")
+async def read_guests(node: "ProxmoxNode", guests: list[FleetGuest]) -> dict[int, SourceGuest]:
+    """The configs of ``guests`` on ``node`` and its storage.cfg, in one round trip; a guest
+    whose config is gone is left out. Raises CommandError when the files cannot be read."""
+    if not guests:
+        return {}
+    paths = {g.vmid: config_path(g.kind, g.vmid, g.node) for g in guests}
+    files = (await read_files(node, [*paths.values(), STORAGE_CFG])).files
+    storages = read_storages(files)
+    return {g.vmid: SourceGuest(node.name, g.vmid, g.kind, files[paths[g.vmid]], storages)
+            for g in guests if paths[g.vmid] in files}
+
+
+@dapx_task(name="read-configs")
+async def read_configs(node: "ProxmoxNode", paths: list[str]) -> dict[str, str]:
+    """{path: text} of the config files among ``paths`` that exist on ``node`` (one round
+    trip). Raises CommandError when the files cannot be read."""
+    return (await read_files(node, paths)).files if paths else {}
 
 
 def read_storages(files: dict[str, str]) -> dict[str, dict[str, str]]:

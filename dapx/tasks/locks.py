@@ -155,16 +155,31 @@ async def ensure_limit(name: str, limit: int = 1) -> None:
             pass
 
 
-async def _try_acquire(client: Any, name: str, flow_run: str | None) -> UUID | None:
-    """The lease id of a slot of ``name`` taken now, or None when the slot is held."""
+async def ensure_limits(names: list[str]) -> None:
+    """``ensure_limit`` for many names: one listing of the limits, then each missing one."""
+    from prefect.client.orchestration import get_client
+
+    known: set[str] = set()
+    async with get_client() as client:
+        while True:
+            page = await client.read_global_concurrency_limits(limit=200, offset=len(known))
+            known |= {limit.name for limit in page}
+            if len(page) < 200:
+                break
+    await asyncio.gather(*(ensure_limit(n) for n in names if n not in known))
+
+
+async def _try_acquire(client: Any, name: str | list[str], flow_run: str | None) -> UUID | None:
+    """The lease id of a slot of ``name`` (of every name in a list, all or none) taken now,
+    or None when a slot is held."""
     import httpx
     from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 
     holder = ConcurrencyLeaseHolder(type="flow_run", id=UUID(flow_run)) if flow_run else None
     try:
         response = await client.increment_concurrency_slots_with_lease(
-            names=[name], slots=1, mode="concurrency", lease_duration=LEASE_SECONDS,
-            holder=holder)
+            names=name if isinstance(name, list) else [name], slots=1, mode="concurrency",
+            lease_duration=LEASE_SECONDS, holder=holder)
     except httpx.HTTPStatusError as exc:
         if exc.response.status_code == 423:
             return None
@@ -291,6 +306,42 @@ async def exclusive(name: str, what: str, wait: float = DEFAULT_WAIT) -> AsyncIt
     finally:
         keeper.cancel()
         await asyncio.shield(release(name, lease))
+
+
+@asynccontextmanager
+async def holding_free(names: list[str]) -> AsyncIterator[set[str]]:
+    """Hold every lock in ``names`` that is free now, never waiting; yields the names held
+    (their holder records name this run). One lease for all when all are free (the common
+    case), else one per free lock. Renewed while the body runs, released after it."""
+    from prefect.client.orchestration import get_client
+
+    if not names:
+        yield set()
+        return
+    await ensure_limits(names)
+    flow_run = _current_flow_run()
+    async with get_client() as client:
+        lease = await _try_acquire(client, names, flow_run)
+        if lease is not None:
+            leases = {lease: list(names)}
+        else:
+            taken = await asyncio.gather(*(_try_acquire(client, n, flow_run) for n in names))
+            leases = {one: [n] for n, one in zip(names, taken) if one is not None}
+        try:
+            await asyncio.gather(*(_write_holder(client, n, Holder.now(flow_run, one))
+                                   for one, held in leases.items() for n in held))
+        except BaseException:
+            await asyncio.shield(asyncio.gather(*(release(h[0], one)
+                                                  for one, h in leases.items())))
+            raise
+    keepers = [asyncio.create_task(_keep(held[0], one)) for one, held in leases.items()]
+    try:
+        yield {n for held in leases.values() for n in held}
+    finally:
+        for keeper in keepers:
+            keeper.cancel()
+        await asyncio.shield(asyncio.gather(*(release(held[0], one)
+                                              for one, held in leases.items())))
 
 
 async def run_exclusively(name: str, what: str, wait: float, dry_run: bool,

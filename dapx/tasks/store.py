@@ -15,6 +15,7 @@ import logging
 import os
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 from dapx.core.protection import RECORD_KINDS, Record, dataset_subject, guest_subject
 from dapx.errors import InputError
@@ -71,20 +72,46 @@ async def record_protection(kind: str, source: str, guest: int | str, destinatio
     copy succeeded, and recording it must not turn the run into a failure.
     Raises InputError for an unknown ``kind`` (a programming error in the calling flow).
     """
+    return await _store(kind, [Copy(source, guest, destination, ref, bytes_sent, seconds)]) == 1
+
+
+class Copy(NamedTuple):
+    """One successful copy to record (``record_protections``)."""
+
+    source: str
+    guest: int | str
+    destination: str
+    ref: str = ""
+    bytes_sent: int = 0
+    seconds: float = 0.0
+
+
+@dapx_task(name="record-protections", retries=0)
+async def record_protections(kind: str, copies: list[Copy]) -> int:
+    """``record_protection`` for many copies in one store session (a fleet's quick round).
+    Out: how many were stored (0 when the store cannot be written: logged, never raised)."""
+    return await _store(kind, copies)
+
+
+async def _store(kind: str, copies: list[Copy]) -> int:
     if kind not in RECORD_KINDS:
         raise InputError(f"protection kind {kind!r} must be one of {', '.join(RECORD_KINDS)}")
     run_id, job = _run_identity()
-    record = Record(subject=subject_of(source, guest), kind=kind, destination=destination,
-                    at=datetime.now(timezone.utc), job=job, ref=ref, bytes_sent=int(bytes_sent),
-                    seconds=float(seconds), flow_run_id=run_id)
+    now = datetime.now(timezone.utc)
+    records = [Record(subject=subject_of(c.source, c.guest), kind=kind,
+                      destination=c.destination, at=now, job=job, ref=c.ref,
+                      bytes_sent=int(c.bytes_sent), seconds=float(c.seconds), flow_run_id=run_id)
+               for c in copies]
     try:
         async with open_store() as store:
-            await store.add(record)
+            for record in records:
+                await store.add(record)
     except Exception as exc:  # the store must never fail a good copy
         _run_logger().error("could not record the %s of %s in the protection store (%s): %s",
-                            kind, record.subject, type(exc).__name__, exc)
-        return False
-    return True
+                            kind, ", ".join(r.subject for r in records),
+                            type(exc).__name__, exc)
+        return 0
+    return len(records)
 
 
 @dapx_task(name="read-protection-records")

@@ -168,6 +168,85 @@ async def destroy_snapshots(node: "ProxmoxNode", dataset: str, names: list[str])
     return names
 
 
+# Many guests at once (a fleet's quick round): one round trip per node, one outcome line per
+# group. A group is one guest's disks, snapshotted in one command (atomic across them) or,
+# where zfs takes one name per command, one by one; a retry finds them taken and says ok.
+_SNAPSHOT_GROUPS = r"""exists() { zfs list -H -o name -t snapshot "$@" >/dev/null 2>&1; }
+snap() {
+  if out=$(zfs snapshot "$@" 2>&1) || exists "$@"; then printf 'ok\t%s\n' "$1"; return; fi
+  case $out in
+    *[Uu]sage*) for p; do
+        exists "$p" || out=$(zfs snapshot "$p" 2>&1) || {
+          printf 'failed\t%s\t%s\n' "$1" "$(printf '%s' "$out" | tail -n 1)"; return; }
+      done
+      printf 'ok\t%s\n' "$1" ;;
+    *) printf 'failed\t%s\t%s\n' "$1" "$(printf '%s' "$out" | tail -n 1)" ;;
+  esac
+}
+group=()
+for arg; do
+  if [ "$arg" = -- ]; then snap "${group[@]}"; group=(); else group+=("$arg"); fi
+done"""
+# Pruning many datasets: per dataset, its names in turn; one already gone counts as destroyed.
+_DESTROY_SETS = r"""prune() {
+  ds=$1; shift
+  for n; do
+    out=$(zfs destroy "$ds@$n" 2>&1) && continue
+    case $out in
+      *"could not find any snapshots"*|*"does not exist"*) ;;
+      *) printf 'failed\t%s\t%s\n' "$ds" "$(printf '%s' "$out" | tail -n 1)"; return ;;
+    esac
+  done
+  printf 'ok\t%s\n' "$ds"
+}
+group=()
+for arg; do
+  if [ "$arg" = -- ]; then prune "${group[@]}"; group=(); else group+=("$arg"); fi
+done"""
+
+
+def parse_outcomes(output: str, keys: list[str]) -> dict[str, str]:
+    """``ok|failed<TAB>key[<TAB>why]`` lines -> {key: "" when ok, else why}; a key without a
+    line failed without saying (the script was cut)."""
+    found = {k: "no outcome reported" for k in keys}
+    for line in output.splitlines():
+        state, _, rest = line.partition("\t")
+        key, _, why = rest.partition("\t")
+        if key in found:
+            found[key] = "" if state == "ok" else (why or "failed")
+    return found
+
+
+@dapx_task(name="snapshot-groups")
+async def snapshot_groups(node: "ProxmoxNode", groups: list[list[str]]) -> dict[str, str]:
+    """Take every group of snapshot paths (``ds@name``: one guest's disks) in one round trip.
+    Out: {first path of a group: "" when taken, else zfs's last line}. Safe to repeat."""
+    argv = [arg for group in groups for arg in (*[_checked_path(p) for p in group], "--")]
+    result = await run(node, ["bash", "-c", _SNAPSHOT_GROUPS, "bash", *argv], timeout=600)
+    return parse_outcomes(result.stdout, [g[0] for g in groups])
+
+
+@dapx_task(name="prune-datasets")
+async def destroy_snapshot_sets(node: "ProxmoxNode", names: dict[str, list[str]]) -> dict[str, str]:
+    """Destroy ``dataset@name`` for every dataset and name (never recursive) in one round
+    trip. Out: {dataset: "" when done, else zfs's last line (busy, a hold...)}. Safe to
+    repeat: a snapshot already gone counts as destroyed."""
+    argv = []
+    for ds, snaps in names.items():
+        if snaps:
+            argv += [validate_dataset_name(ds), *[snapshot_path(ds, n).partition("@")[2]
+                                                  for n in snaps], "--"]
+    if not argv:
+        return {}
+    result = await run(node, ["bash", "-c", _DESTROY_SETS, "bash", *argv], timeout=900)
+    return parse_outcomes(result.stdout, [ds for ds, snaps in names.items() if snaps])
+
+
+def _checked_path(path: str) -> str:
+    dataset, _, name = path.partition("@")
+    return snapshot_path(dataset, name)
+
+
 @dapx_task
 async def rollback(node: "ProxmoxNode", dataset: str, name: str) -> None:
     """``zfs rollback -r dataset@name``: only from a forced plan (destroys later snapshots)."""
