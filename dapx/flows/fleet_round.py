@@ -21,7 +21,8 @@ lease when all are free); read the configs (one round trip on the source); read 
 snapshot states, the destination's owner marks and config files, trust and transport at once,
 then what was written into each target; take every guest's snapshot (one command per guest,
 one round trip); syncoid per disk under the node slots; read both sides again and prune (one
-round trip each); write registrations only where the config changed; record protection once for the whole round.
+round trip each); write registrations only where the config changed; record protection once
+for the whole round.
 """
 
 from __future__ import annotations
