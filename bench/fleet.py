@@ -133,13 +133,15 @@ def reported_peak(run: uuid.UUID) -> float:
 
 
 def time_split(run: uuid.UUID) -> str:
-    """Where a fleet round's time went: per guest subflow, and the fixed cost around them."""
+    """Where a fleet round's time went: the run, its task runs, and the guests that went to a
+    replica run of their own (subflows), if any."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterParentFlowRunId,
+                                                TaskRunFilter, TaskRunFilterFlowRunId)
 
     with get_client(sync_client=True) as client:
         parent = client.read_flow_run(run)
-        subs: list = []
+        subs, tasks = [], []
         while True:  # the API returns at most 200 per call
             page = client.read_flow_runs(flow_run_filter=FlowRunFilter(
                 parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run])), limit=200,
@@ -147,14 +149,28 @@ def time_split(run: uuid.UUID) -> str:
             subs += page
             if len(page) < 200:
                 break
-    seconds = [s.total_run_time.total_seconds() for s in subs]
-    first = min(s.start_time for s in subs)
-    last = max(s.end_time for s in subs)
-    return (f"fleet run: {parent.total_run_time.total_seconds():.1f} s in the flow "
+        while True:
+            page = client.read_task_runs(task_run_filter=TaskRunFilter(
+                flow_run_id=TaskRunFilterFlowRunId(any_=[run])), limit=200, offset=len(tasks))
+            tasks += page
+            if len(page) < 200:
+                break
+    text = (f"fleet run: {parent.total_run_time.total_seconds():.1f} s in the flow "
             f"(created -> running {(parent.start_time - parent.created).total_seconds():.1f} "
-            f"s); {len(subs)} guest runs, each {statistics.median(seconds):.2f} s median "
-            f"({min(seconds):.2f}..{max(seconds):.2f}); guests from first start to last end "
-            f"{(last - first).total_seconds():.1f} s")
+            f"s); {len(tasks)} task runs of its own")
+    named: dict[str, list[float]] = {}
+    for task in tasks:
+        named.setdefault(task.name.rsplit("-", 1)[0], []).append(
+            task.total_run_time.total_seconds())
+    text += "".join(f"\n  {name:<28} {len(times):4d} x, {statistics.median(times):.2f} s median, "
+                    f"{sum(times):.1f} s in all" for name, times in sorted(
+                        named.items(), key=lambda kv: -sum(kv[1])))
+    if subs:
+        seconds = [s.total_run_time.total_seconds() for s in subs]
+        text += (f"\n{len(subs)} guest(s) in their own runs, each "
+                 f"{statistics.median(seconds):.2f} s median ({min(seconds):.2f}.."
+                 f"{max(seconds):.2f})")
+    return text
 
 
 def setup_product(home: Path, database: str | None, spread: dict[str, list[int]],

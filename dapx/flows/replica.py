@@ -411,7 +411,8 @@ async def send_each(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode, plan: "
             continue
         disk_plan = plan.transfer_plan(disk)
         full = isinstance(disk_plan, FullSend)
-        tracker.start_disk(plan.src[disk.source].referenced if full else 0)
+        tracker.start_disk(plan.src[disk.source].referenced if full
+                           else plan.send_bytes.get(disk.source, 0))
         try:
             await send_disk(run, source, dest, disk, plan.into(disk), disk_plan, plan.options,
                             tracker, results[disk.key], marked=plan.marked(disk, run.owner))
@@ -518,6 +519,8 @@ class ZfsPlan:
     staging: resend.Staging
     staged: dict[str, Plan] = field(default_factory=dict)
     """disk key -> the transfer into its staged copy (disks a forced resend replaces)"""
+    send_bytes: dict[str, int] = field(default_factory=dict)
+    """source dataset -> what its incremental send carries (progress; OpenZFS only)"""
 
     def unused_copies(self) -> list[str]:
         """Scratch copies a cut resend left that this run does not resend into (the target
@@ -589,6 +592,13 @@ async def measure_written(dest: ProxmoxNode, targets: list[zfs.DatasetState]) ->
         target.written = written.get(target.name)
 
 
+async def measure_sends(source: ProxmoxNode, plan: ZfsPlan) -> None:
+    """Fill ``plan.send_bytes`` for the incremental disks, where the node can tell."""
+    bases = {d.source: p.base.name for d in plan.disks
+             if isinstance(p := plan.transfer_plan(d), snapplan.Incremental)}
+    plan.send_bytes = await zfs.send_sizes(source, bases) if bases else {}
+
+
 async def replicate_datasets(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
                              plan: ZfsPlan, results: dict[str, DiskResult], name: str,
                              parent: str | None) -> None:
@@ -596,7 +606,8 @@ async def replicate_datasets(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode
     ``parent`` unless None, a pool, and the scratch parent of a resend; remove scratch copies
     no longer needed), transfer, swap a resend in, prune both sides. Failures are recorded in
     ``results``."""
-    steps = [zfs.take_snapshots(source, [d.source for d in plan.disks], name)]
+    steps = [zfs.take_snapshots(source, [d.source for d in plan.disks], name),
+             measure_sends(source, plan)]
     parents = ([parent] if parent else []) + (plan.staging.parents() if plan.staged else [])
     steps += [zfs.create_parents(dest, p) for p in parents]
     if plan.unused_copies():

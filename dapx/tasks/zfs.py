@@ -303,19 +303,29 @@ async def owned_children(node: "ProxmoxNode", parent: str) -> dict[str, str]:
 # counts: zfs-fuse rewrites a parent's directory when it mounts a child there, and reading
 # (atime) or deleting (the rollback brings it back) loses nothing.
 _PROBE = r'''probe=$1; shift
-while [ "$#" -ge 2 ]; do
-  ds=$1 base=$2; shift 2
+one() {
+  ds=$1 base=$2
   zfs destroy "$ds@$probe" >/dev/null 2>&1
-  zfs snapshot "$ds@$probe" || exit 1
+  zfs snapshot "$ds@$probe" || return 1
   size=$(zfs send -i "$ds@$base" "$ds@$probe" | zstreamdump -v | awk '
     $1 == "WRITE" { file = ($7 == 19); next }
     $1 == "offset" && file { total += $6; file = 0 }
     $1 == "END" { ended = 1 }
     END { if (ended) print total + 0 }')
-  zfs destroy "$ds@$probe" || exit 1
-  [ -n "$size" ] || { echo "cannot measure what was written into $ds" >&2; exit 1; }
+  zfs destroy "$ds@$probe" || return 1
+  [ -n "$size" ] || { echo "cannot measure what was written into $ds" >&2; return 1; }
   printf '%s\t%s\n' "$ds" "$size"
-done'''
+}
+failed=0 pids= n=0
+while [ "$#" -ge 2 ]; do  # a few datasets at once (a fleet's destination has many)
+  one "$1" "$2" & pids="$pids $!" n=$((n + 1))
+  shift 2
+  if [ "$n" -ge 4 ] || [ "$#" -lt 2 ]; then
+    for pid in $pids; do wait "$pid" || failed=1; done
+    pids= n=0
+  fi
+done
+exit "$failed"'''
 
 
 def parse_written(output: str) -> dict[str, int]:
@@ -351,6 +361,28 @@ async def head_written(node: "ProxmoxNode", heads: dict[str, str]) -> dict[str, 
     probe = await run(node, ["sh", "-c", _PROBE, "sh", PROBE_SNAPSHOT, *pairs], timeout=3600)
     return parse_written(probe.stdout)
 
+
+
+# What an incremental send will carry, for progress: the head's ``written@<base>`` (OpenZFS),
+# one line per dataset; a ZFS without that property (zfs-fuse) prints nothing for it.
+_SEND_SIZES = r'''while [ "$#" -ge 2 ]; do
+  size=$(zfs get -H -p -o value "written@$2" "$1" 2>/dev/null) && printf '%s\t%s\n' "$1" "$size"
+  shift 2
+done
+exit 0'''
+
+
+@dapx_task
+async def send_sizes(node: "ProxmoxNode", bases: dict[str, str]) -> dict[str, int]:
+    """Bytes written into each dataset since its ``base`` snapshot (in: {dataset: short
+    name}): what an incremental send from there carries, near enough for a progress bar.
+    Datasets the node cannot measure are left out (zfs-fuse: all of them)."""
+    if not bases:
+        return {}
+    pairs = [arg for d, base in bases.items()
+             for arg in snapshot_path(d, base).split("@", 1)]
+    result = await run(node, ["sh", "-c", _SEND_SIZES, "sh", *pairs], check=False, timeout=120)
+    return parse_written(result.stdout)
 
 # ---------------------------------------------------------------------------------------------
 # Forced resends: the new copy arrives beside the old one (``dapx.core.staging``), then swaps.

@@ -211,6 +211,7 @@ def test_a_fleet_job_replicates_every_guest_of_pve1(scale: dict) -> None:
 def test_new_guests_are_picked_up_and_a_failing_guest_fails_alone(scale: dict) -> None:
     tiny_guests.make(SRC, [NEW_GUEST])
     tiny_guests.make_without_disk(SRC, [BROKEN_GUEST])  # its replica fails: no dataset
+    tiny_guests.change(SRC, [GUEST_A])
     flow_run = wait_final(start(f"fleet-replica/{FLEET}"))
     assert flow_run.state.is_failed(), flow_run.state
     message = flow_run.state.message or ""
@@ -219,6 +220,12 @@ def test_new_guests_are_picked_up_and_a_failing_guest_fails_alone(scale: dict) -
     assert table["pve1/151"]["outcome"] == "failed"
     assert "rpool/data/vm-151-disk-0" in table["pve1/151"]["error"]
     assert {r["outcome"] for g, r in table.items() if g != "pve1/151"} == {"completed"}
+    # The guests copied before are increments: the quick round (the fleet run itself) took
+    # them; the new guest and the broken one each had a run of their own.
+    assert table[f"pve1/{GUEST_A}"]["flow run"] == str(flow_run.id)
+    assert table[f"pve1/{NEW_GUEST}"]["flow run"] not in ("-", str(flow_run.id))
+    assert sha256(SRC, f"/rpool/data/vm-{GUEST_A}-disk-0/disk.raw") == sha256(
+        DST, f"/rpool/replica/vm-{GUEST_A + OFFSET}-disk-0/disk.raw")
     assert sha256(SRC, f"/rpool/data/vm-{NEW_GUEST}-disk-0/disk.raw") == sha256(
         DST, f"/rpool/replica/vm-{NEW_GUEST + OFFSET}-disk-0/disk.raw")
     config = estate.run(DST, ["cat", f"/etc/pve/nodes/{DST}/qemu-server/"

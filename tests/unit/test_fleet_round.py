@@ -1,0 +1,127 @@
+"""The fleet's quick round, pure parts: which guests it may copy (everything else goes to the
+guest's own replica run) and how its batched node scripts report each group."""
+
+from __future__ import annotations
+
+from dapx.core.fleet import FleetGuest, FleetJob, guest_job
+from dapx.core.snapshots import Snapshot
+from dapx.core.storagecfg import parse_storage_cfg
+from dapx.flows import fleet_round, replica
+from dapx.tasks import guests, zfs
+
+CFG = "zfspool: local-zfs\n\tpool rpool/data\n\tcontent images,rootdir\n"
+VM = "scsi0: local-zfs:vm-100-disk-0,size=32M\nnet0: virtio=BC:24:11:5A:10:64,bridge=vmbr0\n"
+SRC, TGT = "rpool/data/vm-100-disk-0", "rpool/replica/vm-10100-disk-0"
+DEST_CONF = "/etc/pve/nodes/pve3/qemu-server/10100.conf"
+
+
+def quick() -> fleet_round.Quick:
+    job = FleetJob(routes={"pve1": "pve3"}, vmid_offset=10000)
+    replica_job = guest_job(job, FleetGuest(vmid=100, node="pve1", kind="qemu"))
+    config = guests.SourceGuest("pve1", 100, "qemu", VM, parse_storage_cfg(CFG))
+    return fleet_round.Quick(FleetGuest(vmid=100, node="pve1", kind="qemu"), replica_job,
+                             replica.guest_run(replica_job), config,
+                             replica.zfs_disks(config, replica_job),
+                             "dapx_pve3-10100_20261201T120000Z")
+
+
+def snap(name: str, guid: int, txg: int) -> Snapshot:
+    return Snapshot(name=name, guid=guid, createtxg=txg, creation=1_700_000_000 + txg)
+
+
+def sides(owner: str | None = "pve1/100", written: int | None = 0, target: bool = True,
+          owned: dict | None = None, configs: dict | None = None) -> fleet_round.Sides:
+    base = snap("dapx_pve3-10100_20261201T110000Z", 7, 10)
+    dst = {n: zfs.DatasetState(n) for n in (
+        TGT, "rpool/replica/dapx-resend/new.vm-10100-disk-0",
+        "rpool/replica/dapx-resend/old.vm-10100-disk-0")}
+    if target:
+        dst[TGT] = zfs.DatasetState(TGT, exists=True, owner=owner, snapshots=[base],
+                                    written=written)
+    src = {SRC: zfs.DatasetState(SRC, exists=True, snapshots=[base])}
+    mark = guests.replica_mark("pve1", 100)
+    return fleet_round.Sides(src, dst, owned if owned is not None else {TGT: "pve1/100"},
+                             configs if configs is not None else {DEST_CONF: mark + "\n"})
+
+
+def test_a_plain_incremental_into_its_own_registered_replica_is_taken() -> None:
+    assert fleet_round.refusal(quick(), sides(), "pve3", register=True) == ""
+
+
+def test_every_other_case_goes_to_the_guests_own_run() -> None:
+    q = quick()
+    cases = {
+        "no replica yet": sides(target=False),
+        "does not carry this guest's mark": sides(owner="pve2/100"),
+        "written to since its newest snapshot": sides(written=4096),
+        "a disk the guest no longer has": sides(owned={TGT: "pve1/100",
+                                                       "rpool/replica/vm-10100-disk-1":
+                                                       "pve1/100"}),
+        "not registered": sides(configs={}),
+    }
+    for expected, found in cases.items():
+        assert expected in fleet_round.refusal(q, found, "pve3", register=True), expected
+    # Without registration, a missing config does not matter.
+    assert fleet_round.refusal(q, sides(configs={}), "pve3", register=False) == ""
+    # A config there that is not our replica's (another guest holds the VMID).
+    other = sides(configs={DEST_CONF: "name: someone-else\n"})
+    assert "not registered" in fleet_round.refusal(q, other, "pve3", register=True)
+
+
+def test_a_forced_resends_scratch_copy_sends_the_guest_to_its_own_run() -> None:
+    found = sides()
+    scratch = "rpool/replica/dapx-resend/new.vm-10100-disk-0"
+    found.dst[scratch] = zfs.DatasetState(scratch, exists=True)
+    assert "forced resend" in fleet_round.refusal(quick(), found, "pve3", register=True)
+
+
+def test_script_outcomes_name_each_group_and_a_silent_one_failed() -> None:
+    out = "ok\ta@x\nfailed\tb@x\tdataset is busy\n"
+    assert zfs.parse_outcomes(out, ["a@x", "b@x", "c@x"]) == {
+        "a@x": "", "b@x": "dataset is busy", "c@x": "no outcome reported"}
+
+
+def stub_zfs(tmp_path, body: str) -> dict[str, str]:
+    """A stub ``zfs`` on PATH (test code may run a shell: it checks the constant scripts)."""
+    (tmp_path / "zfs").write_text(f"#!/bin/sh\n{body}\n")
+    (tmp_path / "zfs").chmod(0o755)
+    return {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+
+
+def test_snapshot_groups_script_reports_each_guest(tmp_path) -> None:
+    import subprocess
+
+    # zfs-fuse's zfs takes one name per snapshot command; b@x cannot be taken at all.
+    env = stub_zfs(tmp_path, '''case "$1 $#" in
+  "list"*) exit 1 ;;
+  "snapshot 2") [ "$2" = b@x ] && { echo "cannot create snapshot 'b@x': out of space" >&2; exit 1; }; exit 0 ;;
+  *) echo "usage: zfs snapshot <snapshot>" >&2; exit 2 ;;
+esac''')
+    argv = ["bash", "-c", zfs._SNAPSHOT_GROUPS, "bash", "a@x", "a2@x", "--", "b@x", "--"]
+    out = subprocess.run(argv, capture_output=True, text=True, env=env).stdout
+    assert zfs.parse_outcomes(out, ["a@x", "b@x"]) == {
+        "a@x": "", "b@x": "cannot create snapshot 'b@x': out of space"}
+
+
+def test_prune_script_counts_gone_as_done_and_names_busy(tmp_path) -> None:
+    import subprocess
+
+    env = stub_zfs(tmp_path, '''case "$2" in
+  a@old) exit 0 ;;
+  a@gone) echo "could not find any snapshots to destroy; check snapshot names." >&2; exit 1 ;;
+  b@*) echo "cannot destroy snapshot $2: dataset is busy" >&2; exit 1 ;;
+esac''')
+    argv = ["bash", "-c", zfs._DESTROY_SETS, "bash", "a", "old", "gone", "--", "b", "x", "--"]
+    out = subprocess.run(argv, capture_output=True, text=True, env=env).stdout
+    assert zfs.parse_outcomes(out, ["a", "b"]) == {
+        "a": "", "b": "cannot destroy snapshot b@x: dataset is busy"}
+
+
+def test_send_sizes_script_leaves_out_what_zfs_cannot_measure(tmp_path) -> None:
+    import subprocess
+
+    env = stub_zfs(tmp_path, '''[ "$7" = d1 ] && { echo 4096; exit 0; }
+echo "bad property list: invalid property '$5'" >&2; exit 1''')
+    argv = ["sh", "-c", zfs._SEND_SIZES, "sh", "d1", "s1", "d2", "s2"]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and zfs.parse_written(done.stdout) == {"d1": 4096}
