@@ -303,29 +303,19 @@ async def owned_children(node: "ProxmoxNode", parent: str) -> dict[str, str]:
 # counts: zfs-fuse rewrites a parent's directory when it mounts a child there, and reading
 # (atime) or deleting (the rollback brings it back) loses nothing.
 _PROBE = r'''probe=$1; shift
-one() {
-  ds=$1 base=$2
+while [ "$#" -ge 2 ]; do
+  ds=$1 base=$2; shift 2
   zfs destroy "$ds@$probe" >/dev/null 2>&1
-  zfs snapshot "$ds@$probe" || return 1
+  zfs snapshot "$ds@$probe" || exit 1
   size=$(zfs send -i "$ds@$base" "$ds@$probe" | zstreamdump -v | awk '
     $1 == "WRITE" { file = ($7 == 19); next }
     $1 == "offset" && file { total += $6; file = 0 }
     $1 == "END" { ended = 1 }
     END { if (ended) print total + 0 }')
-  zfs destroy "$ds@$probe" || return 1
-  [ -n "$size" ] || { echo "cannot measure what was written into $ds" >&2; return 1; }
+  zfs destroy "$ds@$probe" || exit 1
+  [ -n "$size" ] || { echo "cannot measure what was written into $ds" >&2; exit 1; }
   printf '%s\t%s\n' "$ds" "$size"
-}
-failed=0 pids= n=0
-while [ "$#" -ge 2 ]; do  # a few datasets at once (a fleet's destination has many)
-  one "$1" "$2" & pids="$pids $!" n=$((n + 1))
-  shift 2
-  if [ "$n" -ge 4 ] || [ "$#" -lt 2 ]; then
-    for pid in $pids; do wait "$pid" || failed=1; done
-    pids= n=0
-  fi
-done
-exit "$failed"'''
+done'''
 
 
 def parse_written(output: str) -> dict[str, int]:
