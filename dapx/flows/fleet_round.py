@@ -240,12 +240,16 @@ async def read_sides(job: FleetJob, source: ProxmoxNode, dest: ProxmoxNode,
     staged = resend.staging_for(targets, False).all_names()
     parent = destination_dataset(job.dest_pool, job.subfolder, "x").rsplit("/", 1)[0]
     paths = [p for q in quick for p in dest_config_paths(q, dest.name)] if job.register_vm else []
-    src, dst, owned, configs, options, *_ = await asyncio.gather(
-        zfs.dataset_states(source, [d.source for q in quick for d in q.disks]),
-        zfs.dataset_states(dest, staged), zfs.owned_children(dest, parent),
-        read_configs(dest, paths), choose_transport(quick[0].run, source, dest, quick[0].disks),
-        check_trust(source, dest), refuse_running_receive(dest, staged))
-    await measure_written(dest, [dst[t] for t in targets])
+    async def dest_side() -> dict[str, zfs.DatasetState]:
+        found, _ = await asyncio.gather(zfs.dataset_states(dest, staged),
+                                        refuse_running_receive(dest, staged))
+        await measure_written(dest, [found[t] for t in targets])  # no receive runs into them
+        return found
+
+    src, dst, owned, configs, options, _ = await asyncio.gather(
+        zfs.dataset_states(source, [d.source for q in quick for d in q.disks]), dest_side(),
+        zfs.owned_children(dest, parent), read_configs(dest, paths),
+        choose_transport(quick[0].run, source, dest, quick[0].disks), check_trust(source, dest))
     return Sides(src, dst, owned, configs), options
 
 

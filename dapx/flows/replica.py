@@ -566,17 +566,24 @@ async def read_and_plan(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
     or a running receive, and whatever a check raises."""
     tree = run.recursive
     staging = resend.staging_for([d.target for d in disks], tree)
+
+    async def dest_side() -> dict[str, zfs.DatasetState]:
+        # Once no receive runs into a target: settle a cut swap, measure what was written
+        # (without waiting for the source side and the checks).
+        found, _ = await asyncio.gather(
+            zfs.dataset_states(dest, staging.all_names()),
+            refuse_running_receive(dest, list(staging.incoming)
+                                   + list(staging.incoming.values())))
+        found = await resend.settle_swaps(dest, staging, found, dry_run=dry_run)
+        await measure_written(dest, [found[d.target] for d in disks])
+        return found
+
     src, dst, options, *_ = await asyncio.gather(
-        zfs.dataset_states(source, [d.source for d in disks]),
-        zfs.dataset_states(dest, staging.all_names()),
-        choose_transport(run, source, dest, disks), check_trust(source, dest),
-        refuse_running_receive(dest, list(staging.incoming) + list(staging.incoming.values())),
-        *checks)
+        zfs.dataset_states(source, [d.source for d in disks]), dest_side(),
+        choose_transport(run, source, dest, disks), check_trust(source, dest), *checks)
     missing = [d.source for d in disks if not src[d.source].exists]
     if missing:
         raise PermanentError(f"source datasets missing on {run.source}: {', '.join(missing)}")
-    dst = await resend.settle_swaps(dest, staging, dst, dry_run=dry_run)
-    await measure_written(dest, [dst[d.target] for d in disks])
     plans = plan_all(disks, src, dst, name, force=force, destination=run.destination,
                      owner=run.owner)
     staged = resend.staged_plans(plans, {d.key: with_planned(src[d.source], name) for d in disks},
