@@ -16,7 +16,8 @@ and pool, and a fleet job: pve1 and pve2 -> pve3, pve3 -> pve1. Then:
      the run's Completed state.
 
 It prints both times, the ratio (target >= 3x) and the peak RSS of the fleet run's process
-(the orchestrator; target < 500 MB), then the per-guest time split of the fleet round.
+(the orchestrator; target < 500 MB), then where the fleet round's time went: its own task
+runs by name (the quick round), and the guests that had a replica run of their own.
 Everything it made is removed and the lab taken down. Never a timed test.
 """
 
