@@ -38,7 +38,7 @@ from dapx.errors import DapxError, PermanentError
 from dapx.flows import KEPT_RESULTS
 from dapx.flows.hooks import job_hooks
 from dapx.flows.btrfs_replica import btrfs_replica
-from dapx.flows.fleet_round import Pacing, quick_round
+from dapx.flows.fleet_round import Pacing, Tally, quick_round
 from dapx.flows.replica import zfs_replica
 from dapx.tasks.guest_sets import list_guests, replica_methods
 from dapx.tasks.locks import DEFAULT_WAIT
@@ -183,8 +183,8 @@ async def pacing(job: FleetJob, dry_run: bool) -> Pacing:
                            for d in set(job.routes.values())})
 
 
-async def run_all(job: FleetJob, todo: list[tuple[FleetGuest, str]], pace: Pacing, *,
-                  dry_run: bool, force: bool, lock_wait: float,
+async def run_all(job: FleetJob, todo: list[tuple[FleetGuest, str]], pace: Pacing,
+                  tally: Tally, *, dry_run: bool, force: bool, lock_wait: float,
                   fleet_run: str | None) -> list[FleetRow]:
     """Run every guest: per source node ``pace.send`` runners take its guests in turn; a
     destination semaphore bounds the runs each destination receives from this job."""
@@ -199,6 +199,7 @@ async def run_all(job: FleetJob, todo: list[tuple[FleetGuest, str]], pace: Pacin
             async with pace.receive[job.routes[guest.node]]:
                 rows.append(await run_guest(job, guest, method, dry_run=dry_run, force=force,
                                             lock_wait=lock_wait, fleet_run=fleet_run))
+            await tally.tick()
 
     await asyncio.gather(*(runner(queues[s]) for s in job.routes
                            for _ in range(min(pace.send[s], len(queues[s])))))
@@ -257,11 +258,12 @@ async def fleet_replica(job: FleetJob, dry_run: bool = False, force: bool = Fals
     fleet_run = _current_flow_run()
     async with shared_sessions() if job.share_connections else node_sessions():
         todo, rows = await resolve(job, nodes)
-        pace = await pacing(job, dry_run)
+        pace, tally = await pacing(job, dry_run), Tally(job, len(todo))
+        await tally.start()
         if not (dry_run or force):  # the steady state, batched; the rest in their own runs
-            quick, todo = await quick_round(job, nodes, todo, pace, fleet_run)
+            quick, todo = await quick_round(job, nodes, todo, pace, tally, fleet_run)
             rows += quick
-        rows += await run_all(job, todo, pace, dry_run=dry_run, force=force,
+        rows += await run_all(job, todo, pace, tally, dry_run=dry_run, force=force,
                               lock_wait=lock_wait, fleet_run=fleet_run)
     result = FleetResult(rows=rows, dry_run=dry_run, seconds=round(time.monotonic() - started, 3),
                          peak_rss_mib=peak_rss_mib())

@@ -100,6 +100,26 @@ class Pacing:
     receive: dict[str, asyncio.Semaphore]
 
 
+class Tally:
+    """The fleet run's progress artifact: guests finished, of those it runs (quick round and
+    own runs alike); updates are throttled by ``Progress``."""
+
+    def __init__(self, job: FleetJob, total: int) -> None:
+        from dapx.ui_extensions.artifacts import Progress, artifact_key
+
+        self.progress = Progress(artifact_key("fleet-progress", *sorted(job.routes)),
+                                 f"fleet: {total} guest(s) to copy")
+        self.total, self.done = max(total, 1), 0
+
+    async def start(self) -> None:
+        await self.progress.start()
+
+    async def tick(self) -> None:
+        self.done += 1
+        await self.progress.update(100.0 * self.done / self.total,
+                                   force=self.done >= self.total)
+
+
 # -----------------------------------------------------------------------------------------------
 # Pure: which guests the round may take
 
@@ -158,7 +178,7 @@ def refusal(q: Quick, sides: Sides, dest: str, register: bool) -> str:
 
 
 async def quick_round(job: FleetJob, nodes: dict[str, ProxmoxNode],
-                      todo: list[tuple[FleetGuest, str]], pacing: Pacing,
+                      todo: list[tuple[FleetGuest, str]], pacing: Pacing, tally: Tally,
                       fleet_run: str | None) -> tuple[list[FleetRow], list[tuple[FleetGuest, str]]]:
     """Copy what the quick round may; (rows of the guests it took, the guests left to their
     own replica runs). Holds the locks of the guests it took only while it runs."""
@@ -172,7 +192,7 @@ async def quick_round(job: FleetJob, nodes: dict[str, ProxmoxNode],
             if name in held:
                 by_source.setdefault(guest.node, []).append(guest)
         routes = await asyncio.gather(*(
-            route_round(job, nodes[s], nodes[job.routes[s]], guests, pacing, fleet_run)
+            route_round(job, nodes[s], nodes[job.routes[s]], guests, pacing, tally, fleet_run)
             for s, guests in by_source.items()))
     taken = [q for route in routes for q in route]
     if taken:
@@ -185,7 +205,7 @@ async def quick_round(job: FleetJob, nodes: dict[str, ProxmoxNode],
 
 
 async def route_round(job: FleetJob, source: ProxmoxNode, dest: ProxmoxNode,
-                      guests: list[FleetGuest], pacing: Pacing,
+                      guests: list[FleetGuest], pacing: Pacing, tally: Tally,
                       fleet_run: str | None) -> list[Quick]:
     """One route's quick round; the guests it took (copied, or failed after the copy)."""
     quick, why = await candidates(job, source, guests), ""
@@ -200,8 +220,8 @@ async def route_round(job: FleetJob, source: ProxmoxNode, dest: ProxmoxNode,
     quick = await snapshot_all(source, quick)
     sending = asyncio.Semaphore(pacing.send[source.name])
     quick = [q for q in await asyncio.gather(*(
-        transfer(q, source, dest, options, (sending, pacing.receive[dest.name]), fleet_run)
-        for q in quick)) if q is not None]
+        transfer(q, source, dest, options, (sending, pacing.receive[dest.name]), tally,
+                 fleet_run) for q in quick)) if q is not None]
     if quick:
         await prune_all(source, dest, quick)
         if job.register_vm:
@@ -264,7 +284,7 @@ async def snapshot_all(source: ProxmoxNode, quick: list[Quick]) -> list[Quick]:
 
 
 async def transfer(q: Quick, source: ProxmoxNode, dest: ProxmoxNode, options: SyncoidOptions,
-                   paces: tuple[asyncio.Semaphore, asyncio.Semaphore],
+                   paces: tuple[asyncio.Semaphore, asyncio.Semaphore], tally: Tally,
                    fleet_run: str | None) -> Quick | None:
     """syncoid for each disk of ``q`` within this job's per-node caps (``paces``: sending,
     receiving) and the node slots; ``q`` when every disk arrived, None when one failed (the
@@ -281,6 +301,7 @@ async def transfer(q: Quick, source: ProxmoxNode, dest: ProxmoxNode, options: Sy
             except DapxError:
                 return None
             q.seconds = time.monotonic() - started
+    await tally.tick()
     return q
 
 

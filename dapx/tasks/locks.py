@@ -110,11 +110,19 @@ async def _write_holder(client: Any, lock: str, holder: Holder) -> None:
     from prefect.client.schemas.actions import VariableCreate, VariableUpdate
     from prefect.exceptions import ObjectAlreadyExists
 
+    import httpx
+
     value = json.dumps(asdict(holder))
     name = holder_variable(lock)
+    try:  # the record exists after a lock's first use: one call then
+        await client.update_variable(VariableUpdate(name=name, value=value))
+        return
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code != 404:
+            raise
     try:
         await client.create_variable(VariableCreate(name=name, value=value, tags=["dapx-lock"]))
-    except ObjectAlreadyExists:
+    except ObjectAlreadyExists:  # another run made it meanwhile
         await client.update_variable(VariableUpdate(name=name, value=value))
 
 

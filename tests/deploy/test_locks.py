@@ -89,3 +89,26 @@ async def test_a_held_lock_survives_a_server_restart(own_server) -> None:
     again = await acquire(name, "testing a restart", 10, str(await _flow_run()))
     assert time.monotonic() - started < 3, "the released slot must be free at once"
     await release(name, again)
+
+
+async def test_a_fleet_holds_the_free_locks_at_once_and_gives_them_all_back(own_server) -> None:
+    from prefect.client.orchestration import get_client
+
+    from dapx.tasks.locks import (LockTimeout, _read_holder, acquire, ensure_limit,
+                                  holding_free, release)
+
+    names = [f"dapx-test-fleet-{i}" for i in range(3)]
+    await ensure_limit(names[0])  # one exists already, the others are created on the way
+    busy = await acquire(names[0], "a guest's own run", 1, str(await _flow_run()))
+    async with holding_free(names) as held:
+        assert held == set(names[1:])  # the busy one is left to its own run
+        with pytest.raises(LockTimeout):  # and the others are really held
+            await acquire(names[1], "another run", 1, str(await _flow_run()))
+        async with get_client() as client:
+            assert (await _read_holder(client, names[2])) is not None
+    await release(names[0], busy)
+    async with holding_free(names) as held:  # all free: one lease for every name
+        assert held == set(names)
+    for name in names:  # every slot was given back
+        lease = await acquire(name, "after the fleet", 2, str(await _flow_run()))
+        await release(name, lease)

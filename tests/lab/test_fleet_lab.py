@@ -15,7 +15,7 @@ import pytest
 from dapx.core.fleet import FleetJob
 from dapx.lab import estate
 from tests.helpers import tiny_guests
-from test_replica_helpers import harness, lab_state, sha256, zfs_snapshots
+from test_replica_helpers import harness, lab_state, latest_artifact, sha256, zfs_snapshots
 
 pytestmark = pytest.mark.lab
 
@@ -90,6 +90,9 @@ async def test_the_steady_state_is_copied_in_the_quick_round() -> None:
     assert state.is_completed(), state.message
     assert {r["flow run"] for r in rows.values()} == {run}, rows  # no subflow: the run itself
     assert all(r["sent"] != "0 B" for r in rows.values()), rows
+    progress = await latest_artifact("fleet-progress-pve1")  # the run's own bar, full
+    assert progress is not None and str(progress.flow_run_id) == run
+    assert float(progress.data) == 100.0
     assert_copied(GUESTS)
     assert estate.run(DST, ["cat", f"/etc/pve/nodes/{DST}/qemu-server/"
                                    f"{GUESTS[0] + OFFSET}.conf"]).stdout == config
