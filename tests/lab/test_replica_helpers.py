@@ -117,21 +117,43 @@ def preserved(node: str, datasets: list[str]) -> Iterator[None]:
     try:
         yield
     finally:
-        for dataset in datasets:
-            until_not_busy(node, ["zfs", "rollback", "-r", f"{dataset}@{mark}"])
-            until_not_busy(node, ["zfs", "destroy", f"{dataset}@{mark}"])
+        # zfs-fuse has kept a snapshot busy for minutes after a killed send: the give-back
+        # then waits up to BUSY_BUDGET in all and leaves what stays busy, said in a warning
+        # (the test passed; the lab tier, which checks the seeded bytes, runs before this).
+        deadline = time.monotonic() + BUSY_BUDGET
+        try:
+            for dataset in datasets:
+                until_not_busy(node, ["zfs", "rollback", "-r", f"{dataset}@{mark}"],
+                               deadline=deadline)
+                until_not_busy(node, ["zfs", "destroy", f"{dataset}@{mark}"],
+                               deadline=deadline)
+        except StillBusy as exc:
+            import warnings
+
+            warnings.warn(f"not given back, zfs-fuse still calls it busy: {exc}", stacklevel=1)
 
 
-def until_not_busy(node: str, argv: list[str], wait: float = 90.0) -> None:
+BUSY_BUDGET = 120.0
+
+
+class StillBusy(LabError):
+    """zfs-fuse still calls a dataset busy when the wait is over."""
+
+
+def until_not_busy(node: str, argv: list[str], wait: float = 90.0,
+                   deadline: float | None = None) -> None:
     """Run argv on a lab node, again while zfs-fuse says a dataset is busy (it keeps a
-    snapshot busy for a while after a send from it ended); LabError for any other failure."""
-    deadline = time.monotonic() + wait
+    snapshot busy for a while after a send from it ended) until ``wait`` seconds (or the
+    monotonic ``deadline``) passed: then StillBusy; LabError for any other failure."""
+    deadline = deadline if deadline is not None else time.monotonic() + wait
     while True:
         result = estate.run(node, argv, timeout=300)
         if result.returncode == 0:
             return
-        if "busy" not in result.stderr or time.monotonic() > deadline:
+        if "busy" not in result.stderr:
             raise LabError(f"{node}: {' '.join(argv)}: {result.stderr.strip()}")
+        if time.monotonic() > deadline:
+            raise StillBusy(f"{node}: {' '.join(argv)}: {result.stderr.strip()}")
         time.sleep(1.0)
 
 
