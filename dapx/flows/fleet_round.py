@@ -191,9 +191,13 @@ async def quick_round(job: FleetJob, nodes: dict[str, ProxmoxNode],
         for name, guest in locks.items():
             if name in held:
                 by_source.setdefault(guest.node, []).append(guest)
+        # Every route ends before the locks are given back, even when one raised (a bug).
         routes = await asyncio.gather(*(
             route_round(job, nodes[s], nodes[job.routes[s]], guests, pacing, tally, fleet_run)
-            for s, guests in by_source.items()))
+            for s, guests in by_source.items()), return_exceptions=True)
+    for route in routes:
+        if isinstance(route, BaseException):
+            raise route
     taken = [q for route in routes for q in route]
     if taken:
         await record_protections("replica", [
@@ -223,7 +227,11 @@ async def route_round(job: FleetJob, source: ProxmoxNode, dest: ProxmoxNode,
         transfer(q, source, dest, options, (sending, pacing.receive[dest.name]), tally,
                  fleet_run) for q in quick)) if q is not None]
     if quick:
-        await prune_all(source, dest, quick)
+        try:
+            await prune_all(source, dest, quick)
+        except DapxError as exc:  # the copies stand; the guests' rows fail, as their runs would
+            for q in quick:
+                q.error = q.error or f"pruning after the copy failed: {first_line(str(exc))}"
         if job.register_vm:
             await register_all(job, dest, [q for q in quick if not q.error], sides.configs)
     _log_route(source.name, dest.name, len(guests), len(quick), why, left)
@@ -260,6 +268,7 @@ async def read_sides(job: FleetJob, source: ProxmoxNode, dest: ProxmoxNode,
     staged = resend.staging_for(targets, False).all_names()
     parent = destination_dataset(job.dest_pool, job.subfolder, "x").rsplit("/", 1)[0]
     paths = [p for q in quick for p in dest_config_paths(q, dest.name)] if job.register_vm else []
+
     async def dest_side() -> dict[str, zfs.DatasetState]:
         found, _ = await asyncio.gather(zfs.dataset_states(dest, staged),
                                         refuse_running_receive(dest, staged))
@@ -278,8 +287,11 @@ async def snapshot_all(source: ProxmoxNode, quick: list[Quick]) -> list[Quick]:
     if not quick:
         return []
     groups = {snapshot_path(q.disks[0].source, q.snapshot): q for q in quick}
-    taken = await zfs.snapshot_groups(source, [[snapshot_path(d.source, q.snapshot)
-                                                for d in q.disks] for q in quick])
+    try:
+        taken = await zfs.snapshot_groups(source, [[snapshot_path(d.source, q.snapshot)
+                                                    for d in q.disks] for q in quick])
+    except DapxError:  # their own runs try again and say why
+        return []
     return [q for first, q in groups.items() if taken.get(first) == ""]
 
 
