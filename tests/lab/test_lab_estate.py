@@ -256,8 +256,12 @@ def test_status_reports_running_nodes(lab: dict) -> None:
 
 
 def _daemon_pids() -> set[str]:
-    return {line.split()[0] for line in lab_processes()
-            if "zfs-fuse" in line or "[listener]" in line or "dapx.lab.pvesim" in line}
+    """The daemons of this lab's nodes (in their network namespaces: a daemon of a lab taken
+    down moments before, still exiting, is not one of them)."""
+    mine = {pid for node in estate.status()["nodes"] for pid in subprocess.run(
+        ["ip", "netns", "pids", f"dapx-{node}"], capture_output=True, text=True).stdout.split()}
+    return {line.split()[0] for line in lab_processes() if line.split()[0] in mine and (
+        "zfs-fuse" in line or "[listener]" in line or "dapx.lab.pvesim" in line)}
 
 
 def test_up_is_idempotent(lab: dict) -> None:
