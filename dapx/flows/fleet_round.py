@@ -80,10 +80,6 @@ class Quick:
     error: str = ""
     """Why a step after the copy failed (pruning, registration): the guest's row fails."""
 
-    @property
-    def lock(self) -> str:
-        return guest_lock_name(self.guest.node, self.guest.vmid)
-
     def row(self, fleet_run: str | None) -> FleetRow:
         return FleetRow(guest=self.guest.vmid, node=self.guest.node, method="zfs",
                         destination=self.job.destination, dest_vmid=self.job.target_vmid,
