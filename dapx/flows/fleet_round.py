@@ -45,13 +45,15 @@ from dapx.core.volumes import destination_dataset
 from dapx.errors import ConflictError, DapxError
 from dapx.flows import resend
 from dapx.flows.dropped import leftover_replicas
-from dapx.flows.register import ensure_zfs_storage, registration_text, write_registration
+from dapx.flows.register import (ensure_zfs_storage, our_config, registration_text,
+                                 vmid_config_paths, write_registration)
 from dapx.flows.replica import (ZfsDisk, ZfsRun, choose_transport, guest_run, job_tag,
-                                measure_written, plan_disk, prune_list, zfs_disks)
+                                measure_written, plan_disk, retention_victims,
+                                zfs_disks)
 from dapx.flows.trust import check_trust
 from dapx.tasks import zfs
 from dapx.tasks.guest_sets import read_configs, read_guests
-from dapx.tasks.guests import SourceGuest, config_path, is_replica_of
+from dapx.tasks.guests import SourceGuest
 from dapx.tasks.locks import guest_lock_name, holding_free
 from dapx.tasks.node_limits import node_slots
 from dapx.tasks.processes import refuse_running_receive
@@ -133,9 +135,7 @@ class Sides:
 
 def dest_config_paths(q: Quick, dest: str) -> tuple[str, str]:
     """(the replica's config path on ``dest``, the other kind's path for the same VMID)."""
-    other = "lxc" if q.config.kind == "qemu" else "qemu"
-    return (config_path(q.config.kind, q.job.target_vmid, dest),
-            config_path(other, q.job.target_vmid, dest))
+    return vmid_config_paths(q.config.kind, q.job.target_vmid, dest)
 
 
 def refusal(q: Quick, sides: Sides, dest: str, register: bool) -> str:
@@ -161,10 +161,12 @@ def refusal(q: Quick, sides: Sides, dest: str, register: bool) -> str:
                          q.job.target_vmid):
         return "a replica of a disk the guest no longer has"
     if register:
-        mine, other = dest_config_paths(q, dest)
-        text = sides.configs.get(mine)
-        if other in sides.configs or text is None or not is_replica_of(
-                text, q.job.source, q.job.guest):
+        try:
+            ours = our_config(sides.configs, dest_config_paths(q, dest), q.job.source,
+                              q.job.guest, q.job.target_vmid, dest)
+        except ConflictError:
+            ours = None
+        if ours is None:
             return "not registered as its replica yet"
     return ""
 
@@ -324,13 +326,12 @@ async def prune_all(source: ProxmoxNode, dest: ProxmoxNode, quick: list[Quick]) 
     owner: dict[str, Quick] = {}
     for q in quick:
         for disk in q.disks:
-            common = snapplan.newest_common(src[disk.source].snapshots,
-                                            dst[disk.target].snapshots)
-            if common is None or common.name != q.snapshot:
-                q.error = f"after the transfer {disk.target} does not hold {q.snapshot}"
+            found = retention_victims(disk, src[disk.source], dst[disk.target], q.run,
+                                      q.snapshot)
+            if isinstance(found, str):
+                q.error = found
                 continue
-            victims[0][disk.source] = prune_list(src[disk.source], q.run, q.snapshot)
-            victims[1][disk.target] = prune_list(dst[disk.target], q.run, q.snapshot)
+            victims[0][disk.source], victims[1][disk.target] = found
             owner[disk.source] = owner[disk.target] = q
     outcomes = await asyncio.gather(zfs.destroy_snapshot_sets(source, victims[0]),
                                     zfs.destroy_snapshot_sets(dest, victims[1]))

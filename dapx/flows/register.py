@@ -137,13 +137,26 @@ async def existing_config(dest: ProxmoxNode, kind: str, vmid: int, source: str,
     Raises ConflictError when a config that is not our replica of ``source``/``source_vmid``
     holds the VMID on ``dest``.
     """
-    path = config_path(kind, vmid, dest.name)
-    other = config_path("lxc" if kind == "qemu" else "qemu", vmid, dest.name)
-    files = (await read_files(dest, [path, other])).files
+    paths = vmid_config_paths(kind, vmid, dest.name)
+    files = (await read_files(dest, list(paths))).files
+    return our_config(files, paths, source, source_vmid, vmid, dest.name)
+
+
+def vmid_config_paths(kind: str, vmid: int, node: str) -> tuple[str, str]:
+    """(the config path of a ``kind`` guest ``vmid`` on ``node``, the other kind's path)."""
+    return (config_path(kind, vmid, node),
+            config_path("lxc" if kind == "qemu" else "qemu", vmid, node))
+
+
+def our_config(files: dict[str, str], paths: tuple[str, str], source: str, source_vmid: int,
+               vmid: int, node: str) -> str | None:
+    """Our earlier registration's text among ``files`` (read at ``paths``), None when the
+    VMID is free. Raises ConflictError when another guest's config holds it."""
+    path, other = paths
     existing = files.get(path)
     if other in files or (existing is not None and not is_replica_of(existing, source,
                                                                       source_vmid)):
-        raise ConflictError(f"VMID {vmid} on {dest.name} belongs to another guest, not to "
+        raise ConflictError(f"VMID {vmid} on {node} belongs to another guest, not to "
                             f"the replica of {source}/{source_vmid}; choose another "
                             "destination VMID")
     return existing

@@ -473,15 +473,14 @@ async def retention(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
                                     zfs.dataset_states(dest, [d.target for d in ok]))
     for disk in ok:
         result = results[disk.key]
-        common = snapplan.newest_common(src[disk.source].snapshots, dst[disk.target].snapshots)
-        if common is None or common.name != name:
-            result.error = f"after the transfer {disk.target} does not hold {name}"
+        found = retention_victims(disk, src[disk.source], dst[disk.target], run, name)
+        if isinstance(found, str):
+            result.error = found
             continue
-        result.common = common.name
-        pruned = await asyncio.gather(
-            prune(source, disk.source, prune_list(src[disk.source], run, name)),
-            prune(dest, disk.target, prune_list(dst[disk.target], run, name)),
-            return_exceptions=True)
+        result.common = name
+        pruned = await asyncio.gather(prune(source, disk.source, found[0]),
+                                      prune(dest, disk.target, found[1]),
+                                      return_exceptions=True)
         for side, done in zip(("pruned_source", "pruned_dest"), pruned):
             if isinstance(done, TransientError):  # still busy after the retries: the copy stands
                 _log_prune_deferred(disk, done)
@@ -489,6 +488,17 @@ async def retention(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
                 raise done
             else:
                 setattr(result, side, done)
+
+
+def retention_victims(disk: ZfsDisk, src: zfs.DatasetState, dst: zfs.DatasetState,
+                      run: ZfsRun, name: str) -> tuple[list[str], list[str]] | str:
+    """(what retention destroys on the source, on the destination) once ``name`` is the
+    newest snapshot both sides hold; else why nothing may be pruned (never the snapshot now
+    common, only this job's own)."""
+    common = snapplan.newest_common(src.snapshots, dst.snapshots)
+    if common is None or common.name != name:
+        return f"after the transfer {disk.target} does not hold {name}"
+    return prune_list(src, run, name), prune_list(dst, run, name)
 
 
 async def prune(node: ProxmoxNode, dataset: str, names: list[str]) -> list[str]:
