@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import stat
 import subprocess
 import sys
@@ -328,9 +329,36 @@ def with_heartbeats(template: dict, heartbeat_seconds: int) -> bool:
     return True
 
 
+# A process worker whose pool sets no command starts each flow run through a workspace
+# supervisor: a Python process that imports Prefect's runner (~0.8 s) only to start a second
+# one, the engine. Naming the engine command makes it one process (a run is Running ~0.9 s
+# sooner, and holds one interpreter's memory instead of two). The interpreter is the worker's
+# own: the first word of its command line (a venv's python for the `prefect` script; a
+# relative one is taken from the worker's directory, symlinks kept so the venv stays), so the
+# command holds no path of the host that made the pool, and a worker on another host runs its
+# own installation. Linux: /proc.
+ENGINE_SCRIPT = '\n'.join([
+    'python=$(tr "\\000" "\\n" </proc/$PPID/cmdline | head -n 1) || exit 1',
+    'case $python in */*) python=$(cd -P "/proc/$PPID/cwd" && realpath -s -- "$python") '
+    '|| exit 1;; esac',
+    'exec "$python" -m prefect.engine'])
+ENGINE_COMMAND = shlex.join(["sh", "-c", ENGINE_SCRIPT])
+
+
+def with_engine_command(template: dict) -> bool:
+    """Make a process pool start flow runs with ``ENGINE_COMMAND`` unless its template names
+    a command already. True when ``template`` changed."""
+    properties = template.setdefault("variables", {}).setdefault("properties", {})
+    command = properties.setdefault("command", {"type": "string"})
+    if command.get("default"):
+        return False
+    command["default"] = ENGINE_COMMAND
+    return True
+
+
 def ensure_work_pool(name: str = WORK_POOL) -> None:
-    """Create the process work pool ``name`` (flow runs with heartbeats), or add the
-    heartbeats to an existing pool's job template (nothing else of it changes)."""
+    """Create the process work pool ``name`` (flow runs with heartbeats, one process each),
+    or add those to an existing pool's job template (nothing else of it changes)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -344,6 +372,7 @@ def ensure_work_pool(name: str = WORK_POOL) -> None:
         except ObjectNotFound:
             template = ProcessWorker.get_default_base_job_template()
             with_heartbeats(template, HEARTBEAT_SECONDS)
+            with_engine_command(template)
             try:
                 client.create_work_pool(WorkPoolCreate(name=name, type="process",
                                                        base_job_template=template))
@@ -352,9 +381,8 @@ def ensure_work_pool(name: str = WORK_POOL) -> None:
             return
         if not template.get("job_configuration"):  # a pool made without a template
             template = ProcessWorker.get_default_base_job_template()
-            with_heartbeats(template, HEARTBEAT_SECONDS)
-            client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
-        elif with_heartbeats(template, HEARTBEAT_SECONDS):
+        changed = [with_heartbeats(template, HEARTBEAT_SECONDS), with_engine_command(template)]
+        if any(changed):
             client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
 
 

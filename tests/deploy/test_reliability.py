@@ -16,6 +16,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -152,8 +153,10 @@ def test_flow_killed_hard_does_not_block_the_next_run(product: OwnServer) -> Non
     worker = Worker()
     try:
         run = slow_run_transferring(worker)
-        for pid in worker.flow_processes():
-            os.kill(pid, signal.SIGKILL)
+        pids = worker.flow_processes()  # one process per run: the engine, no supervisor
+        assert len(pids) == 1 and b"prefect.engine" in Path(f"/proc/{pids[0]}/cmdline") \
+            .read_bytes(), [Path(f"/proc/{p}/cmdline").read_bytes() for p in pids]
+        os.kill(pids[0], signal.SIGKILL)
         state = wait_final(run, timeout=60)
         assert state.is_crashed(), state
         wait_receives_gone()

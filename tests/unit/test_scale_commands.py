@@ -7,6 +7,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,30 @@ def test_the_worker_is_prefects_with_a_limit_and_the_sites_queues() -> None:
         service.worker_argv(["Site A"], 3)
     with pytest.raises(InputError, match="limit"):
         service.worker_argv([], 0)
+
+
+def test_a_flow_run_is_one_process_of_the_workers_own_python(tmp_path: Path) -> None:
+    """The pool's command runs the engine with the interpreter that runs the worker, found
+    from the worker's command line even when it is relative to the worker's directory (the
+    run starts in a directory of its own), with the venv kept (symlinks not resolved)."""
+    template: dict = {}
+    assert server.with_engine_command(template) and not server.with_engine_command(template)
+    assert template["variables"]["properties"]["command"]["default"] == server.ENGINE_COMMAND
+    own = {"variables": {"properties": {"command": {"default": "python3 -m mine"}}}}
+    assert not server.with_engine_command(own)  # a command the administrator set stays
+    argv = shlex.split(server.ENGINE_COMMAND)
+    assert argv[:2] == ["sh", "-c"] and argv[2].endswith('exec "$python" -m prefect.engine')
+    probe = argv[2].replace("-m prefect.engine", "-c 'import sys, prefect; print(sys.prefix)'")
+    venv = Path(sys.prefix)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    parent = ("import subprocess, sys; sys.exit(subprocess.run(['sh', '-c', sys.argv[1]], "
+              "cwd=sys.argv[2]).returncode)")
+    relative = Path(sys.executable).relative_to(venv.parent)  # e.g. .venv/bin/python
+    done = subprocess.run([str(relative), "-c", parent, probe, str(run_dir)], cwd=venv.parent,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(venv)
 
 
 def _verify(path: Path) -> None:
