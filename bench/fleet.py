@@ -68,8 +68,10 @@ def baseline_argv(source: str, vmid: int) -> list[str]:
     from dapx.lab import estate
 
     dest = load_node(ROUTES[source])
+    # syncoid's own defaults (it rolls the target back first), as the seed runs it; zfs-fuse
+    # has no resumable receive
     options = SyncoidOptions(ssh_key=REPLICATION_KEY, known_hosts_file=KNOWN_HOSTS,
-                             resume=False)  # zfs-fuse has no resumable receive
+                             resume=False, rollback_target=True)
     argv = syncoid_argv(f"rpool/data/vm-{vmid}-disk-0", dest.host,
                         f"rpool/replica/vm-{vmid + OFFSET}-disk-0", options)
     argv.remove("--no-sync-snap")

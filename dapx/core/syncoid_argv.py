@@ -5,7 +5,11 @@ $limit``) and only quotes dataset names, so every value put here is validated to
 characters first (``validate_abs_path``, ``parse_bandwidth``).
 
 Decisions: dapx takes its own snapshots, so syncoid always runs with ``--no-sync-snap`` and
-sends what exists (``-I`` from the common snapshot). The destination's host key is pinned: a
+sends what exists (``-I`` from the common snapshot). The plan decides every rollback (and
+refuses a written target), so syncoid runs with ``--no-rollback``: no second rollback round
+trip, and a receive into a target written after the plan fails instead of discarding it.
+Syncoid 2.1's ``--no-command-checks`` is not used: it reads another key than it sets
+(``nocommandchecks``), so the checks run anyway. The destination's host key is pinned: a
 dapx-owned known_hosts file, ``StrictHostKeyChecking=yes``, the global file ignored.
 """
 
@@ -50,10 +54,11 @@ class SyncoidOptions(BaseModel):
     create_bookmark: bool = Field(default=False, description="Bookmark the newest source "
                                   "snapshot (real ZFS only; zfs-fuse has no bookmarks)",
                                   examples=[False])
-    rollback_target: bool = Field(default=True, description="Let syncoid receive with -F "
-                                  "(discarding target writes since its last snapshot). The "
-                                  "plan step refuses diverged targets before this runs",
-                                  examples=[True])
+    rollback_target: bool = Field(default=False, description="Let syncoid roll the target "
+                                  "back and receive with -F (discarding writes since its last "
+                                  "snapshot). Off: the plan step refuses or rolls back itself, "
+                                  "and a write after it makes the receive fail instead of "
+                                  "being discarded", examples=[False])
     force_delete: bool = Field(default=False, description="Let syncoid destroy a target with "
                                "no common snapshot; set only from a forced plan",
                                examples=[False])

@@ -9,17 +9,18 @@ Only a guest that needs no decision the replica flow makes is taken: on ZFS, eve
 target exists carrying this guest's owner mark, shares a snapshot with the source and needs
 neither rollback nor a forced resend (no scratch copy of one is there), the guest has no
 dropped disk's replica left, and (with registration) the destination's config is our replica.
-A target written since its newest snapshot is measured as in the guest's own run (one
-round trip per destination) and left to that run, which refuses it naming the bytes: a
-receive without rollback is not enough, as zfs-fuse lets it discard what was written. Anything
-else goes to the guest's own replica run too, as does a guest whose lock another run holds,
+A target written since its newest snapshot is not measured here: syncoid receives without
+rollback or -F (``dapx.core.syncoid_argv``), so ZFS itself refuses the stream ("has been
+modified since most recent snapshot") and overwrites nothing; the guest then goes to its own
+run, which measures and refuses it naming the bytes. Anything else goes to the guest's own
+replica run too, as does a guest whose lock another run holds,
 whose snapshot or transfer failed here, or whose node could not be read in full: that run
 decides and says why. Nothing here destroys anything but this job's own older snapshots.
 
 Shape, per route (source -> destination), all routes at once: hold every guest's lock (one
 lease when all are free); read the configs (one round trip on the source); read both sides'
-snapshot states, the destination's owner marks and config files, trust and transport at once,
-then what was written into each target; take every guest's snapshot (one command per guest,
+snapshot states, the destination's owner marks and config files, trust and transport at once;
+take every guest's snapshot (one command per guest,
 one round trip); syncoid per disk under the node slots; read both sides again and prune (one
 round trip each); write registrations only where the config changed; record protection once
 for the whole round.
@@ -48,8 +49,7 @@ from dapx.flows.dropped import leftover_replicas
 from dapx.flows.register import (ensure_zfs_storage, our_config, registration_text,
                                  vmid_config_paths, write_registration)
 from dapx.flows.replica import (ZfsDisk, ZfsRun, choose_transport, guest_run, job_tag,
-                                measure_written, plan_disk, retention_victims,
-                                zfs_disks)
+                                plan_disk, retention_victims, zfs_disks)
 from dapx.flows.trust import check_trust
 from dapx.tasks import zfs
 from dapx.tasks.guest_sets import read_configs, read_guests
@@ -262,21 +262,15 @@ async def read_sides(job: FleetJob, source: ProxmoxNode, dest: ProxmoxNode,
     """Every read the plans need, at once: both sides' datasets (targets and the scratch
     copies a forced resend would use), owner marks, config files, trust, transport, and no
     receive running into a target. Raises what the first failing read raises."""
-    targets = [d.target for q in quick for d in q.disks]
-    staged = resend.staging_for(targets, False).all_names()
+    staged = resend.staging_for([d.target for q in quick for d in q.disks], False).all_names()
     parent = destination_dataset(job.dest_pool, job.subfolder, "x").rsplit("/", 1)[0]
     paths = [p for q in quick for p in dest_config_paths(q, dest.name)] if job.register_vm else []
 
-    async def dest_side() -> dict[str, zfs.DatasetState]:
-        found, _ = await asyncio.gather(zfs.dataset_states(dest, staged),
-                                        refuse_running_receive(dest, staged))
-        await measure_written(dest, [found[t] for t in targets])  # no receive runs into them
-        return found
-
-    src, dst, owned, configs, options, _ = await asyncio.gather(
-        zfs.dataset_states(source, [d.source for q in quick for d in q.disks]), dest_side(),
-        zfs.owned_children(dest, parent), read_configs(dest, paths),
-        choose_transport(quick[0].run, source, dest, quick[0].disks), check_trust(source, dest))
+    src, dst, owned, configs, options, *_ = await asyncio.gather(
+        zfs.dataset_states(source, [d.source for q in quick for d in q.disks]),
+        zfs.dataset_states(dest, staged), zfs.owned_children(dest, parent),
+        read_configs(dest, paths), choose_transport(quick[0].run, source, dest, quick[0].disks),
+        check_trust(source, dest), refuse_running_receive(dest, staged))
     return Sides(src, dst, owned, configs), options
 
 

@@ -239,9 +239,12 @@ def prune_list(state: zfs.DatasetState, run: ZfsRun, protect: str,
 
 
 def syncoid_options(run: ZfsRun, dest: ProxmoxNode, resume: bool) -> SyncoidOptions:
+    """How syncoid runs for ``run``. A tree (recursive) keeps syncoid's rollback: a child's
+    mountpoint made in its parent on the destination counts as a write into the parent."""
     return SyncoidOptions(compression=run.compression, ssh_key=REPLICATION_KEY,
                           known_hosts_file=KNOWN_HOSTS, ssh_port=dest.ssh_port,
-                          bandwidth_limit=run.bwlimit, resume=resume, recursive=run.recursive)
+                          bandwidth_limit=run.bwlimit, resume=resume, recursive=run.recursive,
+                          rollback_target=run.recursive)
 
 
 # -----------------------------------------------------------------------------------------------

@@ -42,6 +42,20 @@ exit "$status"'''
 TRANSFER_TIMEOUT = 24 * 3600.0
 TRANSIENT_OUTPUT = ("connection reset", "broken pipe", "connection closed", "timed out",
                     "connection refused", "dataset is busy")
+KNOWN_CAUSES = {
+    "has been modified": "the destination was written since its newest snapshot, after this "
+                         "run's checks; the receive refused the stream and overwrote nothing "
+                         "(look at what wrote it; a run with force discards those writes)",
+}
+"""Output of a failed transfer -> the cause in words (zfs wraps its message over lines)."""
+
+
+def cause(messages: list[str]) -> str:
+    """The one line that says why a transfer failed: a known cause, else its last line."""
+    for marker, words in KNOWN_CAUSES.items():
+        if any(marker in line for line in messages):
+            return words
+    return messages[-1] if messages else "no output"
 
 
 @dataclass
@@ -136,7 +150,7 @@ async def stream_transfer(node: "ProxmoxNode", argv: list[str], what: str,
                                   check=False, hold_stdin=True)
     if result.exit_status != 0:
         tail = "\n".join(messages[-20:])
-        last = messages[-1] if messages else "no output"
+        last = cause(messages)
         from dapx.tasks.ssh import _run_logger  # the run's log keeps what the error line cuts
 
         _run_logger().warning("%s failed on node %s; its last output:\n%s", what, node.name,

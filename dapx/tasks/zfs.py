@@ -487,12 +487,14 @@ zfs send "$@" | meter | ssh -i "$key" -o UserKnownHostsFile="$known" \
 def pipe_argv(source_dataset: str, base: str | None, snapshot: str, target_host: str,
               target_dataset: str, *, key: str, known_hosts: str, port: int,
               rate: str | None) -> list[str]:
-    """``zfs send [-I base] src@snap | pv | ssh dest zfs receive -F target`` as one argv."""
+    """``zfs send [-I base] src@snap | pv | ssh dest zfs receive target`` as one argv (no
+    ``-F``: the plan rolled back what it decided to; a target written since fails the
+    receive)."""
     import shlex
 
     from dapx.core.validate import validate_abs_path, validate_host, parse_bandwidth
 
-    remote = shlex.join(["zfs", "receive", "-F", validate_dataset_name(target_dataset)])
+    remote = shlex.join(["zfs", "receive", validate_dataset_name(target_dataset)])
     return ["sh", "-c", _PIPE, "sh",
             snapshot_path(source_dataset, base) if base else "",
             snapshot_path(source_dataset, snapshot), validate_abs_path(key, "ssh key"),

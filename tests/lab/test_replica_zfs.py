@@ -209,6 +209,34 @@ async def test_written_head_refused_naming_how_much_then_force_discards_it() -> 
     assert_disks_equal()
 
 
+async def test_a_write_after_the_checks_fails_the_receive_and_is_kept(monkeypatch) -> None:
+    """Someone writes into the replica between the run's checks and its receive: the receive
+    refuses the stream (no rollback, no -F), the run names why, the written bytes stay."""
+    from dapx.flows import replica
+
+    target = DISKS["rpool/data/vm-100-disk-0"]
+    head = f"/{target}/disk.raw"
+    prepare = replica.prepare_target
+
+    async def prepare_then_someone_writes(dest, into: str, plan) -> None:  # noqa: ANN001
+        await prepare(dest, into, plan)
+        if into == target:
+            write_random(DST, head, 1, offset_mib=24)
+
+    monkeypatch.setattr(replica, "prepare_target", prepare_then_someone_writes)
+    with pytest.raises(PermanentError, match=r"failed for 1 disk\(s\): scsi0: .*written since "
+                       r"its newest snapshot, after this run's checks; the receive refused"):
+        await replica.zfs_replica(job=job())
+    assert sha256(DST, head) != sha256(SRC, "/rpool/data/vm-100-disk-0/disk.raw")
+    written = sha256(DST, head)
+    monkeypatch.undo()
+    with pytest.raises(ConflictError, match="vm-9100-disk-0 diverged"):  # the next run sees it
+        await replica.zfs_replica(job=job())
+    assert sha256(DST, head) == written  # kept until someone decides
+    await replica.zfs_replica(job=job(), force=True)
+    assert_disks_equal()
+
+
 async def test_target_of_another_job_refused_naming_its_owner() -> None:
     from dapx.core.jobspec import DatasetJob
     from dapx.flows.dataset import dataset_replica

@@ -89,7 +89,7 @@ def test_syncoid_defaults_pin_the_host_key() -> None:
         "syncoid", "--no-sync-snap", "--compress=lz4", "--sshkey=/root/.ssh/dapx_replication",
         "--sshport=22", "--sshoption=UserKnownHostsFile=/etc/dapx/known_hosts",
         "--sshoption=GlobalKnownHostsFile=/dev/null", "--sshoption=StrictHostKeyChecking=yes",
-        "--sshoption=BatchMode=yes", "--sshoption=IdentitiesOnly=yes",
+        "--sshoption=BatchMode=yes", "--sshoption=IdentitiesOnly=yes", "--no-rollback",
         DS, "root@198.18.213.13:rpool/data/vm-9100-disk-0"]
 
 
@@ -102,10 +102,10 @@ def test_syncoid_compression_names(ours: str, theirs: str) -> None:
 
 def test_syncoid_zfs_fuse_and_force_flags() -> None:
     argv = syncoid_argv(DS, "pve3", DS, _options(resume=False, bandwidth_limit="10m",
-                                                 rollback_target=False, ssh_port=2222,
+                                                 rollback_target=True, ssh_port=2222,
                                                  recursive=True))
-    assert {"--no-resume", "--no-rollback", "--source-bwlimit=10M", "--sshport=2222",
-            "--recursive"} <= set(argv)
+    assert {"--no-resume", "--source-bwlimit=10M", "--sshport=2222",
+            "--recursive"} <= set(argv) and "--no-rollback" not in argv
     assert "--force-delete" not in argv and "--create-bookmark" not in argv
     forced = syncoid_argv(DS, "pve3", DS, _options(force_delete=True, create_bookmark=True))
     assert {"--force-delete", "--create-bookmark"} <= set(forced)

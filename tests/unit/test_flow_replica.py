@@ -129,7 +129,7 @@ def test_pipe_scripts_are_constant_and_values_stay_arguments() -> None:
                          known_hosts="/root/.ssh/kh", port=22, rate=None)
     assert argv[:2] == ["sh", "-c"] and "rpool" not in argv[2]
     assert argv[4:6] == ["rpool/data/vm-100-disk-0@a", "rpool/data/vm-100-disk-0@b"]
-    assert shlex.split(argv[10]) == ["zfs", "receive", "-F", "rpool/replica/vm-9100-disk-0"]
+    assert shlex.split(argv[10]) == ["zfs", "receive", "rpool/replica/vm-9100-disk-0"]
     b = btrfs.pipe_argv(None, "/x/y@s", "198.18.213.13", "/x/r", key="/k", known_hosts="/kh",
                         port=2222, rate="1M")
     assert b[4] == "" and b[-1] == "1M" and shlex.split(b[10]) == ["btrfs", "receive", "/x/r"]
@@ -149,7 +149,7 @@ def test_pipe_script_runs_in_a_real_shell_with_stub_tools(tmp_path) -> None:
     out = subprocess.run(argv, capture_output=True, text=True, check=True,
                          env={"PATH": f"{tmp_path}:/usr/bin:/bin"}).stdout
     assert "zfs send -I rpool/d@a rpool/d@b" in out
-    assert out.strip().splitlines()[-1].endswith("root@198.18.213.13 zfs receive -F rpool/r")
+    assert out.strip().splitlines()[-1].endswith("root@198.18.213.13 zfs receive rpool/r")
     assert "4" in out.splitlines()
 
 
@@ -158,6 +158,18 @@ def test_byte_counter_sums_consecutive_sends() -> None:
     for line in ["10", "20", "noise", "5", "7"]:
         counter.feed(line)
     assert counter.total == 27
+
+
+def test_a_failed_transfer_names_its_cause_in_one_line() -> None:
+    modified = ["Sending incremental rpool/data/vm-100-disk-0@a ... b (~ 4 KB):",
+                "cannot receive incremental stream: destination rpool/replica/vm-9100-disk-0 "
+                "has been modified", "since most recent snapshot",
+                "CRITICAL ERROR:  zfs send  -I 'rpool/data/vm-100-disk-0'@'a' ... failed: 512"]
+    assert syncoid.cause(modified).startswith("the destination was written since its newest "
+                                              "snapshot, after this run's checks")
+    assert syncoid.cause(["x", "Permission denied (publickey)."]) == \
+        "Permission denied (publickey)."
+    assert syncoid.cause([]) == "no output"
 
 
 def test_grep_output_splits_into_files() -> None:
