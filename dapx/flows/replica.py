@@ -621,11 +621,13 @@ async def measure_sends(source: ProxmoxNode, plan: ZfsPlan) -> None:
 
 async def replicate_datasets(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
                              plan: ZfsPlan, results: dict[str, DiskResult], name: str,
-                             parent: str | None) -> None:
+                             parent: str | None,
+                             then: Callable[[], Awaitable[None]] | None = None) -> None:
     """Snapshot every source dataset atomically (meanwhile, on the destination: create
     ``parent`` unless None, a pool, and the scratch parent of a resend; remove scratch copies
     no longer needed), transfer, swap a resend in, prune both sides. Failures are recorded in
-    ``results``."""
+    ``results``. ``then()`` (what follows a complete copy: registration...) runs beside the
+    pruning when every disk arrived."""
     steps = [zfs.take_snapshots(source, [d.source for d in plan.disks], name),
              measure_sends(source, plan)]
     parents = ([parent] if parent else []) + (plan.staging.parents() if plan.staged else [])
@@ -636,7 +638,9 @@ async def replicate_datasets(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode
     await transfer_all(run, source, dest, plan, results)
     if plan.staged:
         await finish_resend(dest, plan, results)
-    await retention(run, source, dest, plan.disks, results, name)
+    arrived = not any(r.error for r in results.values())
+    await gather_all(retention(run, source, dest, plan.disks, results, name),
+                     *([then()] if then is not None and arrived else []))
 
 
 async def _replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode, dry_run: bool,
@@ -662,17 +666,18 @@ async def _replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode, dr
                                                      remove=False)
         await publish_plan(job, plan_rows(disks, plan, run, name), name, guest, result.dropped)
         return
-    await replicate_datasets(run, source, dest, plan, results, name, parent)
-    if result.failures:
-        return
-    # A cluster check made moments ago (a small increment) need not be made again.
-    fresh = checked_at is not None and time.monotonic() - checked_at < FRESH_CHECK
-    found, _ = await gather_all(
-        dropped.dropped_disks(job, run, source, dest, disks, parent,
-                              remove=job.remove_dropped_disks),
-        register_after_copy(job, source, dest, result, "zfs", guest=guest,
-                            cluster_checked=fresh))
-    result.dropped = found
+
+    async def after_copy() -> None:
+        # A cluster check made moments ago (a small increment) need not be made again.
+        fresh = checked_at is not None and time.monotonic() - checked_at < FRESH_CHECK
+        found, _ = await gather_all(
+            dropped.dropped_disks(job, run, source, dest, disks, parent,
+                                  remove=job.remove_dropped_disks),
+            register_after_copy(job, source, dest, result, "zfs", guest=guest,
+                                cluster_checked=fresh))
+        result.dropped = found
+
+    await replicate_datasets(run, source, dest, plan, results, name, parent, then=after_copy)
 
 
 FRESH_CHECK = 60.0
@@ -723,15 +728,14 @@ async def run_guest_replica(job: ReplicaJob, dry_run: bool, force: bool, lock_wa
                           lambda plan_only: replicate(job, source, dest, plan_only, force, result))
     result.seconds = round(time.monotonic() - started, 3)
     if not dry_run:
-        await publish_result(result)
+        # Every disk arrived: the guest's data is protected even if registration failed.
+        protected = [] if result.failures else [record_protection(
+            "replica", job.source, job.guest, job.destination, ref=result.snapshot,
+            bytes_sent=result.bytes_sent, seconds=result.seconds)]
+        await gather_all(publish_result(result), *protected)
     if result.failures:
         raise PermanentError(f"replication of guest {job.guest} to {job.destination} failed "
                              f"for {len(result.failures)} disk(s): {'; '.join(result.failures)}")
-    if not dry_run:
-        # Every disk arrived: the guest's data is protected even if registration failed.
-        await record_protection("replica", job.source, job.guest, job.destination,
-                                ref=result.snapshot, bytes_sent=result.bytes_sent,
-                                seconds=result.seconds)
     if result.registration_error:
         raise PermanentError(f"guest {job.guest} was copied to {job.destination} (every disk) "
                              f"but not registered as VMID {job.target_vmid}: "

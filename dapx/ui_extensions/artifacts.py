@@ -6,6 +6,7 @@ artifact that cannot be written must not fail a replication.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from typing import Any
@@ -80,12 +81,15 @@ async def publish_table(key: str, rows: list[dict[str, Any]], description: str) 
 
 
 class Progress:
-    """A progress artifact (0..100) for one guest's transfer; updates are throttled."""
+    """A progress artifact (0..100) for one guest's transfer; updates are throttled and sent
+    one at a time, in the order made (two sent at once may land in either order: a bar left
+    at 75 % after its 100 %)."""
 
     def __init__(self, key: str, description: str) -> None:
         self.key, self.description = key, description
         self.artifact_id: Any = None
         self.shown = -1.0
+        self._sending = asyncio.Lock()
 
     async def start(self) -> None:
         from prefect.artifacts import acreate_progress_artifact
@@ -101,10 +105,13 @@ class Progress:
         from prefect.artifacts import aupdate_progress_artifact
 
         percent = max(0.0, min(100.0, percent))
-        if self.artifact_id is None or (not force and percent - self.shown < 2.0):
+        if self.artifact_id is None:
             return
-        try:
-            await aupdate_progress_artifact(artifact_id=self.artifact_id, progress=percent)
-            self.shown = percent
-        except Exception as exc:  # an artifact must never fail the run
-            log.warning("could not update progress artifact %s: %s", self.key, exc)
+        async with self._sending:
+            if not force and percent - self.shown < 2.0:
+                return
+            try:
+                await aupdate_progress_artifact(artifact_id=self.artifact_id, progress=percent)
+                self.shown = percent
+            except Exception as exc:  # an artifact must never fail the run
+                log.warning("could not update progress artifact %s: %s", self.key, exc)

@@ -4,6 +4,7 @@ values (a bridge map as ``vmbr0 → vmbr1``, never a Python dict)."""
 
 from __future__ import annotations
 
+from dapx.ui_extensions import artifacts
 from dapx.ui_extensions.artifacts import markdown_table, plan_markdown, readable
 from tests.helpers.markdown import list_items, tables
 
@@ -31,3 +32,23 @@ def test_readable_values() -> None:
 
 def test_a_table_without_rows_says_so() -> None:
     assert tables(markdown_table([])) == []
+
+
+async def test_progress_updates_land_in_the_order_made(monkeypatch) -> None:
+    """Two guests finishing at once: 75 % then the final 100 %. The first update is the slow
+    one; the bar must still end at 100 (updates go one at a time, a stale one is dropped)."""
+    import asyncio
+
+    import prefect.artifacts
+
+    landed: list[float] = []
+
+    async def update(artifact_id, progress: float) -> None:  # noqa: ANN001
+        await asyncio.sleep(0.05 if progress < 100 else 0.0)
+        landed.append(progress)
+
+    monkeypatch.setattr(prefect.artifacts, "aupdate_progress_artifact", update)
+    bar = artifacts.Progress("fleet-progress-pve1", "fleet")
+    bar.artifact_id = "id"
+    await asyncio.gather(bar.update(75.0), bar.update(100.0, force=True), bar.update(50.0))
+    assert landed == [75.0, 100.0] and bar.shown == 100.0
