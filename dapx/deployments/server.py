@@ -353,6 +353,9 @@ def with_engine_command(template: dict) -> bool:
     if command.get("default"):
         return False
     command["default"] = ENGINE_COMMAND
+    command["description"] = ("Set by DAPX: Prefect's engine under the worker's own Python, one "
+                              "process per flow run (left blank, Prefect starts a workspace "
+                              "supervisor process first, which then starts the engine).")
     return True
 
 
