@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from dapx.core.syncoid_argv import SyncoidOptions, syncoid_argv, with_own_sockets
+from dapx.core.syncoid_argv import SyncoidOptions, syncoid_argv, with_shared_master
 from dapx.errors import CommandError, TransientCommandError
 from dapx.tasks.base import dapx_task
 
@@ -93,9 +93,9 @@ class SyncResult:
 def transfer_argv(source_dataset: str, target_host: str, target_dataset: str,
                   options: SyncoidOptions) -> list[str]:
     """``syncoid ... --pv-options=... SRC root@HOST:DST``, with SSH master sockets of its own
-    (see ``dapx.core.syncoid_argv.with_own_sockets``: concurrent syncoids to one host)."""
+    (see ``dapx.core.syncoid_argv.with_shared_master``: one SSH master per destination)."""
     argv = syncoid_argv(source_dataset, target_host, target_dataset, options)
-    return with_own_sockets(argv[:-2] + [PV_OPTIONS] + argv[-2:])
+    return with_shared_master(argv[:-2] + [PV_OPTIONS] + argv[-2:])
 
 
 def tied_argv(argv: list[str]) -> list[str]:

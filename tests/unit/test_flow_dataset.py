@@ -122,35 +122,43 @@ def test_container_rootfs_maps_to_a_renamed_subvol_and_registers_as_lxc() -> Non
     assert guests.config_path("lxc", 9101, "pve3") == "/etc/pve/nodes/pve3/lxc/9101.conf"
 
 
-def test_each_syncoid_gets_ssh_master_sockets_of_its_own(tmp_path) -> None:  # noqa: ANN001
-    """syncoid 2.1 names its master socket /tmp/syncoid-<host>-<second>: concurrent transfers
-    to one host would share it, so ``ssh -S <socket>`` gets an id of the transfer's own, and
-    every other argument reaches ssh unchanged."""
+def test_syncoids_share_one_ssh_master_per_destination(tmp_path) -> None:  # noqa: ANN001
+    """syncoid makes an SSH master per run, on a socket named /tmp/syncoid-<host>-<second>
+    (concurrent transfers to one host would share and close it): every ``-S <socket>`` becomes
+    the shared master of the destination (auto, kept a few seconds), ``-M`` goes, ``-O exit``
+    does nothing, and every other argument reaches ssh unchanged."""
     import os
     import subprocess
-    from pathlib import Path
 
     from dapx.blocks.node import ProxmoxNode
+    from dapx.core import syncoid_argv
 
     dest = ProxmoxNode.model_construct(ssh_port=22)
     options = replica.syncoid_options(dataset.dataset_run(djob()), dest, False)
     argv = transfer_argv("rpool/data/share", "198.18.213.13", "rpool/backup/share", options)
-    assert argv[:2] == ["sh", "-c"] and argv[3:5] == ["sh", "syncoid"]
+    assert argv[0] == "env" and argv[3:5] == ["sh", "-c"] and argv[6:8] == ["sh", "syncoid"]
     assert argv[-2:] == ["rpool/data/share", "root@198.18.213.13:rpool/backup/share"]
     fake = tmp_path / "ssh"  # stands in for the real ssh: prints what it was given
     fake.write_text('#!/bin/sh\nfor a do printf "%s|" "$a"; done\n')
     fake.chmod(0o755)
+    masters = tmp_path / "masters"
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    shim = ["env", f"DAPX_MASTERS={masters}", "DAPX_PERSIST=5", *argv[3:7]]
+    assert argv[1:3] == [f"DAPX_MASTERS={syncoid_argv.SHARED_MASTERS}",
+                         f"DAPX_PERSIST={syncoid_argv.MASTER_PERSIST}"]
 
     def through_shim(*ssh_args: str) -> str:
-        run = [*argv[:4], "sh", "-c", 'ssh "$@"', "sh", *ssh_args]  # what syncoid does
-        return subprocess.run(run, capture_output=True, text=True, env=env).stdout
+        run = [*shim, "sh", "-c", 'ssh "$@"', "sh", *ssh_args]  # what syncoid does
+        done = subprocess.run(run, capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
 
-    first = through_shim("-M", "-S", "/tmp/syncoid-root@h-1", "a b", "$(x)", "'q'")
-    second = through_shim("-S", "/tmp/syncoid-root@h-1", "root@h")
-    head, socket, rest = first.split("|", 3)[:2] + [first.split("|", 3)[3]]
-    assert head == "-M" and socket == "-S" and rest == "a b|$(x)|'q'|"
-    one = first.split("|")[2]
-    assert one.startswith("/tmp/syncoid-root@h-1-") and len(one) > len("/tmp/syncoid-root@h-1-")
-    assert second.split("|")[1] != one  # another transfer: another socket
-    assert not list(Path("/tmp").glob(f"dapx-syncoid.{one.rsplit('-', 1)[1]}"))  # cleaned up
+    shared = [f"ControlPath={masters}/%C", "-o", "ControlMaster=auto", "-o",
+              "ControlPersist=5"]
+    first = through_shim("-M", "-S", "/tmp/syncoid-root@h-1", "-o", "ControlPersist=1m",
+                         "root@h", "exit")
+    assert first.split("|") == ["-o", *shared, "-o", "ControlPersist=1m", "root@h", "exit", ""]
+    second = through_shim("-S", "/tmp/syncoid-root@h-2", "root@h", "a b", "$(x)", "'q'")
+    assert second.split("|") == ["-o", *shared, "root@h", "a b", "$(x)", "'q'", ""]
+    assert through_shim("-S", "/tmp/syncoid-root@h-1", "root@h", "-O", "exit") == ""
+    assert masters.is_dir() and oct(masters.stat().st_mode & 0o777) == "0o700"
