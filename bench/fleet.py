@@ -168,6 +168,13 @@ def time_split(run: uuid.UUID) -> str:
     text += "".join(f"\n  {name:<28} {len(times):4d} x, {statistics.median(times):.2f} s median, "
                     f"{sum(times):.1f} s in all" for name, times in sorted(
                         named.items(), key=lambda kv: -sum(kv[1])))
+    sends = [t for t in tasks if t.name.startswith("run_syncoid") and t.start_time and t.end_time]
+    if sends and parent.start_time and parent.end_time:
+        first = min(t.start_time for t in sends) - parent.start_time
+        last = max(t.end_time for t in sends) - parent.start_time
+        text += (f"\n  phases: before the first transfer {first.total_seconds():.1f} s, "
+                 f"transfers {(last - first).total_seconds():.1f} s, after the last "
+                 f"{(parent.end_time - parent.start_time - last).total_seconds():.1f} s")
     if subs:
         seconds = [s.total_run_time.total_seconds() for s in subs]
         text += (f"\n{len(subs)} guest(s) in their own runs, each "
