@@ -134,8 +134,8 @@ DAPX_REAL_SSH=$real PATH="$dir:$PATH" "$@"'''
 
 
 def with_shared_master(argv: list[str]) -> list[str]:
-    """``sh -c SHARED_MASTER sh ARGV...`` with the masters' directory and persistence in the
-    environment: ``argv`` (a syncoid command) sharing one SSH master per destination; its exit
-    status is the command's."""
+    """``env DAPX_MASTERS=... DAPX_PERSIST=... sh -c SHARED_MASTER sh ARGV...``: ``argv`` (a
+    syncoid command) sharing one SSH master per destination; its exit status is the
+    command's."""
     return ["env", f"DAPX_MASTERS={SHARED_MASTERS}", f"DAPX_PERSIST={MASTER_PERSIST}",
             "sh", "-c", SHARED_MASTER, "sh", *argv]

@@ -13,17 +13,16 @@ A target written since its newest snapshot is not measured here: syncoid receive
 rollback or -F (``dapx.core.syncoid_argv``), so ZFS itself refuses the stream ("has been
 modified since most recent snapshot") and overwrites nothing; the guest then goes to its own
 run, which measures and refuses it naming the bytes. Anything else goes to the guest's own
-replica run too, as does a guest whose lock another run holds,
-whose snapshot or transfer failed here, or whose node could not be read in full: that run
-decides and says why. Nothing here destroys anything but this job's own older snapshots.
+replica run too, as does a guest whose lock another run holds, whose snapshot or transfer
+failed here, or whose node could not be read in full: that run decides and says why. Nothing
+here destroys anything but this job's own older snapshots.
 
 Shape, per route (source -> destination), all routes at once: hold every guest's lock (one
 lease when all are free); read the configs (one round trip on the source); read both sides'
 snapshot states, the destination's owner marks and config files, trust and transport at once;
-take every guest's snapshot (one command per guest,
-one round trip); syncoid per disk under the node slots; read both sides again and prune (one
-round trip each); write registrations only where the config changed; record protection once
-for the whole round.
+take every guest's snapshot (one command per guest, one round trip); syncoid per disk under
+the node slots; read both sides again and prune (one round trip each); write registrations
+only where the config changed; record protection once for the whole round.
 """
 
 from __future__ import annotations

@@ -92,8 +92,8 @@ class SyncResult:
 
 def transfer_argv(source_dataset: str, target_host: str, target_dataset: str,
                   options: SyncoidOptions) -> list[str]:
-    """``syncoid ... --pv-options=... SRC root@HOST:DST``, with SSH master sockets of its own
-    (see ``dapx.core.syncoid_argv.with_shared_master``: one SSH master per destination)."""
+    """``syncoid ... --pv-options=... SRC root@HOST:DST``, sharing one SSH master per
+    destination (``dapx.core.syncoid_argv.with_shared_master``)."""
     argv = syncoid_argv(source_dataset, target_host, target_dataset, options)
     return with_shared_master(argv[:-2] + [PV_OPTIONS] + argv[-2:])
 
