@@ -107,10 +107,11 @@ async def latest_artifact(key: str):  # noqa: ANN201
 
 
 @contextmanager
-def preserved(node: str, datasets: list[str]) -> Iterator[None]:
+def preserved(node: str, datasets: list[str], budget: float | None = None) -> Iterator[None]:
     """Give the datasets back as they were: the lab is shared by every test of a session
     (the lab tier checks the seeded guests' bytes), so a test that writes into a seeded disk
-    snapshots it first and rolls back to it at the end (dropping the snapshots taken since)."""
+    snapshots it first and rolls back to it at the end (dropping the snapshots taken since).
+    ``budget``: seconds to wait for zfs-fuse's busy snapshots (default BUSY_BUDGET)."""
     mark = f"test-keep-{os.getpid()}"
     for dataset in datasets:
         sh(node, ["zfs", "snapshot", f"{dataset}@{mark}"])
@@ -120,7 +121,7 @@ def preserved(node: str, datasets: list[str]) -> Iterator[None]:
         # zfs-fuse has kept a snapshot busy for minutes after a killed send: the give-back
         # then waits up to BUSY_BUDGET in all and leaves what stays busy, said in a warning
         # (the test passed; the lab tier, which checks the seeded bytes, runs before this).
-        deadline = time.monotonic() + BUSY_BUDGET
+        deadline = time.monotonic() + (BUSY_BUDGET if budget is None else budget)
         try:
             for dataset in datasets:
                 until_not_busy(node, ["zfs", "rollback", "-r", f"{dataset}@{mark}"],
