@@ -206,3 +206,22 @@ def describe(plan: Plan) -> str:
     if isinstance(plan, UpToDate):
         return prefix + f"up to date at {plan.common.name}"
     return prefix + f"incremental {plan.base.name} -> {plan.to.name}"
+
+
+def after_receive(source: list[Snapshot], target: list[Snapshot],
+                  plan: Incremental) -> list[Snapshot]:
+    """The target's snapshots once ``plan`` was received as ``zfs send -I`` (what syncoid and
+    the direct pipe send): the target's up to the base (a rollback removes later ones), then
+    each source snapshot after the base up to ``plan.to``, numbered after the target's.
+
+    In: both sides' snapshots as read before the transfer, ``source`` with ``plan.to`` (the
+    snapshot this run took). Raises ValueError when the source lacks the base."""
+    kept = [t for t in ordered(target) if t.createtxg <= plan.base.createtxg]
+    src = ordered(source)
+    base = next((s for s in src if s.guid == plan.base.guid), None)
+    if base is None:
+        raise ValueError(f"the source does not hold the base {plan.base.name}")
+    carried = [s for s in src if base.createtxg < s.createtxg <= plan.to.createtxg]
+    top = kept[-1].createtxg if kept else 0
+    return kept + [s.model_copy(update={"createtxg": top + i}) for i, s in
+                   enumerate(carried, 1)]

@@ -21,8 +21,9 @@ Shape, per route (source -> destination), all routes at once: hold every guest's
 lease when all are free); read the configs (one round trip on the source); read both sides'
 snapshot states, the destination's owner marks and config files, trust and transport at once;
 take every guest's snapshot (one command per guest, one round trip); syncoid per disk under
-the node slots; read both sides again and prune (one round trip each); write registrations
-only where the config changed; record protection once for the whole round.
+the node slots; prune from what was read before (one round trip per side, each target seen
+holding its new snapshot first); write registrations only where the config changed; record
+protection once for the whole round.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from dapx.flows.dropped import leftover_replicas
 from dapx.flows.register import (ensure_zfs_storage, our_config, registration_text,
                                  vmid_config_paths, write_registration)
 from dapx.flows.replica import (ZfsDisk, ZfsRun, choose_transport, guest_run, job_tag,
-                                plan_disk, retention_victims, zfs_disks)
+                                plan_disk, planned_pruning, prune_both, zfs_disks)
 from dapx.flows.trust import check_trust
 from dapx.tasks import zfs
 from dapx.tasks.guest_sets import read_configs, read_guests
@@ -137,6 +138,12 @@ def dest_config_paths(q: Quick, dest: str) -> tuple[str, str]:
     return vmid_config_paths(q.config.kind, q.job.target_vmid, dest)
 
 
+def quick_plan(q: Quick, disk: ZfsDisk, sides: Sides, dest: str) -> snapplan.Plan:
+    """The plan for one disk of ``q`` as ``sides`` found it. Raises ConflictError."""
+    return plan_disk(disk, sides.src[disk.source], sides.dst[disk.target], q.snapshot,
+                     force=False, destination=dest, owner=q.run.owner)
+
+
 def refusal(q: Quick, sides: Sides, dest: str, register: bool) -> str:
     """Why ``q`` needs its own replica run ("" when the quick round may copy it)."""
     staging = resend.staging_for([d.target for d in q.disks], False)
@@ -150,8 +157,7 @@ def refusal(q: Quick, sides: Sides, dest: str, register: bool) -> str:
                                              staging.old[disk.target])):
             return f"{disk.key}: a forced resend's copy is there"
         try:
-            plan = plan_disk(disk, source, target, q.snapshot, force=False, destination=dest,
-                             owner=q.run.owner)
+            plan = quick_plan(q, disk, sides, dest)
         except ConflictError as exc:
             return f"{disk.key}: {exc}"
         if not isinstance(plan, snapplan.Incremental) or plan.rollback_to is not None:
@@ -225,7 +231,7 @@ async def route_round(job: FleetJob, source: ProxmoxNode, dest: ProxmoxNode,
                  fleet_run) for q in quick)) if q is not None]
     if quick:
         try:
-            await prune_all(source, dest, quick)
+            await prune_all(source, dest, quick, sides)
         except DapxError as exc:  # the copies stand; the guests' rows fail, as their runs would
             for q in quick:
                 q.error = q.error or f"pruning after the copy failed: {first_line(str(exc))}"
@@ -308,35 +314,36 @@ async def transfer(q: Quick, source: ProxmoxNode, dest: ProxmoxNode, options: Sy
     return q
 
 
-async def prune_all(source: ProxmoxNode, dest: ProxmoxNode, quick: list[Quick]) -> None:
+async def prune_all(source: ProxmoxNode, dest: ProxmoxNode, quick: list[Quick],
+                    sides: Sides) -> None:
     """Retention on both sides (this job's own snapshots beyond ``keep``, never the one now
-    common): one read and one prune per side. A busy snapshot is left for the next run; any
-    other failure fails its guest's row."""
-    src, dst = await asyncio.gather(
-        zfs.dataset_states(source, [d.source for q in quick for d in q.disks]),
-        zfs.dataset_states(dest, [d.target for q in quick for d in q.disks]))
-    victims: tuple[dict[str, list[str]], dict[str, list[str]]] = ({}, {})
-    owner: dict[str, Quick] = {}
+    common), from both sides as read before the round (every disk here was a plain
+    incremental): one round trip per side, each target seen holding its new snapshot before
+    it loses anything. A busy snapshot is left for the next run; any other failure fails its
+    guest's row."""
+    prunes, owner = [], {}
     for q in quick:
         for disk in q.disks:
-            found = retention_victims(disk, src[disk.source], dst[disk.target], q.run,
-                                      q.snapshot)
-            if isinstance(found, str):
-                q.error = found
-                continue
-            victims[0][disk.source], victims[1][disk.target] = found
-            owner[disk.source] = owner[disk.target] = q
-    outcomes = await asyncio.gather(zfs.destroy_snapshot_sets(source, victims[0]),
-                                    zfs.destroy_snapshot_sets(dest, victims[1]))
-    for node, outcome in zip((source, dest), outcomes):
-        for dataset, why in outcome.items():
+            src, dst = sides.src[disk.source], sides.dst[disk.target]
+            prunes.append(planned_pruning(disk, src, dst, quick_plan(q, disk, sides, dest.name),
+                                          q.run, q.snapshot))
+            owner[disk.target] = q
+    done = await prune_both(source, dest, prunes)
+    for pruning in prunes:
+        q, outcome = owner[pruning.target], done[pruning.target]
+        if not outcome.held:
+            q.error = q.error or (f"after the transfer {pruning.target} does not hold "
+                                  f"{pruning.holds}")
+            continue
+        for node, dataset, why in ((source, pruning.source, outcome.source_why),
+                                   (dest, pruning.target, outcome.target_why)):
             if not why:
                 continue
             if "busy" in why.lower():
                 _logger().warning("pruning %s:%s deferred to the next run (the copy is "
                                   "complete): %s", node.name, dataset, why)
-            elif not owner[dataset].error:
-                owner[dataset].error = f"pruning {node.name}:{dataset} failed: {why}"
+            elif not q.error:
+                q.error = f"pruning {node.name}:{dataset} failed: {why}"
     for q in quick:
         q.protected = not q.error
 

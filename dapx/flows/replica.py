@@ -232,10 +232,14 @@ def plan_all(disks: list[ZfsDisk], src: dict, dst: dict, name: str, *, force: bo
 def prune_list(state: zfs.DatasetState, run: ZfsRun, protect: str,
                extra: Snapshot | None = None) -> list[str]:
     """Names retention destroys on one dataset (never ``protect``, only this job's own)."""
-    snaps = state.snapshots + ([extra] if extra else [])
-    victims = select_for_deletion(snaps, keep=run.keep, prefixes=(job_prefix(run.tag),),
-                                  protect={protect})
-    return [s.name for s in victims]
+    return victims(state.snapshots + ([extra] if extra else []), run, protect)
+
+
+def victims(snapshots: list[Snapshot], run: ZfsRun, protect: str) -> list[str]:
+    """Names retention destroys among ``snapshots`` (never ``protect``, only this job's own)."""
+    return [s.name for s in select_for_deletion(snapshots, keep=run.keep,
+                                                prefixes=(job_prefix(run.tag),),
+                                                protect={protect})]
 
 
 def syncoid_options(run: ZfsRun, dest: ProxmoxNode, resume: bool) -> SyncoidOptions:
@@ -256,14 +260,17 @@ def plan_rows(disks: list[ZfsDisk], plan: "ZfsPlan", run: ZfsRun,
     rows = []
     for disk in disks:
         src, dst = plan.src[disk.source], plan.dst[disk.target]
-        new = planned_snapshot(name, src.snapshots)
+        if plan.predictable(disk, run):
+            pruning = planned_pruning(disk, src, dst, plan.plans[disk.key], run, name)
+            on_source, on_target = pruning.on_source + pruning.once_held, pruning.on_target
+        else:
+            new = planned_snapshot(name, src.snapshots)
+            on_source, on_target = prune_list(src, run, name, new), prune_list(dst, run, name, new)
         rows.append({"disk": disk.key, "source": disk.source,
                      "destination": disk.target, "plan": plan.describe(disk),
                      "size": human_bytes(src.referenced),
-                     "retention (source)": ", ".join(prune_list(src, run, name, new))
-                     or "nothing",
-                     "retention (destination)": ", ".join(prune_list(dst, run, name, new))
-                     or "nothing"})
+                     "retention (source)": ", ".join(on_source) or "nothing",
+                     "retention (destination)": ", ".join(on_target) or "nothing"})
     return rows
 
 
@@ -466,31 +473,128 @@ async def finish_resend(dest: ProxmoxNode, plan: "ZfsPlan",
             results[disk.key].error = why
 
 
-async def retention(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
-                    disks: list[ZfsDisk], results: dict[str, DiskResult], name: str) -> None:
-    """Prune both sides of the disks that made it; never the snapshot now common."""
-    ok = [d for d in disks if not results[d.key].error]
-    if not ok:
-        return
-    src, dst = await asyncio.gather(zfs.dataset_states(source, [d.source for d in ok]),
-                                    zfs.dataset_states(dest, [d.target for d in ok]))
-    for disk in ok:
-        result = results[disk.key]
-        found = retention_victims(disk, src[disk.source], dst[disk.target], run, name)
-        if isinstance(found, str):
-            result.error = found
-            continue
-        result.common = name
-        pruned = await asyncio.gather(prune(source, disk.source, found[0]),
-                                      prune(dest, disk.target, found[1]),
-                                      return_exceptions=True)
-        for side, done in zip(("pruned_source", "pruned_dest"), pruned):
-            if isinstance(done, TransientError):  # still busy after the retries: the copy stands
-                _log_prune_deferred(disk, done)
-            elif isinstance(done, BaseException):
-                raise done
+async def retention(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode, plan: "ZfsPlan",
+                    results: dict[str, DiskResult], name: str) -> None:
+    """Prune both sides of the disks that made it; never the snapshot now common. A plain
+    incremental's victims follow from what was read before the transfer (what the target
+    holds after it is known); any other disk's (a full send, a resend, a tree) from both
+    sides read again. Each target is seen holding ``name`` before anything goes."""
+    ok = [d for d in plan.disks if not results[d.key].error]
+    known = [d for d in ok if plan.predictable(d, run)]
+    prunes = {d.key: planned_pruning(d, plan.src[d.source], plan.dst[d.target],
+                                     plan.plans[d.key], run, name) for d in known}
+    reread = [d for d in ok if d.key not in prunes]
+    if reread:
+        src, dst = await asyncio.gather(zfs.dataset_states(source, [d.source for d in reread]),
+                                        zfs.dataset_states(dest, [d.target for d in reread]))
+        for disk in reread:
+            found = retention_victims(disk, src[disk.source], dst[disk.target], run, name)
+            if isinstance(found, str):
+                results[disk.key].error = found
             else:
-                setattr(result, side, done)
+                prunes[disk.key] = Pruning(disk.source, disk.target, name, *found)
+    if not prunes:
+        return
+    done = await prune_both(source, dest, list(prunes.values()))
+    for key, pruning in prunes.items():
+        await record_pruned(source, dest, pruning, done[pruning.target], results[key])
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """What retention destroys after one disk's copy."""
+
+    source: str
+    target: str
+    holds: str
+    """The snapshot just sent: the target must hold it before it loses anything."""
+    on_source: list[str]
+    on_target: list[str]
+    once_held: list[str] = field(default_factory=list)
+    """Source snapshots destroyed only once the target is seen holding ``holds``: the
+    previous common one (``keep`` 1), the only base left should the copy not have landed."""
+
+
+@dataclass
+class Pruned:
+    """What ``prune_both`` did for one disk: why each side failed ("" when it did not)."""
+
+    source_why: str = ""
+    target_why: str = ""
+    on_source: list[str] = field(default_factory=list)
+    on_target: list[str] = field(default_factory=list)
+
+    @property
+    def held(self) -> bool:
+        return not self.target_why.startswith(zfs.NOT_HELD)
+
+
+def planned_pruning(disk: ZfsDisk, src: zfs.DatasetState, dst: zfs.DatasetState,
+                    plan: snapplan.Incremental, run: ZfsRun, name: str) -> Pruning:
+    """Retention after a plain incremental, from both sides as read before it: the source's
+    snapshots and ``name``; the target's up to the base and what ``zfs send -I`` carried."""
+    source_after = with_planned(src, name)
+    on_source = victims(source_after, run, name)
+    on_target = victims(snapplan.after_receive(source_after, dst.snapshots, plan), run, name)
+    base = next(s.name for s in source_after if s.guid == plan.base.guid)
+    return Pruning(disk.source, disk.target, name, [n for n in on_source if n != base],
+                   on_target, [base] if base in on_source else [])
+
+
+async def prune_both(source: ProxmoxNode, dest: ProxmoxNode,
+                     prunes: list[Pruning]) -> dict[str, Pruned]:
+    """Carry out ``prunes``, one round trip per side, side by side (each target only once it
+    is seen holding its new snapshot); then, where the previous common snapshot goes, a
+    second round trip on the source for the targets seen holding the new one. Out: {target:
+    Pruned}."""
+    async def on(node: ProxmoxNode, names: dict[str, list[str]],
+                 holding: dict[str, str] | None = None) -> dict[str, str]:
+        if not any(names.values()) and not holding:
+            return {}
+        return await zfs.destroy_snapshot_sets(node, names, holding)
+
+    by_source = {p.source: p for p in prunes}
+    src_out, dst_out = await asyncio.gather(
+        on(source, {p.source: p.on_source for p in prunes}),
+        on(dest, {p.target: p.on_target for p in prunes}, {p.target: p.holds for p in prunes}))
+    done = {p.target: Pruned(src_out.get(p.source, ""), dst_out.get(p.target, ""))
+            for p in prunes}
+    later = {p.source: p.once_held for p in prunes
+             if p.once_held and done[p.target].held and not done[p.target].source_why}
+    for ds, why in (await on(source, later)).items():
+        done[by_source[ds].target].source_why = why
+    for p in prunes:
+        result = done[p.target]
+        if not result.source_why:
+            result.on_source = p.on_source + (p.once_held if p.source in later else [])
+        if not result.target_why:
+            result.on_target = p.on_target
+    return done
+
+
+async def record_pruned(source: ProxmoxNode, dest: ProxmoxNode, pruning: Pruning,
+                        done: Pruned, result: DiskResult) -> None:
+    """Put what ``prune_both`` did for one disk into its result. A side zfs found busy is
+    tried again with retries, then left to the next run (the copy is complete); another
+    failure fails the disk."""
+    if not done.held:
+        result.error = f"after the transfer {pruning.target} does not hold {pruning.holds}"
+        return
+    result.common = pruning.holds
+    result.pruned_source, result.pruned_dest = done.on_source, done.on_target
+    sides = (("pruned_source", source, pruning.source,
+              pruning.on_source + pruning.once_held, done.source_why),
+             ("pruned_dest", dest, pruning.target, pruning.on_target, done.target_why))
+    for side, node, dataset, names, why in sides:
+        if not why:
+            continue
+        if "busy" not in why.lower():
+            result.error = f"pruning {node.name}:{dataset} failed: {why}"
+            continue
+        try:
+            setattr(result, side, await zfs.destroy_snapshots(node, dataset, names))
+        except TransientError as exc:  # still busy after the retries: the copy stands
+            _log_prune_deferred(result.disk, exc)
 
 
 def retention_victims(disk: ZfsDisk, src: zfs.DatasetState, dst: zfs.DatasetState,
@@ -504,16 +608,11 @@ def retention_victims(disk: ZfsDisk, src: zfs.DatasetState, dst: zfs.DatasetStat
     return prune_list(src, run, name), prune_list(dst, run, name)
 
 
-async def prune(node: ProxmoxNode, dataset: str, names: list[str]) -> list[str]:
-    """Destroy ``names`` on ``dataset`` (no task run when there is nothing to destroy)."""
-    return await zfs.destroy_snapshots(node, dataset, names) if names else []
-
-
-def _log_prune_deferred(disk: ZfsDisk, exc: Exception) -> None:
+def _log_prune_deferred(disk: str, exc: Exception) -> None:
     from prefect.logging import get_run_logger
 
     get_run_logger().warning("pruning %s deferred to the next run (the copy is complete): %s",
-                             disk.key, exc)
+                             disk, exc)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -555,6 +654,12 @@ class ZfsPlan:
 
     def transfer_plan(self, disk: ZfsDisk) -> Plan:
         return self.staged.get(disk.key, self.plans[disk.key])
+
+    def predictable(self, disk: ZfsDisk, run: ZfsRun) -> bool:
+        """The disk's target after the transfer follows from what was read before it: an
+        incremental into the target itself (not a full send, a resend's copy, or a tree)."""
+        return (disk.key not in self.staged and not run.recursive
+                and isinstance(self.plans[disk.key], snapplan.Incremental))
 
     def describe(self, disk: ZfsDisk) -> str:
         text = snapplan.describe(self.plans[disk.key])
@@ -639,7 +744,7 @@ async def replicate_datasets(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode
     if plan.staged:
         await finish_resend(dest, plan, results)
     arrived = not any(r.error for r in results.values())
-    await gather_all(retention(run, source, dest, plan.disks, results, name),
+    await gather_all(retention(run, source, dest, plan, results, name),
                      *([then()] if then is not None and arrived else []))
 
 

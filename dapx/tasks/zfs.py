@@ -187,9 +187,15 @@ group=()
 for arg; do
   if [ "$arg" = -- ]; then snap "${group[@]}"; group=(); else group+=("$arg"); fi
 done"""
-# Pruning many datasets: per dataset, its names in turn; one already gone counts as destroyed.
+# Pruning many datasets: per dataset, first that it holds the snapshot named (when one is: the
+# one just received, so the copy is seen complete before anything goes), then its names in
+# turn; one already gone counts as destroyed.
+NOT_HELD = "does not hold"
 _DESTROY_SETS = r"""prune() {
-  ds=$1; shift
+  ds=$1 hold=$2; shift 2
+  if [ -n "$hold" ] && ! zfs list -H -o name -t snapshot "$ds@$hold" >/dev/null 2>&1; then
+    printf 'failed\t%s\tdoes not hold %s\n' "$ds" "$hold"; return
+  fi
   for n; do
     out=$(zfs destroy "$ds@$n" 2>&1) && continue
     case $out in
@@ -227,19 +233,26 @@ async def snapshot_groups(node: "ProxmoxNode", groups: list[list[str]]) -> dict[
 
 
 @dapx_task(name="prune-datasets")
-async def destroy_snapshot_sets(node: "ProxmoxNode", names: dict[str, list[str]]) -> dict[str, str]:
+async def destroy_snapshot_sets(node: "ProxmoxNode", names: dict[str, list[str]],
+                                holding: dict[str, str] | None = None) -> dict[str, str]:
     """Destroy ``dataset@name`` for every dataset and name (never recursive) in one round
-    trip. Out: {dataset: "" when done, else zfs's last line (busy, a hold...)}. Safe to
-    repeat: a snapshot already gone counts as destroyed."""
-    argv = []
-    for ds, snaps in names.items():
-        if snaps:
-            argv += [validate_dataset_name(ds), *[snapshot_path(ds, n).partition("@")[2]
-                                                  for n in snaps], "--"]
+    trip; a dataset in ``holding`` ({dataset: snapshot}) loses nothing unless it holds that
+    snapshot (checked even with no name to destroy). Out: {dataset: "" when done, else why:
+    ``NOT_HELD`` ..., or zfs's last line (busy, a hold...)}. Safe to repeat: a snapshot
+    already gone counts as destroyed."""
+    holding = holding or {}
+    argv, keys = [], []
+    for ds in dict.fromkeys([*names, *holding]):
+        snaps, hold = names.get(ds, []), holding.get(ds, "")
+        if snaps or hold:
+            keys.append(ds)
+            argv += [validate_dataset_name(ds),
+                     snapshot_path(ds, hold).partition("@")[2] if hold else "",
+                     *[snapshot_path(ds, n).partition("@")[2] for n in snaps], "--"]
     if not argv:
         return {}
     result = await run(node, ["bash", "-c", _DESTROY_SETS, "bash", *argv], timeout=900)
-    return parse_outcomes(result.stdout, [ds for ds, snaps in names.items() if snaps])
+    return parse_outcomes(result.stdout, keys)
 
 
 def _checked_path(path: str) -> str:

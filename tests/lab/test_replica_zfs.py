@@ -184,12 +184,22 @@ async def test_incremental_sends_only_the_change() -> None:
 async def test_versions_to_keep_on_both_sides() -> None:
     from dapx.flows.replica import zfs_replica
 
+    def ours() -> list[tuple[list[str], list[str]]]:
+        return [([s for s in zfs_snapshots(SRC, src) if s.startswith(TAG)],
+                 [s for s in zfs_snapshots(DST, dst) if s.startswith(TAG)])
+                for src, dst in DISKS.items()]
+
     result = await zfs_replica(job=job())
-    for src, dst in DISKS.items():
-        ours_src = [s for s in zfs_snapshots(SRC, src) if s.startswith(TAG)]
-        ours_dst = [s for s in zfs_snapshots(DST, dst) if s.startswith(TAG)]
+    for ours_src, ours_dst in ours():
         assert len(ours_src) == 2 and ours_src == ours_dst
         assert ours_src[-1] == result.snapshot
+    # keep 1: the previous common snapshot goes too, from the source once the destination
+    # holds the new one; then keep 2 again.
+    result = await zfs_replica(job=job(keep=1))
+    assert ours() == [([result.snapshot], [result.snapshot])] * len(DISKS)
+    assert all(len(d.pruned_source) == 2 and len(d.pruned_dest) == 2 for d in result.disks)
+    result = await zfs_replica(job=job())
+    assert all(len(s) == 2 and s == d and s[-1] == result.snapshot for s, d in ours())
 
 
 async def test_written_head_refused_naming_how_much_then_force_discards_it() -> None:

@@ -14,8 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dapx.core.snapshots import (Diverged, ForeignTarget, FullSend, Incremental,
-                                 NoCommonSnapshot, NothingToSend, Snapshot, UpToDate, describe,
-                                 plan_incremental, plan_staged, size_text)
+                                 NoCommonSnapshot, NothingToSend, Snapshot, UpToDate,
+                                 after_receive, describe, ordered, plan_incremental, plan_staged,
+                                 size_text)
 from dapx.errors import ConflictError, PermanentError
 
 
@@ -200,3 +201,28 @@ def test_owned_empty_but_written_target_needs_force() -> None:
     with pytest.raises(NoCommonSnapshot, match=r"written data \(2\.0 MiB\)"):
         plan_incremental(snaps("a"), [], target_written=2 * 2**20)
     assert plan_incremental(snaps("a"), [], target_written=2 * 2**20, force=True).replace_target
+
+
+def names(snapshots: list[Snapshot]) -> list[str]:
+    return [s.name for s in ordered(snapshots)]
+
+
+def test_after_receive_is_the_target_then_what_send_dash_i_carries() -> None:
+    source, target = snaps("a b c d e"), snaps("a b", start_txg=500)
+    plan = plan_incremental(source, target)
+    after = after_receive(source, target, plan)
+    assert names(after) == ["a", "b", "c", "d", "e"]
+    assert [s.guid for s in ordered(after)] == [s.guid for s in source]
+    assert min(s.createtxg for s in after[2:]) > 510  # numbered after the target's own
+
+
+def test_after_receive_of_a_forced_plan_drops_what_the_rollback_removes() -> None:
+    source, target = snaps("a b c"), snaps("a b x", start_txg=500)
+    plan = plan_incremental(source, target, force=True)
+    assert names(after_receive(source, target, plan)) == ["a", "b", "c"]
+
+
+def test_after_receive_keeps_the_targets_older_snapshots_the_source_pruned() -> None:
+    source, target = snaps("c d e", start_txg=30), snaps("a b c")
+    plan = plan_incremental(source, target)
+    assert names(after_receive(source, target, plan)) == ["a", "b", "c", "d", "e"]

@@ -192,3 +192,23 @@ def test_trust_and_lock_names() -> None:
     assert trust.known_hosts_line(node).startswith("[198.18.213.13]:2222 ssh-ed25519 ")
     assert trust.trust_probe_argv(node)[-2:] == ["root@198.18.213.13", "true"]
     assert locks.guest_lock_name("pve1", 100) == "dapx-guest-pve1-100"
+
+
+def test_pruning_after_an_incremental_follows_from_the_reads_before_it() -> None:
+    run = replica.guest_run(job(keep=2))
+    tag = f"dapx_{run.tag}_"
+    disk = replica.zfs_disks(guest(), job())[0]
+    src = zfs.DatasetState(disk.source, exists=True, snapshots=[
+        snap(f"{tag}1", 1, 10), snap("manual", 9, 15), snap(f"{tag}2", 2, 20)])
+    dst = zfs.DatasetState(disk.target, exists=True, owner=run.owner, snapshots=[
+        snap(f"{tag}1", 1, 100), snap(f"{tag}2", 2, 110)])
+    plan = replica.plan_disk(disk, src, dst, f"{tag}3", force=False, destination="pve3")
+    pruning = replica.planned_pruning(disk, src, dst, plan, run, f"{tag}3")
+    assert (pruning.holds, pruning.on_source, pruning.on_target, pruning.once_held) == (
+        f"{tag}3", [f"{tag}1"], [f"{tag}1"], [])
+    # keep 1: the previous common snapshot goes from the source only once the target holds
+    # the new one (a second step); the destination's never goes before its check.
+    run = replica.guest_run(job(keep=1))
+    pruning = replica.planned_pruning(disk, src, dst, plan, run, f"{tag}3")
+    assert (pruning.on_source, pruning.on_target, pruning.once_held) == (
+        [f"{tag}1"], [f"{tag}1", f"{tag}2"], [f"{tag}2"])
