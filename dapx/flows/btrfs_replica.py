@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Awaitable, Callable
 
 from prefect import flow
 
@@ -39,6 +40,7 @@ from dapx.flows.replica import (
     DiskResult,
     ReplicaResult,
     TransferProgress,
+    gather_all,
     job_tag,
     not_zfs_message,
     planned_snapshot,
@@ -219,7 +221,8 @@ async def send_sizes(source: ProxmoxNode, mount: str, disks: list[BtrfsDisk],
 
 
 async def _btrfs_replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode,
-                           dry_run: bool, force: bool, result: ReplicaResult) -> None:
+                           dry_run: bool, force: bool, result: ReplicaResult,
+                           protect: Callable[[], Awaitable[None]]) -> None:
 
     result.snapshot = name = new_snapshot_name(job_tag(job), datetime.now(timezone.utc))
     guest, dest_files = await asyncio.gather(read_guest(source, job.guest),
@@ -271,7 +274,9 @@ async def _btrfs_replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNo
     if not result.failures:
         await swap_writables(dest, disks, plans, dst, name, results)
     await btrfs_retention(job, source, dest, disks, results, name, src_mount)
-    await register_after_copy(job, source, dest, result, "btrfs", dest_sid, guest=guest)
+    await gather_all(register_after_copy(job, source, dest, result, "btrfs", dest_sid,
+                                         guest=guest),
+                     *([] if result.failures else [protect()]))
 
 
 @flow(name="btrfs-replica", log_prints=False, **KEPT_RESULTS, **job_hooks())

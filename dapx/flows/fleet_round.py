@@ -56,7 +56,6 @@ from dapx.tasks.guest_sets import read_configs, read_guests
 from dapx.tasks.guests import SourceGuest
 from dapx.tasks.locks import guest_lock_name, holding_free
 from dapx.tasks.node_limits import node_slots
-from dapx.tasks.processes import refuse_running_receive
 from dapx.tasks.store import Copy, record_protections
 from dapx.tasks.syncoid import run_syncoid
 
@@ -271,11 +270,11 @@ async def read_sides(job: FleetJob, source: ProxmoxNode, dest: ProxmoxNode,
     parent = destination_dataset(job.dest_pool, job.subfolder, "x").rsplit("/", 1)[0]
     paths = [p for q in quick for p in dest_config_paths(q, dest.name)] if job.register_vm else []
 
-    src, dst, owned, configs, options, *_ = await asyncio.gather(
+    src, dst, owned, configs, options, _ = await asyncio.gather(
         zfs.dataset_states(source, [d.source for q in quick for d in q.disks]),
-        zfs.dataset_states(dest, staged), zfs.owned_children(dest, parent),
-        read_configs(dest, paths), choose_transport(quick[0].run, source, dest, quick[0].disks),
-        check_trust(source, dest), refuse_running_receive(dest, staged))
+        zfs.dataset_states(dest, staged, refuse_receiving=staged),
+        zfs.owned_children(dest, parent), read_configs(dest, paths),
+        choose_transport(quick[0].run, source, dest, quick[0].disks), check_trust(source, dest))
     return Sides(src, dst, owned, configs), options
 
 

@@ -23,7 +23,8 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 from prefect import flow
 from pydantic import BaseModel, Field
@@ -46,7 +47,6 @@ from dapx.flows.hooks import job_hooks, record_protection
 from dapx.flows.register import check_vmid_available, register_guest, registration_note
 from dapx.flows.trust import KNOWN_HOSTS, REPLICATION_KEY, check_trust
 from dapx.tasks import zfs
-from dapx.tasks.processes import refuse_running_receive
 from dapx.tasks.guests import SourceGuest, read_guest
 from dapx.tasks.locks import DEFAULT_WAIT, guest_lock_name, run_exclusively
 from dapx.tasks.ssh import connect_ahead
@@ -59,6 +59,8 @@ from dapx.ui_extensions.artifacts import (
     publish_markdown,
     publish_table,
 )
+
+T = TypeVar("T")
 
 # -----------------------------------------------------------------------------------------------
 # Results
@@ -655,6 +657,11 @@ class ZfsPlan:
     def transfer_plan(self, disk: ZfsDisk) -> Plan:
         return self.staged.get(disk.key, self.plans[disk.key])
 
+    def holds_under(self, parent: str) -> bool:
+        """A target of this run exists below ``parent`` (so ``parent`` exists)."""
+        return any(self.dst[d.target].exists and d.target.startswith(parent + "/")
+                   for d in self.disks)
+
     def predictable(self, disk: ZfsDisk, run: ZfsRun) -> bool:
         """The disk's target after the transfer follows from what was read before it: an
         incremental into the target itself (not a full send, a resend's copy, or a tree)."""
@@ -675,10 +682,10 @@ class ZfsPlan:
 
 async def read_and_plan(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
                         disks: list[ZfsDisk], name: str, *, force: bool, dry_run: bool,
-                        checks: tuple = ()) -> ZfsPlan:
-    """Both sides' states (targets and their scratch copies), the transport, node trust, no
-    receive still running into a target, and the caller's ``checks`` (awaitables) at once
-    (each is a round trip); then what a swap cut by a dead run left is settled (a dry run
+                        checks: tuple = (), trust: Awaitable[None] | None = None) -> ZfsPlan:
+    """Both sides' states (targets and their scratch copies), the transport, node trust (the
+    caller's ``trust`` when it started the check already), no receive still running into a
+    target, and the caller's ``checks`` (awaitables) at once (each is a round trip); then what a swap cut by a dead run left is settled (a dry run
     only pretends), what was written into each target measured, and the plans made.
     Raises PermanentError for a missing source dataset, ConflictError naming every conflict
     or a running receive, and whatever a check raises."""
@@ -686,19 +693,20 @@ async def read_and_plan(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
     staging = resend.staging_for([d.target for d in disks], tree)
 
     async def dest_side() -> dict[str, zfs.DatasetState]:
-        # Once no receive runs into a target: settle a cut swap, measure what was written
+        # Read with the check that no receive runs into a target (and what was written, where
+        # ZFS can tell at once); then settle a cut swap and measure what is left to measure
         # (without waiting for the source side and the checks).
-        found, _ = await asyncio.gather(
-            zfs.dataset_states(dest, staging.all_names()),
-            refuse_running_receive(dest, list(staging.incoming)
-                                   + list(staging.incoming.values())))
+        found = await zfs.dataset_states(
+            dest, staging.all_names(), written=True,
+            refuse_receiving=list(staging.incoming) + list(staging.incoming.values()))
         found = await resend.settle_swaps(dest, staging, found, dry_run=dry_run)
         await measure_written(dest, [found[d.target] for d in disks])
         return found
 
     src, dst, options, *_ = await asyncio.gather(
-        zfs.dataset_states(source, [d.source for d in disks]), dest_side(),
-        choose_transport(run, source, dest, disks), check_trust(source, dest), *checks)
+        zfs.dataset_states(source, [d.source for d in disks], written=True), dest_side(),
+        choose_transport(run, source, dest, disks),
+        check_trust(source, dest) if trust is None else trust, *checks)
     missing = [d.source for d in disks if not src[d.source].exists]
     if missing:
         raise PermanentError(f"source datasets missing on {run.source}: {', '.join(missing)}")
@@ -710,18 +718,25 @@ async def read_and_plan(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
 
 
 async def measure_written(dest: ProxmoxNode, targets: list[zfs.DatasetState]) -> None:
-    """Fill in ``written`` for every target that has a snapshot (one round trip)."""
-    heads = {t.name: t.snapshots[-1].name for t in targets if t.exists and t.snapshots}
-    written = await zfs.head_written(dest, heads)
+    """Fill in ``written`` for every target that has a snapshot and was not measured with the
+    states (ZFS without the property, or states read again): the probe, one round trip."""
+    heads = {t.name: t.snapshots[-1].name for t in targets
+             if t.exists and t.snapshots and t.written is None}
+    if not heads:
+        return
+    written = await zfs.head_written(dest, heads, probe=True)
     for target in targets:
-        target.written = written.get(target.name)
+        if target.name in heads:
+            target.written = written.get(target.name)
 
 
 async def measure_sends(source: ProxmoxNode, plan: ZfsPlan) -> None:
-    """Fill ``plan.send_bytes`` for the incremental disks, where the node can tell."""
+    """Fill ``plan.send_bytes`` for the incremental disks, where the node can tell (its ZFS
+    has ``written``: the states were read with it)."""
     bases = {d.source: p.base.name for d in plan.disks
              if isinstance(p := plan.transfer_plan(d), snapplan.Incremental)}
-    plan.send_bytes = await zfs.send_sizes(source, bases) if bases else {}
+    if bases and all(plan.src[d].written is not None for d in bases):
+        plan.send_bytes = await zfs.send_sizes(source, bases)
 
 
 async def replicate_datasets(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
@@ -729,13 +744,14 @@ async def replicate_datasets(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode
                              parent: str | None,
                              then: Callable[[], Awaitable[None]] | None = None) -> None:
     """Snapshot every source dataset atomically (meanwhile, on the destination: create
-    ``parent`` unless None, a pool, and the scratch parent of a resend; remove scratch copies
-    no longer needed), transfer, swap a resend in, prune both sides. Failures are recorded in
-    ``results``. ``then()`` (what follows a complete copy: registration...) runs beside the
+    ``parent`` unless None or a target is there already, and the scratch parent of a resend;
+    remove scratch copies no longer needed), transfer, swap a resend in, prune both sides.
+    Failures are recorded in ``results``. ``then()`` (what follows a complete copy: registration...) runs beside the
     pruning when every disk arrived."""
     steps = [zfs.take_snapshots(source, [d.source for d in plan.disks], name),
              measure_sends(source, plan)]
-    parents = ([parent] if parent else []) + (plan.staging.parents() if plan.staged else [])
+    parents = ([parent] if parent and not plan.holds_under(parent) else []) + (
+        plan.staging.parents() if plan.staged else [])
     steps += [zfs.create_parents(dest, p) for p in parents]
     if plan.unused_copies():
         steps.append(zfs.destroy_existing(dest, plan.unused_copies()))
@@ -749,11 +765,10 @@ async def replicate_datasets(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode
 
 
 async def _replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode, dry_run: bool,
-                     force: bool, result: ReplicaResult) -> None:
+                     force: bool, result: ReplicaResult,
+                     protect: Callable[[], Awaitable[None]]) -> None:
     result.snapshot = new_snapshot_name(job_tag(job), datetime.now(timezone.utc))
     name, run = result.snapshot, guest_run(job)
-    guest, _ = await asyncio.gather(read_guest(source, job.guest), connect_ahead(dest))
-    disks = zfs_disks(guest, job)
     checked_at: float | None = None  # when the VMID check last reached the cluster's API
 
     async def check_vmid() -> None:
@@ -761,8 +776,12 @@ async def _replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode, dr
         if not await check_vmid_available(job, source, dest, guest.kind, api_optional=True):
             checked_at = time.monotonic()
 
-    plan = await read_and_plan(run, source, dest, disks, name, force=force, dry_run=dry_run,
-                               checks=(check_vmid(),) if job.register_vm else ())
+    async with started(check_trust(source, dest)) as trust:  # needs no guest: from the start
+        guest, _ = await asyncio.gather(read_guest(source, job.guest), connect_ahead(dest))
+        disks = zfs_disks(guest, job)
+        plan = await read_and_plan(run, source, dest, disks, name, force=force,
+                                   dry_run=dry_run, trust=trust,
+                                   checks=(check_vmid(),) if job.register_vm else ())
     results = plan.results()
     result.disks = list(results.values())
     parent = destination_dataset(job.dest_pool, job.subfolder, "x").rsplit("/", 1)[0]
@@ -775,14 +794,28 @@ async def _replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode, dr
     async def after_copy() -> None:
         # A cluster check made moments ago (a small increment) need not be made again.
         fresh = checked_at is not None and time.monotonic() - checked_at < FRESH_CHECK
-        found, _ = await gather_all(
+        found, *_ = await gather_all(
             dropped.dropped_disks(job, run, source, dest, disks, parent,
                                   remove=job.remove_dropped_disks),
             register_after_copy(job, source, dest, result, "zfs", guest=guest,
-                                cluster_checked=fresh))
+                                cluster_checked=fresh), protect())
         result.dropped = found
 
     await replicate_datasets(run, source, dest, plan, results, name, parent, then=after_copy)
+
+
+@asynccontextmanager
+async def started(step: Awaitable[T]) -> AsyncIterator["asyncio.Future[T]"]:
+    """``step`` running from here on, beside what the block does, which awaits it. Leaving
+    the block first cancels it (a failure it had then goes unreported: the block's counts)."""
+    future = asyncio.ensure_future(step)
+    try:
+        yield future
+    finally:
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()
 
 
 FRESH_CHECK = 60.0
@@ -820,24 +853,28 @@ async def register_after_copy(job: ReplicaJob, source: ProxmoxNode, dest: Proxmo
 async def run_guest_replica(job: ReplicaJob, dry_run: bool, force: bool, lock_wait: float,
                             replicate: Callable[..., Awaitable[None]]) -> ReplicaResult:
     """What both guest replica flows do around ``replicate(job, source, dest, dry_run, force,
-    result)``: load the nodes, hold the source guest's lock (not for a dry run), publish
-    the result table, and fail at the end naming every disk that failed, or the
-    registration that failed after the copy."""
+    result, protect)``: load the nodes, hold the source guest's lock (not for a dry run),
+    publish the result table, and fail at the end naming every disk that failed, or the
+    registration that failed after the copy. ``replicate`` awaits ``protect()`` once every
+    disk arrived (the guest's data is protected then, whatever follows the copy)."""
     started = time.monotonic()
     source, dest = await aload_nodes(job.source, job.destination)
     result = ReplicaResult(source=job.source, guest=job.guest, destination=job.destination,
                            dest_vmid=job.target_vmid, dry_run=dry_run)
+
+    async def protect() -> None:
+        await record_protection("replica", job.source, job.guest, job.destination,
+                                ref=result.snapshot, bytes_sent=result.bytes_sent,
+                                seconds=round(time.monotonic() - started, 3))
+
     await run_exclusively(guest_lock_name(job.source, job.guest),
                           f"replicating guest {job.guest} from {job.source} to {job.destination}",
                           lock_wait, dry_run,
-                          lambda plan_only: replicate(job, source, dest, plan_only, force, result))
+                          lambda plan_only: replicate(job, source, dest, plan_only, force, result,
+                                                      protect))
     result.seconds = round(time.monotonic() - started, 3)
     if not dry_run:
-        # Every disk arrived: the guest's data is protected even if registration failed.
-        protected = [] if result.failures else [record_protection(
-            "replica", job.source, job.guest, job.destination, ref=result.snapshot,
-            bytes_sent=result.bytes_sent, seconds=result.seconds)]
-        await gather_all(publish_result(result), *protected)
+        await publish_result(result)
     if result.failures:
         raise PermanentError(f"replication of guest {job.guest} to {job.destination} failed "
                              f"for {len(result.failures)} disk(s): {'; '.join(result.failures)}")

@@ -6,14 +6,16 @@ shared SSH session.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dapx.core import zfs_argv
+from dapx.core.processes import PS_ARGV, busy_message, receives_into
 from dapx.core.snapnames import OWNER_PROPERTY
 from dapx.core.snapshots import Snapshot
 from dapx.core.validate import snapshot_path, validate_dataset_name
-from dapx.errors import CommandError, InputError
+from dapx.errors import CommandError, ConflictError, InputError
 from dapx.tasks.base import dapx_task
 from dapx.tasks.ssh import command_failure, run
 
@@ -84,21 +86,71 @@ def parse_states(output: str, datasets: list[str]) -> dict[str, DatasetState]:
     return states
 
 
+# ``dataset_states`` with more in the same round trip: the running processes first (to refuse
+# a receive still running into a target), then the states, then each dataset's ``written``
+# (OpenZFS; zfs-fuse has no such property and says so), in sections split by ``$1``.
+_STATES_PLUS = r'''sep=$1 props=$2 ps=$3 written=$4; shift 4
+[ "$ps" = 1 ] && ''' + shlex.join(PS_ARGV) + r'''
+echo "$sep"
+zfs get -H -p -r -d 1 -o name,property,value,source "$props" "$@"
+status=$?
+echo "$sep"
+[ "$written" = 1 ] && zfs get -H -p -o name,value written "$@" 2>&1
+exit $status'''
+_SECTION = "--dapx-section--"
+
+
 @dapx_task
-async def dataset_states(node: "ProxmoxNode", datasets: list[str]) -> dict[str, DatasetState]:
+async def dataset_states(node: "ProxmoxNode", datasets: list[str], *,
+                         refuse_receiving: list[str] | None = None,
+                         written: bool = False) -> dict[str, DatasetState]:
     """Every dataset's existence, owner mark, head size and snapshots, in one command.
 
-    A missing dataset is reported as ``exists=False``; any other zfs error raises CommandError.
+    In the same round trip, optionally: ``refuse_receiving`` raises ConflictError (one line,
+    naming the process) when a ``zfs receive`` into one of those names runs on ``node``;
+    ``written`` fills each state's ``written`` where ZFS has that property (else it stays
+    None: ``head_written`` probes). A missing dataset is reported as ``exists=False``; any
+    other zfs error raises CommandError.
     """
     if not datasets:
         return {}
-    result = await run(node, states_argv(datasets), check=False, timeout=120)
+    names = [validate_dataset_name(d) for d in datasets]
+    if refuse_receiving is None and not written:
+        result = await run(node, states_argv(names), check=False, timeout=120)
+        listing, measured = result.stdout, ""
+    else:
+        result = await run(node, ["sh", "-c", _STATES_PLUS, "sh", _SECTION, ",".join(STATE_PROPS),
+                                  "1" if refuse_receiving is not None else "0",
+                                  "1" if written else "0", *names], check=False, timeout=120)
+        ps, listing, measured = split_sections(result.stdout)
+        found = receives_into(ps, refuse_receiving or [])
+        if found:
+            raise ConflictError(busy_message(node.name, found))
     other = [ln for ln in result.stderr.splitlines()
              if ln.strip() and "does not exist" not in ln]
     if result.exit_status != 0 and other:
         raise CommandError(f"zfs get failed on node {node.name}: {other[-1]}",
                            exit_status=result.exit_status, stderr_tail="\n".join(other[-20:]))
-    return parse_states(result.stdout, datasets)
+    states = parse_states(listing, datasets)
+    for name, value in parse_written(measured).items():
+        if name in states:
+            states[name].written = value
+    return states
+
+
+def split_sections(output: str) -> tuple[str, str, str]:
+    """``_STATES_PLUS`` output -> (ps, states, written). Raises CommandError when the output
+    was cut before its sections (never read as "no such dataset")."""
+    parts = output.split(f"{_SECTION}\n")
+    if len(parts) != 3:
+        raise CommandError(f"zfs get printed {len(parts) - 1} of 2 section marks; the output "
+                           "was cut")
+    return parts[0], parts[1], parts[2]
+
+
+def _lacks_written(output: str) -> bool:
+    """zfs says it has no ``written`` property (zfs-fuse)."""
+    return "invalid property" in output or "bad property" in output
 
 
 @dapx_task
@@ -342,24 +394,27 @@ def parse_written(output: str) -> dict[str, int]:
 
 
 @dapx_task
-async def head_written(node: "ProxmoxNode", heads: dict[str, str]) -> dict[str, int]:
+async def head_written(node: "ProxmoxNode", heads: dict[str, str],
+                       probe: bool = False) -> dict[str, int]:
     """Bytes written into each dataset's head since its newest snapshot.
 
-    In: {dataset: short name of its newest snapshot}. OpenZFS: one ``zfs get written``;
-    pools without that property: the probe above (takes and destroys ``@dapx-probe``; a
+    In: {dataset: short name of its newest snapshot}; ``probe``: the caller found ``written``
+    missing already. OpenZFS: one ``zfs get written``; pools without that property: the
+    probe above (takes and destroys ``@dapx-probe``; a
     leftover from a killed probe is removed first, so a retry is safe). Raises CommandError.
     """
     if not heads:
         return {}
     names = [validate_dataset_name(d) for d in heads]
-    argv = ["zfs", "get", "-H", "-p", "-o", "name,value", "written", *names]
-    result = await run(node, argv, check=False, timeout=120)
-    if result.exit_status == 0:
-        return parse_written(result.stdout)
-    if "invalid property" not in result.stderr and "bad property" not in result.stderr:
-        raise CommandError(f"zfs get written failed on node {node.name}: "
-                           f"{(result.stderr.strip().splitlines() or ['?'])[-1]}",
-                           exit_status=result.exit_status)
+    if not probe:
+        argv = ["zfs", "get", "-H", "-p", "-o", "name,value", "written", *names]
+        result = await run(node, argv, check=False, timeout=120)
+        if result.exit_status == 0:
+            return parse_written(result.stdout)
+        if not _lacks_written(result.stderr):
+            raise CommandError(f"zfs get written failed on node {node.name}: "
+                               f"{(result.stderr.strip().splitlines() or ['?'])[-1]}",
+                               exit_status=result.exit_status)
     pairs = [arg for d in names for arg in (d, snapshot_path(d, heads[d]).partition("@")[2])]
     probe = await run(node, ["sh", "-c", _PROBE, "sh", PROBE_SNAPSHOT, *pairs], timeout=3600)
     return parse_written(probe.stdout)

@@ -3,10 +3,13 @@ guest's own replica run) and how its batched node scripts report each group."""
 
 from __future__ import annotations
 
+import pytest
+
 from dapx.core.fleet import FleetGuest, FleetJob, guest_job
 from dapx.core.snapshots import Snapshot
 from dapx.core.storagecfg import parse_storage_cfg
 from dapx.flows import fleet_round, replica
+from dapx.errors import CommandError
 from dapx.tasks import guests, zfs
 
 CFG = "zfspool: local-zfs\n\tpool rpool/data\n\tcontent images,rootdir\n"
@@ -135,3 +138,26 @@ echo "bad property list: invalid property '$5'" >&2; exit 1''')
     argv = ["sh", "-c", zfs._SEND_SIZES, "sh", "d1", "s1", "d2", "s2"]
     done = subprocess.run(argv, capture_output=True, text=True, env=env)
     assert done.returncode == 0 and zfs.parse_written(done.stdout) == {"d1": 4096}
+
+
+def test_states_script_reads_processes_states_and_written_in_one_go(tmp_path) -> None:
+    import subprocess
+
+    # zfs-fuse: no written property; a receive into t runs.
+    env = stub_zfs(tmp_path, '''case "$*" in
+  *" written "*) echo "bad property list: invalid property 'written'" >&2; exit 2 ;;
+  "get -H -p -r -d 1"*) printf 't\\tguid\\t-\\t-\\nt@s\\tguid\\t7\\t-\\n'; exit 0 ;;
+esac''')
+    (tmp_path / "ps").write_text("#!/bin/sh\necho '  42 zfs receive t'\n")
+    (tmp_path / "ps").chmod(0o755)
+    argv = ["sh", "-c", zfs._STATES_PLUS, "sh", zfs._SECTION, "guid", "1", "1", "t"]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
+    ps, listing, written = zfs.split_sections(done.stdout)
+    assert done.returncode == 0 and "zfs receive t" in ps and listing.startswith("t\tguid")
+    assert zfs._lacks_written(written) and zfs.parse_written(written) == {}
+    argv[6:8] = ["0", "0"]  # neither extra: the states alone, between the marks
+    ps, listing, written = zfs.split_sections(subprocess.run(
+        argv, capture_output=True, text=True, env=env).stdout)
+    assert (ps, written) == ("", "") and "t@s" in listing
+    with pytest.raises(CommandError, match="cut"):
+        zfs.split_sections("  42 zfs receive t\n")
