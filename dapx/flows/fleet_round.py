@@ -354,7 +354,7 @@ async def register_all(job: FleetJob, dest: ProxmoxNode, quick: list[Quick],
     if not quick:
         return
     try:
-        storage, _ = ensure_zfs_storage(dest, job.dest_pool, job.subfolder)
+        storage, _ = await ensure_zfs_storage(dest, job.dest_pool, job.subfolder)
     except DapxError as exc:
         for q in quick:
             q.error = not_registered(q, exc)

@@ -17,6 +17,8 @@ An existing zfspool storage with that pool is used; otherwise dapx adds one,
 
 from __future__ import annotations
 
+import asyncio
+
 import re
 from typing import Literal
 
@@ -100,11 +102,16 @@ def with_mark(text: str, source: str, vmid: int) -> str:
 
 
 @dapx_task
-def ensure_zfs_storage(dest: ProxmoxNode, pool: str, subfolder: str) -> tuple[str, bool]:
+async def ensure_zfs_storage(dest: ProxmoxNode, pool: str, subfolder: str) -> tuple[str, bool]:
     """(storage id, created now) of the destination zfspool storage for ``pool/subfolder``.
 
-    Reads and adds storages through the PVE API (``GET/POST /storage``), as `pvesm add` does.
+    Reads and adds storages through the PVE API (``GET/POST /storage``), as `pvesm add` does
+    (in a thread: the flow's other steps go on meanwhile).
     """
+    return await asyncio.to_thread(_ensure_zfs_storage, dest, pool, subfolder)
+
+
+def _ensure_zfs_storage(dest: ProxmoxNode, pool: str, subfolder: str) -> tuple[str, bool]:
     dataset = "/".join(p for p in (pool, subfolder) if p)
     api = dest.api()
     storages = {s["storage"]: s for s in api.get("storage")}
@@ -174,8 +181,8 @@ async def check_vmid_available(job: ReplicaJob, source: ProxmoxNode, dest: Proxm
     """
     await existing_config(dest, kind, job.target_vmid, source.name, job.guest)
     try:
-        owner = vmid_owner(dest, job.target_vmid,
-                           API_CHECK_TIMEOUT if api_optional else 30.0)
+        owner = await asyncio.to_thread(vmid_owner, dest, job.target_vmid,
+                                        API_CHECK_TIMEOUT if api_optional else 30.0)
     except TransientError as exc:
         if not api_optional:
             raise
@@ -225,7 +232,7 @@ async def register_guest(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode
     """
     guest = guest or await read_guest(source, job.guest)
     if storage_kind == "zfs":
-        storage, created = ensure_zfs_storage(dest, job.dest_pool, job.subfolder)
+        storage, created = await ensure_zfs_storage(dest, job.dest_pool, job.subfolder)
     else:
         storage, created = validate_storage_id(storage or job.dest_pool), False
     if not cluster_checked:
