@@ -239,14 +239,24 @@ group=()
 for arg; do
   if [ "$arg" = -- ]; then snap "${group[@]}"; group=(); else group+=("$arg"); fi
 done"""
-# Pruning many datasets: per dataset, first that it holds the snapshot named (when one is: the
-# one just received, so the copy is seen complete before anything goes), then its names in
-# turn; one already gone counts as destroyed.
+# Pruning many datasets: first which of the snapshots named to be held exist (one ``zfs list``
+# for all: the ones just received, so a copy is seen complete before anything of it goes),
+# then per dataset its names in turn; one already gone counts as destroyed. Arguments: the
+# ``ds@snap`` paths to hold, ``---``, then ``ds hold name... --`` per dataset (hold may be "").
 NOT_HELD = "does not hold"
-_DESTROY_SETS = r"""prune() {
+_DESTROY_SETS = r"""paths=()
+while [ "$#" -gt 0 ] && [ "$1" != --- ]; do paths+=("$1"); shift; done
+shift
+held=
+if [ "${#paths[@]}" -gt 0 ]; then held=$(zfs list -H -o name -t snapshot "${paths[@]}" 2>/dev/null); fi
+held=$'\n'$held$'\n'
+prune() {
   ds=$1 hold=$2; shift 2
-  if [ -n "$hold" ] && ! zfs list -H -o name -t snapshot "$ds@$hold" >/dev/null 2>&1; then
-    printf 'failed\t%s\tdoes not hold %s\n' "$ds" "$hold"; return
+  if [ -n "$hold" ]; then
+    case $held in
+      *$'\n'"$ds@$hold"$'\n'*) ;;
+      *) printf 'failed\t%s\tdoes not hold %s\n' "$ds" "$hold"; return ;;
+    esac
   fi
   for n; do
     out=$(zfs destroy "$ds@$n" 2>&1) && continue
@@ -293,17 +303,18 @@ async def destroy_snapshot_sets(node: "ProxmoxNode", names: dict[str, list[str]]
     ``NOT_HELD`` ..., or zfs's last line (busy, a hold...)}. Safe to repeat: a snapshot
     already gone counts as destroyed."""
     holding = holding or {}
-    argv, keys = [], []
+    paths, argv, keys = [], [], []
     for ds in dict.fromkeys([*names, *holding]):
         snaps, hold = names.get(ds, []), holding.get(ds, "")
         if snaps or hold:
             keys.append(ds)
-            argv += [validate_dataset_name(ds),
-                     snapshot_path(ds, hold).partition("@")[2] if hold else "",
+            paths += [snapshot_path(ds, hold)] if hold else []
+            argv += [validate_dataset_name(ds), hold and snapshot_path(ds, hold).partition("@")[2],
                      *[snapshot_path(ds, n).partition("@")[2] for n in snaps], "--"]
     if not argv:
         return {}
-    result = await run(node, ["bash", "-c", _DESTROY_SETS, "bash", *argv], timeout=900)
+    result = await run(node, ["bash", "-c", _DESTROY_SETS, "bash", *paths, "---", *argv],
+                       timeout=900)
     return parse_outcomes(result.stdout, keys)
 
 

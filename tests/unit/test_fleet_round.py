@@ -112,22 +112,22 @@ def test_prune_script_checks_the_copy_counts_gone_as_done_and_names_busy(tmp_pat
     # c lacks the snapshot it must hold (c@new): nothing of c goes, c@old is never asked for.
     env = stub_zfs(tmp_path, '''echo "$*" >> "$(dirname "$0")/calls"
 case "$1 $2" in
-  "list -H") [ "$7" = c@new ] && exit 1; exit 0 ;;
+  "list -H") shift 6; for p; do [ "$p" = c@new ] || echo "$p"; done; exit 1 ;;
 esac
 case "$2" in
   a@old) exit 0 ;;
   a@gone) echo "could not find any snapshots to destroy; check snapshot names." >&2; exit 1 ;;
   b@*) echo "cannot destroy snapshot $2: dataset is busy" >&2; exit 1 ;;
 esac''')
-    argv = ["bash", "-c", zfs._DESTROY_SETS, "bash", "a", "new", "old", "gone", "--",
-            "b", "", "x", "--", "c", "new", "old", "--"]
+    argv = ["bash", "-c", zfs._DESTROY_SETS, "bash", "a@new", "c@new", "---",
+            "a", "new", "old", "gone", "--", "b", "", "x", "--", "c", "new", "old", "--"]
     out = subprocess.run(argv, capture_output=True, text=True, env=env).stdout
     assert zfs.parse_outcomes(out, ["a", "b", "c"]) == {
         "a": "", "b": "cannot destroy snapshot b@x: dataset is busy",
         "c": "does not hold new"}
     calls = (tmp_path / "calls").read_text().splitlines()
-    assert calls == ["list -H -o name -t snapshot a@new", "destroy a@old", "destroy a@gone",
-                     "destroy b@x", "list -H -o name -t snapshot c@new"]
+    assert calls == ["list -H -o name -t snapshot a@new c@new", "destroy a@old",
+                     "destroy a@gone", "destroy b@x"]
 
 
 def test_send_sizes_script_leaves_out_what_zfs_cannot_measure(tmp_path) -> None:
