@@ -1,18 +1,19 @@
 """``zfs-replica`` and ``btrfs-replica``: copy a guest's disks to another node (R1, R2).
 
-Shape of a run (flows -> tasks -> core): load the node blocks; read the guest config and the
-source's storage.cfg in one round trip; map disks to datasets; check node trust, that no
-receive into a target still runs, and that the destination VMID is free; read both sides'
-snapshots (one ``zfs get`` per node) and what was written into each target since its newest
-snapshot; plan every disk with ``core.snapshots`` (any conflict stops the run before anything
+Shape of a run (flows -> tasks -> core): load the node blocks; check node trust (from the
+start) while reading the guest config and the source's storage.cfg in one round trip; map
+disks to datasets; check that the destination VMID is free; read both sides' snapshots (one
+round trip per node; the destination's also refuses a receive still running into a target)
+and what was written into each target since its newest snapshot; plan every disk with ``core.snapshots`` (any conflict stops the run before anything
 changes: a diverged or written target, a target of another job; ``force`` is explicit); a dry
 run publishes the plan and stops. Otherwise, under the source guest's global concurrency
 limit (its migrations, backups and other replicas wait): one atomic snapshot of all disks,
 named when taken, syncoid per disk ON THE SOURCE node pushing to the destination (tied to the
 SSH channel: it dies with the run), a forced full resend received beside the old replica and
-swapped in only when every disk arrived (``dapx.flows.resend``), retention on both sides for
-the disks that made it, disks the guest no longer has reported (or removed when the job says
-so), registration, a result table. A failing disk does not hide the others (a forced resend
+swapped in only when every disk arrived (``dapx.flows.resend``); then side by side:
+retention on both sides for the disks that made it (one round trip per node, each target seen
+holding the new snapshot first), disks the guest no longer has reported (or removed when the
+job says so), registration and the protection record; a result table. A failing disk does not hide the others (a forced resend
 stops at the first): the run fails at the end naming every failure, and a registration that
 failed after the copy.
 """
