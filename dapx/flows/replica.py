@@ -1,21 +1,21 @@
 """``zfs-replica`` and ``btrfs-replica``: copy a guest's disks to another node (R1, R2).
 
-Shape of a run (flows -> tasks -> core): load the node blocks; check node trust (from the
-start) while reading the guest config and the source's storage.cfg in one round trip; map
-disks to datasets; check that the destination VMID is free; read both sides' snapshots (one
-round trip per node; the destination's also refuses a receive still running into a target)
-and what was written into each target since its newest snapshot; plan every disk with ``core.snapshots`` (any conflict stops the run before anything
-changes: a diverged or written target, a target of another job; ``force`` is explicit); a dry
-run publishes the plan and stops. Otherwise, under the source guest's global concurrency
-limit (its migrations, backups and other replicas wait): one atomic snapshot of all disks,
-named when taken, syncoid per disk ON THE SOURCE node pushing to the destination (tied to the
-SSH channel: it dies with the run), a forced full resend received beside the old replica and
-swapped in only when every disk arrived (``dapx.flows.resend``); then side by side:
-retention on both sides for the disks that made it (one round trip per node, each target seen
-holding the new snapshot first), disks the guest no longer has reported (or removed when the
-job says so), registration and the protection record; a result table. A failing disk does not hide the others (a forced resend
-stops at the first): the run fails at the end naming every failure, and a registration that
-failed after the copy.
+Shape of a run (flows -> tasks -> core): load the node blocks; check node trust (from the start)
+while reading the guest config and the source's storage.cfg in one round trip; map disks to
+datasets; check that the destination VMID is free; read both sides' snapshots (one round trip
+per node; the destination's also refuses a receive still running into a target) and what was
+written into each target since its newest snapshot; plan every disk with ``core.snapshots`` (any
+conflict stops the run before anything changes: a diverged or written target, a target of
+another job; ``force`` is explicit); a dry run publishes the plan and stops. Otherwise, under
+the source guest's global concurrency limit (its migrations, backups and other replicas wait):
+one atomic snapshot of all disks, named when taken, syncoid per disk ON THE SOURCE node pushing
+to the destination (tied to the SSH channel: it dies with the run), a forced full resend
+received beside the old replica and swapped in only when every disk arrived
+(``dapx.flows.resend``); then side by side: retention on both sides for the disks that made it
+(one round trip per node, each target seen holding the new snapshot first), disks the guest no
+longer has reported (or removed when the job says so), registration and the protection record; a
+result table. A failing disk does not hide the others (a forced resend stops at the first): the
+run fails at the end naming every failure, and a registration that failed after the copy.
 """
 
 from __future__ import annotations
@@ -686,8 +686,9 @@ async def read_and_plan(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
                         checks: tuple = (), trust: Awaitable[None] | None = None) -> ZfsPlan:
     """Both sides' states (targets and their scratch copies), the transport, node trust (the
     caller's ``trust`` when it started the check already), no receive still running into a
-    target, and the caller's ``checks`` (awaitables) at once (each is a round trip); then what a swap cut by a dead run left is settled (a dry run
-    only pretends), what was written into each target measured, and the plans made.
+    target, and the caller's ``checks`` (awaitables) at once (each is a round trip); then
+    what a swap cut by a dead run left is settled (a dry run only pretends), what was written
+    into each target measured, and the plans made.
     Raises PermanentError for a missing source dataset, ConflictError naming every conflict
     or a running receive, and whatever a check raises."""
     tree = run.recursive
@@ -747,8 +748,8 @@ async def replicate_datasets(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode
     """Snapshot every source dataset atomically (meanwhile, on the destination: create
     ``parent`` unless None or a target is there already, and the scratch parent of a resend;
     remove scratch copies no longer needed), transfer, swap a resend in, prune both sides.
-    Failures are recorded in ``results``. ``then()`` (what follows a complete copy: registration...) runs beside the
-    pruning when every disk arrived."""
+    Failures are recorded in ``results``. ``then()`` (what follows a complete copy:
+    registration...) runs beside the pruning when every disk arrived."""
     steps = [zfs.take_snapshots(source, [d.source for d in plan.disks], name),
              measure_sends(source, plan)]
     parents = ([parent] if parent and not plan.holds_under(parent) else []) + (

@@ -309,7 +309,8 @@ async def destroy_snapshot_sets(node: "ProxmoxNode", names: dict[str, list[str]]
         if snaps or hold:
             keys.append(ds)
             paths += [snapshot_path(ds, hold)] if hold else []
-            argv += [validate_dataset_name(ds), hold and snapshot_path(ds, hold).partition("@")[2],
+            argv += [validate_dataset_name(ds),
+                     hold and snapshot_path(ds, hold).partition("@")[2],
                      *[snapshot_path(ds, n).partition("@")[2] for n in snaps], "--"]
     if not argv:
         return {}
