@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from prefect import flow, task
 from prefect.testing.utilities import prefect_test_harness
 
@@ -54,3 +55,30 @@ def test_transient_errors_are_retried_permanent_ones_are_not() -> None:
     with prefect_test_harness():
         assert asyncio.run(run_all()) == "done"
     assert calls == {"async transient": 3, "async permanent": 1, "sync transient": 3, "busy": 2}
+
+
+async def test_a_busy_prefect_server_is_asked_again_within_a_fraction_of_a_second() -> None:
+    """A SQLite Prefect server answers 503 to a write while it stores another run's events:
+    the lock's request goes again after 0.1 s, not after the client's own 2 s."""
+    import time
+
+    import httpx
+
+    from dapx.tasks.locks import soon_again
+
+    answers = [503, 503, 200]
+
+    async def call() -> int:
+        status = answers.pop(0)
+        if status != 200:
+            request = httpx.Request("POST", "http://server/api/x")
+            raise httpx.HTTPStatusError("busy", request=request,
+                                        response=httpx.Response(status, request=request))
+        return status
+
+    started = time.monotonic()
+    assert await soon_again(call) == 200 and not answers
+    assert time.monotonic() - started < 1.0
+    answers[:] = [409]
+    with pytest.raises(httpx.HTTPStatusError):
+        await soon_again(call)
