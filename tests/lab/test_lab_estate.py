@@ -12,6 +12,7 @@ import socket
 import ssl
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -260,8 +261,19 @@ def _daemon_pids() -> set[str]:
     down moments before, still exiting, is not one of them)."""
     mine = {pid for node in estate.status()["nodes"] for pid in subprocess.run(
         ["ip", "netns", "pids", f"dapx-{node}"], capture_output=True, text=True).stdout.split()}
-    return {line.split()[0] for line in lab_processes() if line.split()[0] in mine and (
+    found = {line.split()[0] for line in lab_processes() if line.split()[0] in mine and (
         "zfs-fuse" in line or "[listener]" in line or "dapx.lab.pvesim" in line)}
+    # sshd forks a child per connection that bears the listener's title until it renames
+    # itself: a connection being accepted (or gone already), not a daemon.
+    return {pid for pid in found if (parent := _parent(pid)) and parent not in found}
+
+
+def _parent(pid: str) -> str:
+    """The parent pid of ``pid`` ("" when it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+    except (OSError, IndexError):
+        return ""
 
 
 def test_up_is_idempotent(lab: dict) -> None:
