@@ -49,7 +49,8 @@ from dapx.flows.dropped import leftover_replicas
 from dapx.flows.register import (ensure_zfs_storage, our_config, registration_text,
                                  vmid_config_paths, write_registration)
 from dapx.flows.replica import (ZfsDisk, ZfsRun, choose_transport, guest_run, job_tag,
-                                plan_disk, planned_pruning, prune_both, zfs_disks)
+                                failed_sides, not_held, plan_disk, planned_pruning,
+                                prune_both, zfs_disks)
 from dapx.flows.trust import check_trust
 from dapx.tasks import zfs
 from dapx.tasks.guest_sets import read_configs, read_guests
@@ -331,13 +332,9 @@ async def prune_all(source: ProxmoxNode, dest: ProxmoxNode, quick: list[Quick],
     for pruning in prunes:
         q, outcome = owner[pruning.target], done[pruning.target]
         if not outcome.held:
-            q.error = q.error or (f"after the transfer {pruning.target} does not hold "
-                                  f"{pruning.holds}")
+            q.error = q.error or not_held(pruning)
             continue
-        for node, dataset, why in ((source, pruning.source, outcome.source_why),
-                                   (dest, pruning.target, outcome.target_why)):
-            if not why:
-                continue
+        for _, node, dataset, _, why in failed_sides(source, dest, pruning, outcome):
             if "busy" in why.lower():
                 _logger().warning("pruning %s:%s deferred to the next run (the copy is "
                                   "complete): %s", node.name, dataset, why)

@@ -581,16 +581,11 @@ async def record_pruned(source: ProxmoxNode, dest: ProxmoxNode, pruning: Pruning
     tried again with retries, then left to the next run (the copy is complete); another
     failure fails the disk."""
     if not done.held:
-        result.error = f"after the transfer {pruning.target} does not hold {pruning.holds}"
+        result.error = not_held(pruning)
         return
     result.common = pruning.holds
     result.pruned_source, result.pruned_dest = done.on_source, done.on_target
-    sides = (("pruned_source", source, pruning.source,
-              pruning.on_source + pruning.once_held, done.source_why),
-             ("pruned_dest", dest, pruning.target, pruning.on_target, done.target_why))
-    for side, node, dataset, names, why in sides:
-        if not why:
-            continue
+    for side, node, dataset, names, why in failed_sides(source, dest, pruning, done):
         if "busy" not in why.lower():
             result.error = f"pruning {node.name}:{dataset} failed: {why}"
             continue
@@ -598,6 +593,21 @@ async def record_pruned(source: ProxmoxNode, dest: ProxmoxNode, pruning: Pruning
             setattr(result, side, await zfs.destroy_snapshots(node, dataset, names))
         except TransientError as exc:  # still busy after the retries: the copy stands
             _log_prune_deferred(result.disk, exc)
+
+
+def not_held(pruning: Pruning) -> str:
+    """Why nothing of a disk was pruned: its target does not hold the snapshot just sent."""
+    return f"after the transfer {pruning.target} does not hold {pruning.holds}"
+
+
+def failed_sides(source: ProxmoxNode, dest: ProxmoxNode, pruning: Pruning,
+                 done: Pruned) -> list[tuple[str, ProxmoxNode, str, list[str], str]]:
+    """Each side of one disk whose pruning failed: (its result field, node, dataset, the
+    names it was to destroy, zfs's last line)."""
+    sides = (("pruned_source", source, pruning.source, pruning.on_source + pruning.once_held,
+              done.source_why),
+             ("pruned_dest", dest, pruning.target, pruning.on_target, done.target_why))
+    return [side for side in sides if side[4]]
 
 
 def retention_victims(disk: ZfsDisk, src: zfs.DatasetState, dst: zfs.DatasetState,
