@@ -62,9 +62,10 @@ def _refusals(moves: list[VolumeMove], states: list[str]) -> list[str]:
 
 async def _move(node: "ProxmoxNode", move: VolumeMove) -> None:
     from dapx.tasks.ssh import run
+    from dapx.tasks.zfs import rename_unmounted
 
-    if move.method == "zfs":
-        await run(node, ["zfs", "rename", move.source, move.target], timeout=600)
+    if move.method == "zfs":  # unmounted first: zfs-fuse keeps a fresh mount busy
+        await rename_unmounted(node, move.source, move.target)
     else:
         await run(node, ["sh", "-c", _MOVE_PATH, "sh", move.source, move.target], timeout=600)
 

@@ -501,11 +501,18 @@ async def swap_in(node: "ProxmoxNode", target: str, incoming: str, old: str) -> 
     await run(node, argv, timeout=300)
 
 
+async def rename_unmounted(node: "ProxmoxNode", old: str, new: str) -> None:
+    """Rename ``old`` to ``new`` unmounted, then mount the tree again; nothing to do when
+    ``new`` exists already or ``old`` does not (a rename done before). Not a task: the
+    renumber and swap tasks call it."""
+    await run(node, ["sh", "-c", _RENAME_BACK, "sh", validate_dataset_name(old),
+                     validate_dataset_name(new)], timeout=600)
+
+
 @dapx_task
 async def rename_back(node: "ProxmoxNode", old: str, target: str) -> None:
     """Rename ``old`` to ``target`` unless ``target`` exists (a swap cut between its renames)."""
-    await run(node, ["sh", "-c", _RENAME_BACK, "sh", validate_dataset_name(old),
-                     validate_dataset_name(target)], timeout=300)
+    await rename_unmounted(node, old, target)
 
 
 @dapx_task
