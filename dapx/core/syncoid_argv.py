@@ -106,11 +106,15 @@ def syncoid_argv(source_dataset: str, target_host: str, target_dataset: str,
 # seconds after its last session; syncoid's ``-O exit`` is left out so the next transfer finds
 # it. The master is made with syncoid's own options, so the destination's host key is checked
 # as pinned; a transfer that starts while another makes the master connects on its own. The
-# shim's directory goes when the transfer ends.
+# shim's directory goes when the transfer ends. The replication flows' trust check, run just
+# before, logs in afresh with ``master_argv`` and leaves its connection as that master, so a
+# run with no master left from an earlier one logs in once, not twice.
 SHARED_MASTERS = "/run/dapx-ssh"
 MASTER_PERSIST = 5
-SHARED_MASTER = r'''real=$(command -v ssh) || exit 1
+_MASTERS_DIR = r'''
 mkdir -p -m 700 "$DAPX_MASTERS" && [ -O "$DAPX_MASTERS" ] && chmod 700 "$DAPX_MASTERS" || exit 1
+'''
+SHARED_MASTER = _MASTERS_DIR + r'''real=$(command -v ssh) || exit 1
 dir=$(mktemp -d /tmp/dapx-syncoid.XXXXXXXX) || exit 1
 trap 'rm -rf "$dir"' EXIT
 cat > "$dir/ssh" <<'SHIM'
@@ -131,6 +135,16 @@ exec "$DAPX_REAL_SSH" "$@"
 SHIM
 chmod 700 "$dir/ssh"
 DAPX_REAL_SSH=$real PATH="$dir:$PATH" "$@"'''
+
+
+def master_argv(ssh_argv: list[str]) -> list[str]:
+    """``ssh_argv`` (an ``ssh ... HOST COMMAND`` from the source node) logging in afresh and
+    leaving its connection behind as the shared master the next transfer to that host takes
+    up (``ControlMaster=yes``: with a master there already it logs in on its own)."""
+    shared = ["-o", f"ControlPath={SHARED_MASTERS}/%C", "-o", "ControlMaster=yes",
+              "-o", f"ControlPersist={MASTER_PERSIST}"]
+    return ["env", f"DAPX_MASTERS={SHARED_MASTERS}", "sh", "-c", _MASTERS_DIR + 'exec "$@"',
+            "sh", ssh_argv[0], *shared, *ssh_argv[1:]]
 
 
 def with_shared_master(argv: list[str]) -> list[str]:

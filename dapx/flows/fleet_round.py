@@ -275,7 +275,8 @@ async def read_sides(job: FleetJob, source: ProxmoxNode, dest: ProxmoxNode,
         zfs.dataset_states(source, [d.source for q in quick for d in q.disks]),
         zfs.dataset_states(dest, staged, refuse_receiving=staged),
         zfs.owned_children(dest, parent), read_configs(dest, paths),
-        choose_transport(quick[0].run, source, dest, quick[0].disks), check_trust(source, dest))
+        choose_transport(quick[0].run, source, dest, quick[0].disks),
+        check_trust(source, dest, master=True))
     return Sides(src, dst, owned, configs), options
 
 

@@ -718,7 +718,7 @@ async def read_and_plan(run: ZfsRun, source: ProxmoxNode, dest: ProxmoxNode,
     src, dst, options, *_ = await asyncio.gather(
         zfs.dataset_states(source, [d.source for d in disks], written=True), dest_side(),
         choose_transport(run, source, dest, disks),
-        check_trust(source, dest) if trust is None else trust, *checks)
+        check_trust(source, dest, master=True) if trust is None else trust, *checks)
     missing = [d.source for d in disks if not src[d.source].exists]
     if missing:
         raise PermanentError(f"source datasets missing on {run.source}: {', '.join(missing)}")
@@ -788,7 +788,8 @@ async def _replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode, dr
         if not await check_vmid_available(job, source, dest, guest.kind, api_optional=True):
             checked_at = time.monotonic()
 
-    async with started(check_trust(source, dest)) as trust:  # needs no guest: from the start
+    # The trust check needs no guest: it starts first, and its login stays for syncoid.
+    async with started(check_trust(source, dest, master=True)) as trust:
         guest, _ = await asyncio.gather(read_guest(source, job.guest), connect_ahead(dest))
         disks = zfs_disks(guest, job)
         plan = await read_and_plan(run, source, dest, disks, name, force=force,

@@ -33,7 +33,7 @@ from dapx.blocks.manage import aload_nodes
 from dapx.blocks.node import ProxmoxNode
 from dapx.core.sshtrust import (authorized_line, classify_ssh_failure, parse_public_key,
                                 replace_host_lines, replace_key_lines, route_source)
-from dapx.core.syncoid_argv import ssh_options
+from dapx.core.syncoid_argv import master_argv, ssh_options
 from dapx.core.types import NodeName
 from dapx.errors import (AuthError, CommandError, ConnectionLost, HostKeyError, InputError,
                          PermanentError)
@@ -214,11 +214,13 @@ async def unpin_host_key(source: ProxmoxNode, destination: ProxmoxNode) -> bool:
                            lambda text: replace_host_lines(text, host_pattern(destination), None))
 
 
-def trust_probe_argv(destination: ProxmoxNode) -> list[str]:
-    """``ssh`` from the source to the destination with the replication key, running ``true``."""
+def trust_probe_argv(destination: ProxmoxNode, master: bool = False) -> list[str]:
+    """``ssh`` from the source to the destination with the replication key, running ``true``;
+    with ``master``, its connection stays as the shared master syncoid's transfer takes up."""
     options = [arg for opt in ssh_options(KNOWN_HOSTS) for arg in ("-o", opt)]
-    return ["ssh", "-i", REPLICATION_KEY, *options, "-o", "ConnectTimeout=10",
+    argv = ["ssh", "-i", REPLICATION_KEY, *options, "-o", "ConnectTimeout=10",
             "-p", str(destination.ssh_port), f"root@{destination.host}", "true"]
+    return master_argv(argv) if master else argv
 
 
 def trust_failure(source: ProxmoxNode, destination: ProxmoxNode, stderr: str) -> Exception:
@@ -252,13 +254,15 @@ def trust_failure(source: ProxmoxNode, destination: ProxmoxNode, stderr: str) ->
 
 
 @dapx_task
-async def check_trust(source: ProxmoxNode, destination: ProxmoxNode) -> None:
-    """Log in from source to destination the way syncoid will. On failure raises
+async def check_trust(source: ProxmoxNode, destination: ProxmoxNode,
+                      master: bool = False) -> None:
+    """Log in from source to destination the way syncoid will, always afresh; ``master``
+    (a syncoid transfer follows): leave the connection for it. On failure raises
     ConnectionLost (cannot reach the destination: retried), HostKeyError (another host key
     than the pinned one, or none pinned), AuthError (key refused: run trust-nodes) or
     PermanentError."""
     session = await get_session(source)
-    result = await session.run(trust_probe_argv(destination), check=False, timeout=60)
+    result = await session.run(trust_probe_argv(destination, master), check=False, timeout=60)
     if result.exit_status != 0:
         raise trust_failure(source, destination, result.stderr)
 

@@ -194,6 +194,32 @@ def test_trust_and_lock_names() -> None:
     assert locks.guest_lock_name("pve1", 100) == "dapx-guest-pve1-100"
 
 
+def test_the_trust_check_leaves_its_login_as_the_transfers_ssh_master(tmp_path) -> None:  # noqa: ANN001
+    """The check before a syncoid transfer logs in afresh (``ControlMaster=yes``: never through
+    a master already there) on the socket the syncoid shim takes up (same directory, same
+    ``%C``, same persistence), made root-only first; its other arguments reach ssh as they are."""
+    import os
+
+    from dapx.core import syncoid_argv
+
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB5h8wUGeC8VsV7yQ1m2fsi2J5Ylh9TSK2G7QeN6Yb8u"
+    node = trust.ProxmoxNode(name="pve3", host="198.18.213.13", ssh_port=2222, ssh_host_key=key)
+    plain, shared = trust.trust_probe_argv(node), trust.trust_probe_argv(node, master=True)
+    assert shared[:2] == ["env", f"DAPX_MASTERS={syncoid_argv.SHARED_MASTERS}"]
+    fake = tmp_path / "ssh"  # stands in for the real ssh: prints what it was given
+    fake.write_text('#!/bin/sh\nfor a do printf "%s|" "$a"; done\n')
+    fake.chmod(0o755)
+    masters = tmp_path / "masters"
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    done = subprocess.run(["env", f"DAPX_MASTERS={masters}", *shared[2:]], capture_output=True,
+                          text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    options = ["-o", f"ControlPath={syncoid_argv.SHARED_MASTERS}/%C", "-o", "ControlMaster=yes",
+               "-o", f"ControlPersist={syncoid_argv.MASTER_PERSIST}"]
+    assert done.stdout.split("|") == [*options, *plain[1:], ""]
+    assert masters.is_dir() and oct(masters.stat().st_mode & 0o777) == "0o700"
+
+
 def test_pruning_after_an_incremental_follows_from_the_reads_before_it() -> None:
     run = replica.guest_run(job(keep=2))
     tag = f"dapx_{run.tag}_"
