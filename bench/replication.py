@@ -4,7 +4,8 @@ Run as root: `.venv/bin/python bench/replication.py [--size-mib 1024]`. It bring
 makes a guest (VM 777 on pve1) with one disk of random bytes, and measures, between the same
 two nodes (pve1 -> pve3) and in the same process:
 
-  full copy          bare pipeline vs the zfs-replica flow      (target ratio <= 1.10)
+  full copy          bare pipeline vs the zfs-replica flow      (target ratio <= 1.10),
+                     split into the transfer step (syncoid) and the rest of the run
   1 MiB increment    bare pipeline vs the zfs-replica flow
   4 KiB increment    the flow's fixed cost per run over the bare pipeline (target <= 0.8 s)
 
@@ -92,8 +93,7 @@ def product_run() -> float:
     return took
 
 
-def timeline(flow_run_id) -> list[str]:  # noqa: ANN001 - a UUID
-    """The run's task runs in start order: offset from the flow run's start and duration."""
+def task_runs(flow_run_id):  # noqa: ANN001, ANN201 - a UUID; (FlowRun, [TaskRun])
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -101,6 +101,19 @@ def timeline(flow_run_id) -> list[str]:  # noqa: ANN001 - a UUID
         run = client.read_flow_run(flow_run_id)
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(
             id=FlowRunFilterId(any_=[flow_run_id])))
+    return run, tasks
+
+
+def transfer_seconds(flow_run_id) -> float:  # noqa: ANN001 - a UUID
+    """How long the run's syncoid transfer task ran (the rest of the run is its fixed cost)."""
+    _, tasks = task_runs(flow_run_id)
+    return sum(t.total_run_time.total_seconds() for t in tasks
+               if t.name.startswith("run_syncoid"))
+
+
+def timeline(flow_run_id) -> list[str]:  # noqa: ANN001 - a UUID
+    """The run's task runs in start order: offset from the flow run's start and duration."""
+    run, tasks = task_runs(flow_run_id)
     t0 = run.start_time
     lines = [f"flow run {run.name}: {run.total_run_time.total_seconds():.2f} s run time, "
              f"{len(tasks)} task runs"]
@@ -152,9 +165,13 @@ def main() -> None:
         on(SOURCE, "zfs", "snapshot", f"{DISK}@{last['snap']}")
         return bare_send(last["snap"], base)
 
+    transfers = []
+
     def product_full_once() -> float:
         destroy(DEST, f"rpool/replica/vm-{DEST_VMID}-disk-0")
-        return product_run()
+        took = product_run()
+        transfers.append(transfer_seconds(LAST_RUN["id"]))
+        return took
 
     def product_increment(nbytes: int) -> float:
         write_increment(nbytes, next(snaps) % 900)
@@ -165,21 +182,35 @@ def main() -> None:
         asyncio.run(trust_nodes(SOURCE, DEST))
         make_guest(args.size_mib)
         try:
-            # The bare pipeline first, then its copy goes (the lab pools hold 2 GiB).
+            # Full copies alternate, bare then product, so that a machine getting slower or
+            # faster meanwhile moves both; each copy goes before the other's (the lab pools
+            # hold 2 GiB). The increments need their copy: the product's first, then the
+            # bare pipeline's on a copy of its own.
             on(DEST, "zfs", "create", "-p", "rpool/benchbase")
-            bare_full = median_of(args.runs, bare_full_once)
-            bare_inc = median_of(args.runs, lambda: bare_increment(1024 * 1024))
-            bare_tiny = median_of(args.runs, lambda: bare_increment(4096))
-            destroy(DEST, "rpool/benchbase")
-            prod_full = median_of(args.runs, product_full_once)
+            fulls: dict[str, list[float]] = {"bare": [], "product": []}
+            for _ in range(args.runs):
+                destroy(DEST, f"rpool/replica/vm-{DEST_VMID}-disk-0")
+                fulls["bare"].append(bare_full_once())
+                destroy(DEST, BASE_TARGET)
+                fulls["product"].append(product_full_once())
+            bare_full, prod_full = (statistics.median(fulls[k]) for k in ("bare", "product"))
             prod_inc = median_of(args.runs, lambda: product_increment(1024 * 1024))
             prod_tiny = median_of(args.runs, lambda: product_increment(4096))
             phases = timeline(LAST_RUN["id"])
+            destroy(DEST, f"rpool/replica/vm-{DEST_VMID}-disk-0")
+            bare_full_once()
+            bare_inc = median_of(args.runs, lambda: bare_increment(1024 * 1024))
+            bare_tiny = median_of(args.runs, lambda: bare_increment(4096))
+            destroy(DEST, "rpool/benchbase")
         finally:
             cleanup()
     print(f"disk {args.size_mib} MiB, {SOURCE} -> {DEST}, median of {args.runs} runs each")
+    print(f"full copies, bare/product in turn: {fulls}")
     print(f"full copy      bare {bare_full:7.2f} s   product {prod_full:7.2f} s   "
           f"ratio {prod_full / bare_full:5.2f}  (target <= 1.10)")
+    transfer = statistics.median(transfers)
+    print(f"  of which     the transfer step {transfer:7.2f} s (ratio {transfer / bare_full:5.2f} "
+          f"to bare), the rest of the run {prod_full - transfer:5.2f} s")
     print(f"1 MiB incr.    bare {bare_inc:7.2f} s   product {prod_inc:7.2f} s   "
           f"ratio {prod_inc / bare_inc:5.2f}")
     print(f"4 KiB incr.    bare {bare_tiny:7.2f} s   product {prod_tiny:7.2f} s   "
