@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # for tests.helpers
@@ -29,10 +28,8 @@ TOKEN_ID, TOKEN_SECRET = "root@pam!dapx", "7e0d4c1a-9b3f-4f6e-8a2d-5c1b0e9f3a77"
 
 
 @pytest.fixture(scope="module")
-def harness():
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"  # loopback only
-    with prefect_test_harness():
-        yield
+def harness(prefect_harness):  # noqa: ANN001 - the session's test server (tests.helpers.lab)
+    yield
 
 
 @pytest.fixture

@@ -8,12 +8,10 @@ error naming the guest and PVE's own words.
 
 from __future__ import annotations
 
-import os
 import ssl
 from pathlib import Path
 
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 from pydantic import SecretStr
 
 from dapx.blocks import ProxmoxNode
@@ -26,10 +24,8 @@ SECRET = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
 
 
 @pytest.fixture(scope="module")
-def harness():
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"  # loopback only
-    with prefect_test_harness():
-        yield
+def harness(prefect_harness):  # noqa: ANN001 - the session's test server (tests.helpers.lab)
+    yield
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from prefect.blocks.core import Block
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
-from prefect.testing.utilities import prefect_test_harness
 from pydantic import SecretStr, ValidationError
 
 from dapx.blocks import ProxmoxNode
@@ -81,18 +80,8 @@ def test_secrets_not_shown(caplog):
 
 
 @pytest.fixture(scope="module")
-def harness():
-    # The test server must not phone home (network is loopback only).
-    saved = os.environ.get("PREFECT_SERVER_ANALYTICS_ENABLED")
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    try:
-        with prefect_test_harness():
-            yield
-    finally:
-        if saved is None:
-            os.environ.pop("PREFECT_SERVER_ANALYTICS_ENABLED", None)
-        else:
-            os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = saved
+def harness(prefect_harness):  # noqa: ANN001 - the session's test server (tests.helpers.lab)
+    yield
 
 
 def test_save_load_round_trip(harness):

@@ -7,14 +7,13 @@ import asyncio
 
 import pytest
 from prefect import flow, task
-from prefect.testing.utilities import prefect_test_harness
 
 from dapx.errors import CommandError, ConnectionLost, TransientCommandError, retry_if_transient
 
 RETRY = dict(retries=2, retry_delay_seconds=0, retry_condition_fn=retry_if_transient)
 
 
-def test_transient_errors_are_retried_permanent_ones_are_not() -> None:
+def test_transient_errors_are_retried_permanent_ones_are_not(prefect_harness) -> None:  # noqa: ANN001
     calls = {"async transient": 0, "async permanent": 0, "sync transient": 0, "busy": 0}
 
     @task(**RETRY)
@@ -52,8 +51,7 @@ def test_transient_errors_are_retried_permanent_ones_are_not() -> None:
             pass
         return await busy_then_ok()
 
-    with prefect_test_harness():
-        assert asyncio.run(run_all()) == "done"
+    assert asyncio.run(run_all()) == "done"
     assert calls == {"async transient": 3, "async permanent": 1, "sync transient": 3, "busy": 2}
 
 
