@@ -114,16 +114,18 @@ async def _write_holder(client: Any, lock: str, holder: Holder) -> None:
 
     value = json.dumps(asdict(holder))
     name = holder_variable(lock)
+    update = VariableUpdate(name=name, value=value)
     try:  # the record exists after a lock's first use: one call then
-        await client.update_variable(VariableUpdate(name=name, value=value))
+        await soon_again(lambda: client.update_variable(update))
         return
     except httpx.HTTPStatusError as exc:
         if exc.response.status_code != 404:
             raise
     try:
-        await client.create_variable(VariableCreate(name=name, value=value, tags=["dapx-lock"]))
+        await soon_again(lambda: client.create_variable(
+            VariableCreate(name=name, value=value, tags=["dapx-lock"])))
     except ObjectAlreadyExists:  # another run made it meanwhile
-        await client.update_variable(VariableUpdate(name=name, value=value))
+        await soon_again(lambda: client.update_variable(update))
 
 
 async def _holder_state(client: Any, holder: Holder) -> tuple[str, str]:
@@ -250,10 +252,21 @@ def _timeout_message(name: str, what: str, wait: float, holder: Holder | None, s
 
 
 async def acquire(name: str, what: str, wait: float, flow_run: str | None) -> UUID:
-    """Take the slot of limit ``name``, waiting up to ``wait`` seconds; return the lease id.
+    """Take the slot of limit ``name``, waiting up to ``wait`` seconds, and write its holder
+    record; return the lease id.
 
     Raises LockTimeout naming the holder when the slot does not free up in time.
     """
+    from prefect.client.orchestration import get_client
+
+    lease = await take(name, what, wait, flow_run)
+    async with get_client() as client:
+        await _write_holder(client, name, Holder.now(flow_run, lease))
+    return lease
+
+
+async def take(name: str, what: str, wait: float, flow_run: str | None) -> UUID:
+    """``acquire`` without the holder record (the caller writes it)."""
     from prefect.client.orchestration import get_client
 
     deadline = time.monotonic() + wait
@@ -262,7 +275,6 @@ async def acquire(name: str, what: str, wait: float, flow_run: str | None) -> UU
         while True:
             lease = await _try_acquire(client, name, flow_run)
             if lease is not None:
-                await _write_holder(client, name, Holder.now(flow_run, lease))
                 return lease
             holder, state, run_name = await _free_if_dead(client, name)
             if holder is not None and state not in LIVE_STATES and state != "UNKNOWN" \
@@ -337,12 +349,17 @@ async def exclusive(name: str, what: str, wait: float = DEFAULT_WAIT) -> AsyncIt
     guarded: a timeout raised by the body itself passes through unchanged.
     """
     await ensure_limit(name)
-    lease = await acquire(name, what, wait, _current_flow_run())
+    flow_run = _current_flow_run()
+    lease = await take(name, what, wait, flow_run)
+    # The lease holds the lock; the holder record, which only names this run to waiters, is
+    # written beside the body (as in ``holding_free``), not before it.
+    writer = asyncio.create_task(_write_holders({lease: [name]}, flow_run))
     keeper = asyncio.create_task(_keep(name, lease))
     try:
         yield
     finally:
         keeper.cancel()
+        await asyncio.shield(asyncio.gather(writer, return_exceptions=True))
         await asyncio.shield(release(name, lease))
 
 

@@ -112,3 +112,26 @@ async def test_a_fleet_holds_the_free_locks_at_once_and_gives_them_all_back(own_
     for name in names:  # every slot was given back
         lease = await acquire(name, "after the fleet", 2, str(await _flow_run()))
         await release(name, lease)
+
+
+async def test_a_guest_lock_records_its_holder_beside_the_body_and_gives_the_slot_back(
+        own_server) -> None:
+    """``exclusive`` (every guest's run) takes the slot first and writes the record naming
+    its holder beside the body: a waiter finds the record, and the slot is free after it."""
+    from prefect.client.orchestration import get_client
+
+    from dapx.tasks.locks import LockTimeout, _read_holder, acquire, exclusive, release
+
+    name = "dapx-test-lock-exclusive"
+    async with exclusive(name, "a guest's run", 1):
+        async with get_client() as client:
+            for _ in range(40):  # written beside the body: within moments
+                if (holder := await _read_holder(client, name)) is not None:
+                    break
+                await asyncio.sleep(0.05)
+        assert holder is not None and uuid.UUID(holder.lease)
+        with pytest.raises(LockTimeout):  # the record's lease is really held
+            await acquire(name, "another run", 1, str(await _flow_run()))
+    lease = await acquire(name, "after it", 2, str(await _flow_run()))
+    assert str(lease) != holder.lease
+    await release(name, lease)
