@@ -90,8 +90,14 @@ class Progress:
         self.artifact_id: Any = None
         self.shown = -1.0
         self._sending = asyncio.Lock()
+        self._creating: asyncio.Task | None = None
 
     async def start(self) -> None:
+        """Create the artifact (at 0 %) beside the transfer: the first update waits for it,
+        the transfer does not."""
+        self._creating = asyncio.create_task(self._create())
+
+    async def _create(self) -> None:
         from prefect.artifacts import acreate_progress_artifact
 
         try:
@@ -105,6 +111,8 @@ class Progress:
         from prefect.artifacts import aupdate_progress_artifact
 
         percent = max(0.0, min(100.0, percent))
+        if self._creating is not None:  # shielded: a cancelled follower must not cancel it
+            await asyncio.shield(self._creating)
         if self.artifact_id is None:
             return
         async with self._sending:

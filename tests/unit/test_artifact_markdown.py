@@ -52,3 +52,35 @@ async def test_progress_updates_land_in_the_order_made(monkeypatch) -> None:
     bar.artifact_id = "id"
     await asyncio.gather(bar.update(75.0), bar.update(100.0, force=True), bar.update(50.0))
     assert landed == [75.0, 100.0] and bar.shown == 100.0
+
+
+async def test_the_progress_bar_is_created_beside_the_transfer(monkeypatch) -> None:  # noqa: ANN001
+    """``start`` returns at once (a busy server must not hold the transfer back); the first
+    update waits for the artifact, then lands on it."""
+    import asyncio
+
+    import prefect.artifacts
+
+    made = asyncio.Event()
+    landed: list[tuple[str, float]] = []
+
+    async def create(progress: float, key: str, description: str) -> str:
+        await made.wait()
+        return "id"
+
+    async def update(artifact_id, progress: float) -> None:  # noqa: ANN001
+        landed.append((artifact_id, progress))
+
+    monkeypatch.setattr(prefect.artifacts, "acreate_progress_artifact", create)
+    monkeypatch.setattr(prefect.artifacts, "aupdate_progress_artifact", update)
+    bar = artifacts.Progress("replica-progress-pve1", "guest 100")
+    await asyncio.wait_for(bar.start(), timeout=1)  # returns although creating still waits
+    follower = asyncio.ensure_future(bar.update(10.0))  # the transfer's follower...
+    await asyncio.sleep(0.05)
+    follower.cancel()  # ...cancelled at the transfer's end, still waiting
+    pending = asyncio.ensure_future(bar.update(40.0, force=True))
+    await asyncio.sleep(0.05)
+    assert landed == [] and not pending.done()
+    made.set()
+    await pending
+    assert landed == [("id", 40.0)]
