@@ -25,6 +25,7 @@ node=$1; kib=$2; shift 2
 for vmid in "$@"; do
   ds=rpool/data/vm-$vmid-disk-0
   zfs list -H -o name "$ds" >/dev/null 2>&1 || zfs create "$ds"
+  [ "$(zfs get -H -o value mounted "$ds")" = yes ] || zfs mount "$ds"
   head -c $((kib * 1024)) /dev/urandom > "/$ds/disk.raw"
   printf 'cores: 1\nmemory: 128\nname: tiny%s\nnet0: virtio=BC:24:11:00:%02X:%02X,bridge=vmbr0\nscsi0: local-zfs:vm-%s-disk-0,size=1M\nscsihw: virtio-scsi-single\n' \
     "$vmid" $((vmid / 256 % 256)) $((vmid % 256)) "$vmid" > "/etc/pve/nodes/$node/qemu-server/$vmid.conf"
@@ -41,6 +42,9 @@ for vmid in "$@"; do
   rm -f "/etc/pve/nodes/$node/qemu-server/$vmid.conf"
   zfs list -H -o name "rpool/data/vm-$vmid-disk-0" >/dev/null 2>&1 || continue
   destroy -r "rpool/data/vm-$vmid-disk-0"
+  # zfs-fuse unmounts before destroying: one that failed leaves the dataset unmounted
+  zfs list -H -o name "rpool/data/vm-$vmid-disk-0" >/dev/null 2>&1 &&
+    zfs mount "rpool/data/vm-$vmid-disk-0" 2>/dev/null
 done
 '''
 _CONFIG_ONLY = r'''node=$1; shift

@@ -321,10 +321,13 @@ def _snap_target(volid: str) -> tuple[Storage, int, str]:
 
 def _volume_entry(st: Storage, volname: str, p: Path) -> dict:
     vmid, _, subvol = parse_volname(volname)
-    size = p.stat().st_size if p.is_file() else 0
+    # A dataset left unmounted (zfs-fuse unmounts before a destroy that then fails) is still
+    # a volume: PVE lists datasets, it never looks at their files.
+    found = p.stat() if p.exists() else None
+    size = found.st_size if found is not None and p.is_file() else 0
     return {"volid": f"{st.sid}:{volname}", "vmid": vmid, "size": size, "used": size,
             "format": "subvol" if subvol else "raw", "content": "rootdir" if subvol else "images",
-            "ctime": int(p.stat().st_mtime)}
+            "ctime": int(found.st_mtime) if found is not None else 0}
 
 
 def list_volumes(sid: str, vmid: int | None = None, content: str | None = None) -> list[dict]:
