@@ -483,7 +483,7 @@ if ! zfs rename "$incoming" "$target"; then
   zfs rename "$old" "$target"; mount_tree "$target"; exit 1
 fi
 mount_tree "$target"'''
-_RENAME_BACK = _TREE + r'''if exists "$1" && ! exists "$2"; then
+_RENAME_UNMOUNTED = _TREE + r'''if exists "$1" && ! exists "$2"; then
   unmount "$1" || exit 1
   zfs rename "$1" "$2" || exit 1
   mount_tree "$2"
@@ -504,8 +504,8 @@ async def swap_in(node: "ProxmoxNode", target: str, incoming: str, old: str) -> 
 async def rename_unmounted(node: "ProxmoxNode", old: str, new: str) -> None:
     """Rename ``old`` to ``new`` unmounted, then mount the tree again; nothing to do when
     ``new`` exists already or ``old`` does not (a rename done before). Not a task: the
-    renumber and swap tasks call it."""
-    await run(node, ["sh", "-c", _RENAME_BACK, "sh", validate_dataset_name(old),
+    renumber-guest and rename_back tasks call it."""
+    await run(node, ["sh", "-c", _RENAME_UNMOUNTED, "sh", validate_dataset_name(old),
                      validate_dataset_name(new)], timeout=600)
 
 
