@@ -33,10 +33,10 @@ SRC, DST, VMID, NEW = "pve1", "pve3", 100, 9500
 DISKS = {f"rpool/data/vm-100-disk-{i}": f"rpool/replica/vm-{NEW}-disk-{i}" for i in (0, 1)}
 FAST, SLOW = "rel-fast", "rel-slow"
 ZOMBIE_AFTER = 45.0  # heartbeats every 30 s (Prefect's minimum) + margin
-GIVE_BACK = 45.0
+GIVE_BACK = 20.0
 """Seconds the seeded disks' give-back waits on snapshots that the killed sends left busy (in
-full suite runs zfs-fuse has kept them busy past 120 s; the tiers that check the seeded bytes
-ran before this one)."""
+full suite runs zfs-fuse has kept them busy past 120 s, and past a 45 s budget: waiting longer
+buys little; the tiers that check the seeded bytes ran before this one)."""
 
 
 class Worker:

@@ -46,15 +46,19 @@ def job(**changes) -> ReplicaJob:
 def clean_lab() -> None:
     """Remove what earlier runs left: replicas, our snapshots, the registration."""
     estate.run(DST, ["zfs", "destroy", "-r", "rpool/replica/dapx-resend"])
-    for src, dst in DISKS.items():
+    for dst in DISKS.values():
         estate.run(DST, ["zfs", "destroy", "-r", dst])
-        for snap in zfs_snapshots(SRC, src):
-            if snap.startswith("dapx_"):
-                for _ in range(30):  # zfs-fuse may call it busy for a while after a cut send
-                    if estate.run(SRC, ["zfs", "destroy", f"{src}@{snap}"]).returncode == 0 \
-                            or snap not in zfs_snapshots(SRC, src):
-                        break
-                    time.sleep(0.5)
+    # zfs-fuse may call snapshots busy for a while after a cut send: every one left is tried
+    # again each half second, under one deadline for all (not one wait per snapshot).
+    deadline = time.monotonic() + 15
+    while True:
+        left = [f"{src}@{snap}" for src in DISKS for snap in zfs_snapshots(SRC, src)
+                if snap.startswith("dapx_")]
+        for path in left:
+            estate.run(SRC, ["zfs", "destroy", path])
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     estate.run(DST, ["rm", "-f", f"/etc/pve/nodes/{DST}/qemu-server/{NEW}.conf"])
 
 
