@@ -57,26 +57,50 @@ def test_transient_errors_are_retried_permanent_ones_are_not(prefect_harness) ->
 
 async def test_a_busy_prefect_server_is_asked_again_within_a_fraction_of_a_second() -> None:
     """A SQLite Prefect server answers 503 to a write while it stores another run's events:
-    the lock's request goes again after 0.1 s, not after the client's own 2 s."""
+    the lock's request goes again after 0.1 s, not after the client's own 2 s (which it
+    sleeps even when told to retry 0 times). A real HTTP server on loopback answers 503
+    twice, then 204; any other error is raised at once."""
+    import asyncio
     import time
 
     import httpx
+    from prefect.client.schemas.actions import VariableUpdate
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from dapx.tasks.locks import soon_again
+    from dapx.tasks.locks import lock_client, soon_again
 
-    answers = [503, 503, 200]
+    answers: list[int] = [503, 503, 204]
+    seen: list[str] = []
 
-    async def call() -> int:
-        status = answers.pop(0)
-        if status != 200:
-            request = httpx.Request("POST", "http://server/api/x")
-            raise httpx.HTTPStatusError("busy", request=request,
-                                        response=httpx.Response(status, request=request))
-        return status
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        length = next((int(h.split(":")[1]) for h in head.split("\r\n")
+                       if h.lower().startswith("content-length:")), 0)
+        await reader.readexactly(length)
+        method, path = head.split()[:2]
+        status = 404 if "/csrf-token" in path else answers.pop(0)  # no CSRF here
+        seen.append(f"{method} {path} {status}")
+        body = b"" if status < 300 else b'{"detail": "no"}'
+        writer.write(f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+        await writer.drain()
+        writer.close()
 
-    started = time.monotonic()
-    assert await soon_again(call) == 200 and not answers
-    assert time.monotonic() - started < 1.0
-    answers[:] = [409]
-    with pytest.raises(httpx.HTTPStatusError):
-        await soon_again(call)
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    update = VariableUpdate(name="dapx-lock-x", value="1")
+    try:
+        with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{port}/api"}):
+            async with lock_client() as client:
+                started = time.monotonic()
+                await soon_again(lambda: client.update_variable(update))
+                took = time.monotonic() - started
+                answers[:] = [400]
+                with pytest.raises(httpx.HTTPStatusError):
+                    await soon_again(lambda: client.update_variable(update))
+    finally:
+        server.close()
+    assert [line for line in seen if "csrf" not in line] == [
+        "PATCH /api/variables/name/dapx-lock-x 503", "PATCH /api/variables/name/dapx-lock-x 503",
+        "PATCH /api/variables/name/dapx-lock-x 204", "PATCH /api/variables/name/dapx-lock-x 400"]
+    assert took < 1.0, f"{took:.2f} s"
