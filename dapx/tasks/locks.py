@@ -186,11 +186,13 @@ _RETRY_STATUS = {502, 503, 504}
 _QUICK: ContextVar[bool] = ContextVar("dapx_quick_requests", default=False)
 
 
-class _Busy(Exception):
-    """A 502-504 answer to a request made inside ``soon_again``."""
+class _Busy(ConnectionError):
+    """A 502-504 answer to a request made inside ``soon_again`` (a ConnectionError: callers
+    that give up on an unreachable server give up on a server busy past the budget too)."""
 
     def __init__(self, status: int) -> None:
-        super().__init__(f"the Prefect server answered {status}")
+        super().__init__(f"the Prefect server answered {status} (busy) for "
+                         f"{BUSY_BUDGET_SECONDS:g} s")
 
 
 async def _fail_fast(response: Any) -> None:
@@ -292,7 +294,6 @@ async def acquire(name: str, what: str, wait: float, flow_run: str | None) -> UU
 
     Raises LockTimeout naming the holder when the slot does not free up in time.
     """
-
     lease = await take(name, what, wait, flow_run)
     async with lock_client() as client:
         await _write_holder(client, name, Holder.now(flow_run, lease))
@@ -301,7 +302,6 @@ async def acquire(name: str, what: str, wait: float, flow_run: str | None) -> UU
 
 async def take(name: str, what: str, wait: float, flow_run: str | None) -> UUID:
     """``acquire`` without the holder record (the caller writes it)."""
-
     deadline = time.monotonic() + wait
     freed: set[str] = set()
     async with lock_client() as client:
@@ -400,7 +400,6 @@ async def holding_free(names: list[str]) -> AsyncIterator[set[str]]:
     """Hold every lock in ``names`` that is free now, never waiting; yields the names held
     (their holder records name this run). One lease for all when all are free (the common
     case), else one per free lock. Renewed while the body runs, released after it."""
-
     if not names:
         yield set()
         return
@@ -431,7 +430,6 @@ async def holding_free(names: list[str]) -> AsyncIterator[set[str]]:
 async def _write_holders(leases: dict[UUID, list[str]], flow_run: str | None) -> None:
     """The holder record of every lock in ``leases``; a failure is logged (waiters then see
     an older record, and wait for the lease as they would for a live holder)."""
-
     try:
         async with lock_client() as client:
             await asyncio.gather(*(_write_holder(client, n, Holder.now(flow_run, one))
