@@ -130,8 +130,8 @@ async def renumber_guest(node: "ProxmoxNode", kind: GuestKind, old: int, new: in
         raise ConflictError(f"cannot renumber guest {old} to {new} on {node.name}: "
                             + "; ".join(problems))
     for move, state in zip(plan.moves, states):
-        if state == "10":
-            await _move(node, move)
+        if state == "10" or (state == "01" and move.method == "zfs"):
+            await _move(node, move)  # "01": moved; mounted again if a cut came before that
     await write_file(node, config_path(kind, new, node.name), plan.config_text)
     await run(node, ["rm", "-f", "--", config_path(kind, old, node.name)])
     return True

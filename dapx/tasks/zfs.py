@@ -471,7 +471,7 @@ mount_tree() {
 '''
 _SWAP = _TREE + r'''target=$1 incoming=$2 old=$3
 if ! exists "$incoming"; then
-  exists "$target" && exists "$old" && exit 0
+  if exists "$target" && exists "$old"; then mount_tree "$target"; exit 0; fi
   echo "$incoming does not exist: nothing to swap in" >&2; exit 1
 fi
 unmount "$incoming" || exit 1
@@ -486,8 +486,8 @@ mount_tree "$target"'''
 _RENAME_UNMOUNTED = _TREE + r'''if exists "$1" && ! exists "$2"; then
   unmount "$1" || exit 1
   zfs rename "$1" "$2" || exit 1
-  mount_tree "$2"
-fi'''
+fi
+if exists "$2"; then mount_tree "$2"; fi'''
 _DESTROY_EXISTING = _TREE + r'''for d; do
   if exists "$d"; then unmount "$d" && zfs destroy -r "$d" || exit 1; fi
 done'''
@@ -496,15 +496,16 @@ done'''
 @dapx_task
 async def swap_in(node: "ProxmoxNode", target: str, incoming: str, old: str) -> None:
     """Rename ``target`` to ``old`` and ``incoming`` to ``target`` (renaming the old copy
-    back when the second rename fails). Safe to repeat: a finished swap is left alone."""
+    back when the second rename fails). Safe to repeat: a finished swap is only mounted
+    (a run cut after the renames left ``target`` unmounted)."""
     argv = ["sh", "-c", _SWAP, "sh", *[validate_dataset_name(d) for d in (target, incoming, old)]]
     await run(node, argv, timeout=300)
 
 
 async def rename_unmounted(node: "ProxmoxNode", old: str, new: str) -> None:
-    """Rename ``old`` to ``new`` unmounted, then mount the tree again; nothing to do when
-    ``new`` exists already or ``old`` does not (a rename done before). Not a task: the
-    renumber-guest and rename_back tasks call it."""
+    """Rename ``old`` to ``new`` unmounted, then mount ``new``'s tree. When ``new`` exists
+    already (a rename done before, perhaps cut before its mount) only the mount is done.
+    Not a task: the renumber-guest and rename_back tasks call it."""
     await run(node, ["sh", "-c", _RENAME_UNMOUNTED, "sh", validate_dataset_name(old),
                      validate_dataset_name(new)], timeout=600)
 
