@@ -56,6 +56,9 @@ def machine_snapshot() -> dict[str, set]:
     }
 
 
+HOST_NETNS = os.readlink("/proc/self/ns/net")
+
+
 def lab_processes() -> list[str]:
     """Live processes that carry the lab's mark or run a lab daemon (zombies excluded)."""
     found = []
@@ -65,10 +68,13 @@ def lab_processes() -> list[str]:
                 continue
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             env = Path(f"/proc/{pid}/environ").read_bytes()
+            netns = os.readlink(f"/proc/{pid}/ns/net")
         except OSError:
             continue
+        # A simulator in this machine's own network namespace without the mark is the api
+        # tier's (it runs beside the lab tier, on loopback), not the lab's.
         if (b"DAPX_LAB_NODE=" in env or "zfs-fuse" in cmd or str(lab_dir()) in cmd
-                or "dapx.lab.pvesim" in cmd):
+                or ("dapx.lab.pvesim" in cmd and netns != HOST_NETNS)):
             found.append(f"{pid} {cmd}")
     return found
 
