@@ -66,13 +66,14 @@ async def settle_swaps(dest: ProxmoxNode, staging: Staging, dst: dict[str, zfs.D
     A dry run changes nothing and plans as if it had been done. Returns the destination
     states to plan with (read again when something changed).
     """
-    restore, destroy = [], []
+    restore, destroy, swapped = [], [], []
     for target, old in staging.old.items():
         action = names.swap_repair(dst[target].exists, dst[old].exists)
         if action == "restore-old":
             restore.append(target)
         elif action == "destroy-old":
             destroy.append(old)
+            swapped.append(target)
     if not restore and not destroy:
         return dst
     if dry_run:
@@ -86,6 +87,7 @@ async def settle_swaps(dest: ProxmoxNode, staging: Staging, dst: dict[str, zfs.D
         log.warning("%s: a run died between the renames of a swap; renaming %s back",
                     dest.name, staging.old[target])
         await zfs.rename_back(dest, staging.old[target], target)
+    await zfs.mount_trees(dest, swapped)  # the run may have died before its swap's mount
     await zfs.destroy_existing(dest, destroy)
     return await zfs.dataset_states(dest, staging.all_names())
 

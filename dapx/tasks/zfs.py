@@ -528,6 +528,20 @@ async def destroy_existing(node: "ProxmoxNode", datasets: list[str]) -> list[str
     return datasets
 
 
+_MOUNT_TREES = _TREE + r'''for d; do
+  if exists "$d"; then mount_tree "$d"; fi
+done'''
+
+
+@dapx_task
+async def mount_trees(node: "ProxmoxNode", datasets: list[str]) -> None:
+    """Mount each existing dataset and its descendants that ZFS may mount and are not
+    mounted (a swap or rename cut before its mount); mounted ones are left alone."""
+    if datasets:
+        await run(node, ["sh", "-c", _MOUNT_TREES, "sh",
+                         *[validate_dataset_name(d) for d in datasets]], timeout=600)
+
+
 _REMOVE_IF_EMPTY = _TREE + r'''exists "$1" || exit 0
 [ -z "$(zfs list -H -o name -r -d 1 "$1" | sed 1d)" ] || exit 0
 unmount "$1" && zfs destroy "$1"'''

@@ -1,7 +1,7 @@
-"""The renames that set a copy aside or swap one in, repeated after a run was cut between the
-rename and the mount: the repeat mounts the copy again, so a filesystem volume (a
-container's subvol; in the lab every disk) is never left renamed but unmounted, its files out
-of sight, on real zfs-fuse.
+"""The renames that set a copy aside or swap one in, repeated (or settled by the next run)
+after a run was cut between the rename and the mount: the copy is mounted again, so a
+filesystem volume (a container's subvol; in the lab every disk) is never left renamed but
+unmounted, its files out of sight, on real zfs-fuse.
 
 Scratch datasets under ``rpool/dapx-renames`` on pve3; the module removes them at the end.
 """
@@ -9,6 +9,7 @@ Scratch datasets under ``rpool/dapx-renames`` on pve3; the module removes them a
 from __future__ import annotations
 
 import pytest
+from prefect import flow
 
 from dapx.blocks.node import ProxmoxNode
 from dapx.lab import estate
@@ -102,3 +103,25 @@ async def test_a_repeated_renumber_mounts_the_volume_a_cut_left_unmounted() -> N
                           ).returncode == 1
     finally:
         tiny_guests.remove(NODE, [old, new])
+
+
+async def test_the_next_run_mounts_a_swap_cut_before_its_mount() -> None:
+    from dapx.flows import resend
+
+    target = make("vm-9102-disk-0", "new copy")
+    staging = resend.staging_for([target], tree=False)
+    old = staging.old[target]
+    sh(NODE, ["zfs", "create", "-p", old])  # the old copy, renamed aside
+    sh(NODE, ["zfs", "umount", target])  # the run died after the renames, before the mount
+    node = await ProxmoxNode.aload(NODE)
+
+    @flow  # settle_swaps calls tasks: inside a flow run, as in the replica flow
+    async def next_run() -> dict[str, zfs.DatasetState]:
+        async with node_sessions():
+            found = await zfs.dataset_states(node, staging.all_names())
+            return await resend.settle_swaps(node, staging, found, dry_run=False)
+
+    settled = await next_run()
+    assert mounted(target) == {target: "yes", f"{target}/child": "yes"}
+    assert content(target) == "new copy"
+    assert settled[target].exists and not settled[old].exists
