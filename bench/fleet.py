@@ -171,6 +171,11 @@ def time_split(run: uuid.UUID) -> str:
     sends = [t for t in tasks if t.name.startswith("run_syncoid") and t.start_time and t.end_time]
     if sends and parent.start_time and parent.end_time:
         first = min(t.start_time for t in sends) - parent.start_time
+        before = sorted((t for t in tasks if t.start_time and t.start_time - parent.start_time
+                         < first), key=lambda t: t.start_time)
+        text += "\n  before the first transfer (offset from the run's start, duration):"
+        text += "".join(f"\n    {(t.start_time - parent.start_time).total_seconds():6.2f} s  "
+                        f"+{t.total_run_time.total_seconds():5.2f} s  {t.name}" for t in before)
         last = max(t.end_time for t in sends) - parent.start_time
         text += (f"\n  phases: before the first transfer {first.total_seconds():.1f} s, "
                  f"transfers {(last - first).total_seconds():.1f} s, after the last "
