@@ -428,19 +428,27 @@ async def holding_free(names: list[str]) -> AsyncIterator[set[str]]:
 
 
 async def _write_holders(leases: dict[UUID, list[str]], flow_run: str | None) -> None:
-    """The holder record of every lock in ``leases``, one after another; a failure is logged
-    (waiters then see an older record, and wait for the lease as they would for a live
-    holder). One at a time: 100 writes at once collide on a SQLite server (each 503 is asked
-    again), and took 45-50 s there, delaying the body's first tasks by 2.2 s; one after
-    another they took 3.3-3.9 s (``bench/locks.py``)."""
+    """The holder record of every lock in ``leases``, one after another; the records that
+    fail are logged once, the others still written (a waiter then sees an older record, and
+    waits for the lease as it would for a live holder). One at a time: 100 writes at once
+    collide on a SQLite server (each 503 is asked again), and took 45-50 s there, delaying
+    the body's first tasks by 2.2 s; one after another they took 3.3-3.9 s
+    (``bench/locks.py``)."""
+    total, written, why = sum(len(h) for h in leases.values()), 0, None
     try:
         async with lock_client() as client:
             for one, held in leases.items():
                 for name in held:
-                    await _write_holder(client, name, Holder.now(flow_run, one))
-    except Exception as exc:  # informational records: never fail the run for them
-        log.warning("could not write the holder records of %d lock(s): %s",
-                    sum(len(h) for h in leases.values()), exc)
+                    try:
+                        await _write_holder(client, name, Holder.now(flow_run, one))
+                        written += 1
+                    except Exception as exc:  # informational records: never fail the run
+                        why = exc
+    except Exception as exc:  # the client itself
+        why = exc
+    if written < total:
+        log.warning("could not write the holder records of %d of %d lock(s): %s",
+                    total - written, total, why)
 
 
 async def run_exclusively(name: str, what: str, wait: float, dry_run: bool,

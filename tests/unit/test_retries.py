@@ -104,3 +104,29 @@ async def test_a_busy_prefect_server_is_asked_again_within_a_fraction_of_a_secon
         "PATCH /api/variables/name/dapx-lock-x 503", "PATCH /api/variables/name/dapx-lock-x 503",
         "PATCH /api/variables/name/dapx-lock-x 204", "PATCH /api/variables/name/dapx-lock-x 400"]
     assert took < 1.0, f"{took:.2f} s"
+
+
+async def test_a_holder_record_that_fails_leaves_the_others_written_and_says_how_many(
+        monkeypatch, caplog) -> None:  # noqa: ANN001
+    import contextlib
+    import uuid
+
+    from dapx.tasks import locks
+
+    written: list[str] = []
+
+    async def write(client, name: str, holder) -> None:  # noqa: ANN001
+        if name == "b":
+            raise ConnectionError("server went away")
+        written.append(name)
+
+    @contextlib.asynccontextmanager
+    async def client():  # noqa: ANN202 - the writes above never use it
+        yield None
+
+    monkeypatch.setattr(locks, "_write_holder", write)
+    monkeypatch.setattr(locks, "lock_client", client)
+    with caplog.at_level("WARNING"):
+        await locks._write_holders({uuid.uuid4(): ["a", "b", "c"]}, None)
+    assert written == ["a", "c"]
+    assert "holder records of 1 of 3 lock(s): server went away" in caplog.text
