@@ -66,15 +66,14 @@ async def settle_swaps(dest: ProxmoxNode, staging: Staging, dst: dict[str, zfs.D
     A dry run changes nothing and plans as if it had been done. Returns the destination
     states to plan with (read again when something changed).
     """
-    restore, destroy, swapped = [], [], []
+    restore, swapped = [], []  # targets whose old copy goes back / goes (swap finished)
     for target, old in staging.old.items():
         action = names.swap_repair(dst[target].exists, dst[old].exists)
         if action == "restore-old":
             restore.append(target)
         elif action == "destroy-old":
-            destroy.append(old)
             swapped.append(target)
-    if not restore and not destroy:
+    if not restore and not swapped:
         return dst
     if dry_run:
         settled = dict(dst)
@@ -88,7 +87,7 @@ async def settle_swaps(dest: ProxmoxNode, staging: Staging, dst: dict[str, zfs.D
                     dest.name, staging.old[target])
         await zfs.rename_back(dest, staging.old[target], target)
     await zfs.mount_trees(dest, swapped)  # the run may have died before its swap's mount
-    await zfs.destroy_existing(dest, destroy)
+    await zfs.destroy_existing(dest, [staging.old[target] for target in swapped])
     return await zfs.dataset_states(dest, staging.all_names())
 
 
