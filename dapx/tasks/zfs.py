@@ -330,10 +330,19 @@ async def rollback(node: "ProxmoxNode", dataset: str, name: str) -> None:
     await run(node, zfs_argv.rollback(dataset, name), timeout=300)
 
 
+# ``zfs create -p`` checks what exists, then creates: two runs creating the same parent at
+# once (a fleet's first round) see one of them fail with "dataset already exists". The parent
+# is there then, which is all a receive needs; any other failure leaves it missing.
+_CREATE_PARENTS = r'''"$@" && exit 0
+zfs list -H -o name "$4" >/dev/null 2>&1'''
+
+
 @dapx_task
 async def create_parents(node: "ProxmoxNode", dataset: str) -> None:
-    """``zfs create -p dataset`` (idempotent): the parent a receive needs."""
-    await run(node, zfs_argv.create_parents(dataset), timeout=120)
+    """``zfs create -p dataset`` (idempotent, also when another run creates it at the same
+    moment): the parent a receive needs."""
+    await run(node, ["sh", "-c", _CREATE_PARENTS, "sh", *zfs_argv.create_parents(dataset)],
+              timeout=120)
 
 
 # Marks a dataset dapx's and turns atime off on a filesystem: a replica that is only read
