@@ -17,7 +17,8 @@ and pool, and a fleet job: pve1 and pve2 -> pve3, pve3 -> pve1. Then:
 
 It prints both times, the ratio (target >= 3x) and the peak RSS of the fleet run's process
 (the orchestrator; target < 500 MB), then where the fleet round's time went: its own task
-runs by name (the quick round), and the guests that had a replica run of their own.
+runs by name (the quick round), and the guests that had a replica run of their own. With ``--profile`` (needs `perf`) it also
+prints which commands used the CPU during the baseline and during the fleet round.
 Everything it made is removed and the lab taken down. Never a timed test.
 """
 
@@ -27,13 +28,15 @@ import argparse
 import asyncio
 import fcntl
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -188,6 +191,31 @@ def time_split(run: uuid.UUID) -> str:
     return text
 
 
+@contextmanager
+def cpu_profile(enabled: bool, label: str):
+    """With ``enabled``, sample every CPU with `perf record -a` while the block runs, then print
+    the busiest commands' share of the machine's CPU time (idle is `swapper`)."""
+    if not enabled:
+        yield
+        return
+    data = Path(tempfile.mkdtemp(prefix="dapx-bench-perf-")) / "perf.data"
+    perf = subprocess.Popen(["perf", "record", "-a", "-F", "199", "-o", str(data), "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        perf.send_signal(signal.SIGINT)
+        perf.wait()
+        report = subprocess.run(["perf", "report", "-i", str(data), "--sort", "comm", "--stdio"],
+                                capture_output=True, text=True).stdout
+        rows = [line.split(None, 1) for line in report.splitlines()
+                if line.strip() and not line.startswith("#")]
+        print(f"CPU by command, {label} (share of all CPUs' time):")
+        for share, comm in rows[:14]:
+            print(f"  {share:>7}  {comm.strip()}")
+        shutil.rmtree(data.parent, ignore_errors=True)
+
+
 def setup_product(home: Path, database: str | None, spread: dict[str, list[int]],
                   stack: ExitStack, share: bool) -> None:
     from tests.deploy.conftest import OwnServer, prefect_env
@@ -227,6 +255,9 @@ def main() -> None:
     parser.add_argument("--per-guest-ssh", action="store_true",
                         help="each guest's run opens its own SSH connections (the fleet job's "
                              "share_connections off) instead of one per node for the run")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample every CPU with perf during the baseline and the fleet "
+                             "round, and print which commands used it")
     args = parser.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     home = Path(tempfile.mkdtemp(prefix="dapx-bench-fleet-"))
@@ -254,11 +285,13 @@ def main() -> None:
                     print(f"first round again: {again:.1f} s", flush=True)
                 for node, vmids in spread.items():
                     tiny_guests.change(node, vmids, kib=args.delta_kib)
-                baseline = run_baseline(spread)
+                with cpu_profile(args.profile, "baseline"):
+                    baseline = run_baseline(spread)
                 print(f"baseline, sequential syncoid: {baseline:.1f} s", flush=True)
                 for node, vmids in spread.items():
                     tiny_guests.change(node, vmids, kib=args.delta_kib)
-                fleet, peak, run, failed = run_fleet_round(home / "worker.log")
+                with cpu_profile(args.profile, "fleet round"):
+                    fleet, peak, run, failed = run_fleet_round(home / "worker.log")
                 print(time_split(run))
         finally:
             estate.down()
