@@ -24,11 +24,11 @@ import json
 import logging
 import re
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 from uuid import UUID
 
 from dapx.errors import InputError, TransientError
@@ -204,7 +204,29 @@ async def _fail_fast(response: Any) -> None:
         raise _Busy(response.status_code)
 
 
-_QUICK_SETTINGS = {"event_hooks": {"response": [_fail_fast]}}
+_TLS: dict[tuple[bool, str], Any] = {}
+
+
+def _tls_context() -> Any:
+    """The TLS context Prefect's client would build for the API (its settings: skip verify,
+    the CA file), built once per setting. Prefect builds one for every client it makes,
+    loading the CA bundle each time (~50 ms of CPU here, also for an http:// API): a
+    fleet's locks and node slots made hundreds."""
+    import ssl
+
+    import certifi
+    from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY
+
+    key = (bool(PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value()),
+           PREFECT_API_SSL_CERT_FILE.value() or certifi.where())
+    if key not in _TLS:
+        if key[0]:
+            context = ssl.create_default_context()
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        else:
+            context = ssl.create_default_context(cafile=key[1])
+        _TLS[key] = context
+    return _TLS[key]
 
 
 def lock_client() -> Any:
@@ -212,7 +234,29 @@ def lock_client() -> Any:
     server is busy (elsewhere it behaves as Prefect's own)."""
     from prefect.client.orchestration import get_client
 
-    return get_client(httpx_settings=_QUICK_SETTINGS)
+    return get_client(httpx_settings={"event_hooks": {"response": [_fail_fast]},
+                                      "verify": _tls_context()})
+
+
+_NO_RETRIES: list[Any] = []
+"""[the settings last copied, its copy with the client's retries off]."""
+
+
+@contextmanager
+def _no_client_retries() -> Iterator[None]:
+    """Prefect's client told to retry 0 times (``temporary_settings``), with the copy of the
+    settings made once per settings object: each copy costs ~60 ms of CPU (pydantic reads
+    the environment and the profile again), and a fleet's 100 holder records spent 31% of
+    its run's CPU on them (measured with py-spy)."""
+    from prefect.context import SettingsContext, get_settings_context
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES
+
+    context = get_settings_context()
+    if not _NO_RETRIES or _NO_RETRIES[0] is not context.settings:
+        _NO_RETRIES[:] = [context.settings, context.settings.copy_with_update(
+            updates={PREFECT_CLIENT_MAX_RETRIES: 0})]
+    with SettingsContext(profile=context.profile, settings=_NO_RETRIES[1]):
+        yield
 
 
 async def soon_again(call: Callable[[], Awaitable[Any]]) -> Any:
@@ -222,13 +266,12 @@ async def soon_again(call: Callable[[], Awaitable[Any]]) -> Any:
     server answers 503 to a write while it stores another run's events, and Prefect's client
     would wait 2 s (measured: a 1.2-2.4 s stall at the end of one run in three)."""
     import httpx
-    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
     deadline, pause = time.monotonic() + BUSY_BUDGET_SECONDS, BUSY_RETRY_SECONDS
     while True:
         token = _QUICK.set(True)
         try:
-            with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}):
+            with _no_client_retries():
                 return await call()
         except _Busy:
             if time.monotonic() >= deadline:
@@ -245,22 +288,63 @@ async def soon_again(call: Callable[[], Awaitable[Any]]) -> Any:
         pause = min(pause * 2, POLL_SECONDS)
 
 
-async def _try_acquire(client: Any, name: str | list[str], flow_run: str | None) -> UUID | None:
-    """The lease id of a slot of ``name`` (of every name in a list, all or none) taken now,
-    or None when a slot is held."""
+class _Held(Exception):
+    """A slot asked for is held (423); ``retry_after``: when the server says to ask again."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"held; ask again in {retry_after:g} s")
+        self.retry_after = retry_after
+
+
+async def _lease(client: Any, names: list[str], flow_run: str | None) -> UUID:
+    """The lease id of one slot of every limit in ``names`` (all or none), taken now.
+    Raises _Held when a slot is held, InputError when a limit does not exist (Prefect's
+    server would take none of it and say nothing)."""
     import httpx
     from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 
     holder = ConcurrencyLeaseHolder(type="flow_run", id=UUID(flow_run)) if flow_run else None
     try:
         response = await soon_again(lambda: client.increment_concurrency_slots_with_lease(
-            names=name if isinstance(name, list) else [name], slots=1, mode="concurrency",
-            lease_duration=LEASE_SECONDS, holder=holder))
+            names=names, slots=1, mode="concurrency", lease_duration=LEASE_SECONDS,
+            holder=holder))
     except httpx.HTTPStatusError as exc:
         if exc.response.status_code == 423:
-            return None
+            try:
+                raise _Held(float(exc.response.headers.get("Retry-After", POLL_SECONDS)))
+            except ValueError:
+                raise _Held(POLL_SECONDS) from None
         raise
-    return UUID(response.json()["lease_id"])
+    body = response.json()
+    found = {limit["name"] for limit in body.get("limits", [])}
+    if missing := [n for n in names if n not in found]:
+        await soon_again(lambda: client.release_concurrency_slots_with_lease(
+            lease_id=UUID(body["lease_id"])))
+        raise InputError(f"no Prefect global concurrency limit named {', '.join(missing)} "
+                         "(deleted while in use?); the next run creates it again")
+    return UUID(body["lease_id"])
+
+
+async def _try_acquire(client: Any, name: str | list[str], flow_run: str | None) -> UUID | None:
+    """The lease id of a slot of ``name`` (of every name in a list, all or none) taken now,
+    or None when a slot is held."""
+    try:
+        return await _lease(client, name if isinstance(name, list) else [name], flow_run)
+    except _Held:
+        return None
+
+
+async def wait_for_slots(names: list[str], flow_run: str | None) -> UUID:
+    """The lease id of one slot of every limit in ``names`` (all or none), waiting as long as
+    it takes: asked again when the server's Retry-After says (at most every POLL_SECONDS),
+    as Prefect's ``concurrency()`` does."""
+    async with lock_client() as client:
+        while True:
+            try:
+                return await _lease(client, names, flow_run)
+            except _Held as held:
+                await asyncio.sleep(min(max(held.retry_after, BUSY_RETRY_SECONDS),
+                                        POLL_SECONDS))
 
 
 async def _free_if_dead(client: Any, name: str) -> tuple[Holder | None, str, str]:

@@ -135,3 +135,56 @@ async def test_a_guest_lock_records_its_holder_beside_the_body_and_gives_the_slo
     lease = await acquire(name, "after it", 2, str(await _flow_run()))
     assert str(lease) != holder.lease
     await release(name, lease)
+
+
+async def test_node_slots_hold_a_slot_of_each_limit_and_a_full_node_waits(own_server) -> None:
+    """A fleet's transfer holds one slot of its source's and its destination's limits while
+    it runs; with a limit full, the next transfer waits and goes in once the first is done;
+    every slot is given back. A limit deleted in use is named, not ignored."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from dapx.errors import InputError
+    from dapx.tasks.node_limits import node_slots
+
+    send, receive = "dapx-test-node-a-send", "dapx-test-node-b-receive"
+    async with get_client() as client:
+        await client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name=send, limit=1))
+        await client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name=receive, limit=2))
+
+        async def active() -> list[int]:
+            return [(await client.read_global_concurrency_limit_by_name(n)).active_slots
+                    for n in (send, receive)]
+
+        order: list[str] = []
+        first_in, first_may_leave = asyncio.Event(), asyncio.Event()
+
+        async def first() -> None:
+            async with node_slots([send, receive], str(await _flow_run())):
+                order.append("first in")
+                first_in.set()
+                await first_may_leave.wait()
+                order.append("first out")
+
+        async def second() -> None:
+            await first_in.wait()
+            async with node_slots([send, receive], str(await _flow_run())):
+                order.append("second in")
+
+        both = asyncio.gather(first(), second())
+        await first_in.wait()
+        await asyncio.sleep(1.5)  # the second asks, and is told to wait (send is full)
+        assert await active() == [1, 1] and order == ["first in"]
+        first_may_leave.set()
+        await asyncio.wait_for(both, 30)
+        assert order == ["first in", "first out", "second in"]
+        assert await active() == [0, 0]
+
+        await client.delete_global_concurrency_limit_by_name(receive)
+        with pytest.raises(InputError, match=receive):
+            async with node_slots([send, receive], None):
+                pass
+        # the slot of the limit that is left was given back
+        assert (await client.read_global_concurrency_limit_by_name(send)).active_slots == 0
