@@ -243,6 +243,16 @@ def test_always_mode_one_message_per_run(setup) -> None:  # noqa: ANN001
     assert "Bytes: " in mail.text and "Made: dapx_pve2-8300_" in mail.text
     assert f"/runs/flow-run/{good_id}" in mail.text
     assert f"/runs/flow-run/{failed_id}" in mails[-1].text
+    # the protection state names the run and its job (read from the run's context)
+    from dapx.tasks.store import open_store
+
+    async def replicas() -> list:
+        async with open_store() as store:
+            return [r for r in await store.latest() if (r.subject, r.kind) == ("pve1/100",
+                                                                             "replica")]
+
+    assert (f"zfs-replica/{GOOD}", str(good_id)) in [(r.job, r.flow_run_id)
+                                                    for r in asyncio.run(replicas())]
 
 
 def test_daily_mode_sends_nothing_until_the_summary_lists_it(setup) -> None:  # noqa: ANN001
