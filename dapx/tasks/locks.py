@@ -238,8 +238,8 @@ def lock_client() -> Any:
                                       "verify": _tls_context()})
 
 
-_NO_RETRIES: list[Any] = []
-"""[the settings last copied, its copy with the client's retries off]."""
+_NO_RETRIES: tuple[Any, Any] | None = None
+"""(the settings last copied, its copy with the client's retries off)."""
 
 
 @contextmanager
@@ -251,11 +251,13 @@ def _no_client_retries() -> Iterator[None]:
     from prefect.context import SettingsContext, get_settings_context
     from prefect.settings import PREFECT_CLIENT_MAX_RETRIES
 
+    global _NO_RETRIES
     context = get_settings_context()
-    if not _NO_RETRIES or _NO_RETRIES[0] is not context.settings:
-        _NO_RETRIES[:] = [context.settings, context.settings.copy_with_update(
-            updates={PREFECT_CLIENT_MAX_RETRIES: 0})]
-    with SettingsContext(profile=context.profile, settings=_NO_RETRIES[1]):
+    cached = _NO_RETRIES  # one read: another thread may replace it meanwhile
+    if cached is None or cached[0] is not context.settings:
+        cached = _NO_RETRIES = (context.settings, context.settings.copy_with_update(
+            updates={PREFECT_CLIENT_MAX_RETRIES: 0}))
+    with SettingsContext(profile=context.profile, settings=cached[1]):
         yield
 
 
@@ -310,10 +312,7 @@ async def _lease(client: Any, names: list[str], flow_run: str | None) -> UUID:
             holder=holder))
     except httpx.HTTPStatusError as exc:
         if exc.response.status_code == 423:
-            try:
-                raise _Held(float(exc.response.headers.get("Retry-After", POLL_SECONDS)))
-            except ValueError:
-                raise _Held(POLL_SECONDS) from None
+            raise _Held(_retry_after(exc.response)) from None
         raise
     body = response.json()
     found = {limit["name"] for limit in body.get("limits", [])}
@@ -323,6 +322,14 @@ async def _lease(client: Any, names: list[str], flow_run: str | None) -> UUID:
         raise InputError(f"no Prefect global concurrency limit named {', '.join(missing)} "
                          "(deleted while in use?); the next run creates it again")
     return UUID(body["lease_id"])
+
+
+def _retry_after(response: Any) -> float:
+    """The seconds a 423 answer's Retry-After names (POLL_SECONDS without a number)."""
+    try:
+        return float(response.headers.get("Retry-After", POLL_SECONDS))
+    except ValueError:
+        return POLL_SECONDS
 
 
 async def _try_acquire(client: Any, name: str | list[str], flow_run: str | None) -> UUID | None:

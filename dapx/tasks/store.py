@@ -44,29 +44,36 @@ def open_store() -> ProtectionStore:
     return ProtectionStore(store_url())
 
 
-_DEPLOYMENT_NAMES: dict[str, str] = {}
-"""Deployment id -> name, read once per process (a deployment's name never changes)."""
+_JOB_NAMES: dict[str, str] = {}
+"""Deployment id -> its job name ``<flow>/<deployment>``, read once per process."""
 
 
 async def _run_identity() -> tuple[str, str]:
     """(flow run id, job name ``<flow>/<deployment>`` or "") of the current run, from its
-    context. ``prefect.runtime``'s getters fetch the flow run and the deployment each time,
-    each through a new client (~50 ms of CPU to build here), blocking the event loop: 12% of
-    a replica run's CPU (measured with py-spy)."""
+    context: the job is the deployment that started the run, also in a subflow run (a fleet
+    job's guest). ``prefect.runtime``'s getters fetch the flow run and the deployment each
+    time, each through a new client (~50 ms of CPU to build here), blocking the event loop:
+    12% of a replica run's CPU (measured with py-spy)."""
+    from prefect import context as prefect_context
     from prefect.client.orchestration import get_client
-    from prefect.context import FlowRunContext
 
-    context = FlowRunContext.get()
+    context = prefect_context.FlowRunContext.get()
     if context is None or context.flow_run is None:
         return "", ""
-    run = context.flow_run
-    if run.deployment_id is None:
-        return str(run.id), ""
-    key = str(run.deployment_id)
-    if key not in _DEPLOYMENT_NAMES:
+    # The top-level run's deployment, which subflow runs inherit (where prefect.runtime
+    # reads it first); the run's own when the variable is not there.
+    inherited = getattr(prefect_context, "_deployment_id", None)
+    deployment_id = (inherited.get() if inherited is not None else None) or \
+        context.flow_run.deployment_id
+    if deployment_id is None:
+        return str(context.flow_run.id), ""
+    key = str(deployment_id)
+    if key not in _JOB_NAMES:
         async with get_client() as client:  # the run's own client
-            _DEPLOYMENT_NAMES[key] = (await client.read_deployment(run.deployment_id)).name
-    return str(run.id), f"{context.flow.name}/{_DEPLOYMENT_NAMES[key]}"
+            deployment = await client.read_deployment(deployment_id)
+            flow = await client.read_flow(deployment.flow_id)
+        _JOB_NAMES[key] = f"{flow.name}/{deployment.name}"
+    return str(context.flow_run.id), _JOB_NAMES[key]
 
 
 def subject_of(source: str, guest: int | str) -> str:

@@ -10,6 +10,7 @@ The tests run in file order, like an estate's life.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shlex
 import signal
@@ -206,6 +207,15 @@ def test_a_fleet_job_replicates_every_guest_of_pve1(scale: dict) -> None:
     assert sub.state.is_completed() and sub.parent_task_run_id is not None
     assert sha256(SRC, "/rpool/data/vm-100-disk-1/disk.raw") == sha256(
         DST, f"/rpool/replica/vm-{100 + OFFSET}-disk-1/disk.raw")
+    # the guest's protection record names the fleet job that started its run, and that run
+    from dapx.tasks.store import open_store
+
+    async def replicas() -> set[tuple[str, str, str]]:
+        async with open_store() as store:
+            return {(r.subject, r.job, r.flow_run_id) for r in await store.latest()
+                    if r.kind == "replica"}
+
+    assert ("pve1/101", f"fleet-replica/{FLEET}", str(sub.id)) in asyncio.run(replicas())
 
 
 def test_new_guests_are_picked_up_and_a_failing_guest_fails_alone(scale: dict) -> None:

@@ -93,6 +93,16 @@ def harness(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
 
 
+def scratch_harness(request: pytest.FixtureRequest, node: str, root: str) -> Iterator[None]:
+    """``harness`` for a module whose tests work under a scratch dataset ``root`` on
+    ``node``: made empty before them, removed after."""
+    lab_state(request)
+    estate.run(node, ["zfs", "destroy", "-r", root])
+    sh(node, ["zfs", "create", root])
+    yield from harness(request)
+    estate.run(node, ["zfs", "destroy", "-r", root])
+
+
 async def latest_artifact(key: str):  # noqa: ANN201
     """The newest artifact with ``key`` from the Prefect API (None when there is none)."""
     from prefect.client.orchestration import get_client

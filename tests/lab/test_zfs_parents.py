@@ -13,10 +13,9 @@ import pytest
 
 from dapx.blocks.node import ProxmoxNode
 from dapx.errors import CommandError
-from dapx.lab import estate
 from dapx.tasks import zfs
 from dapx.tasks.ssh import node_sessions
-from test_replica_helpers import harness, lab_state, sh
+from test_replica_helpers import scratch_harness, sh
 
 pytestmark = pytest.mark.lab
 
@@ -25,11 +24,7 @@ NODE, ROOT = "pve1", "rpool/dapx-parents"
 
 @pytest.fixture(scope="module", autouse=True)
 def prefect_lab(request: pytest.FixtureRequest):
-    lab_state(request)
-    estate.run(NODE, ["zfs", "destroy", "-r", ROOT])
-    sh(NODE, ["zfs", "create", ROOT])
-    yield from harness(request)
-    estate.run(NODE, ["zfs", "destroy", "-r", ROOT])
+    yield from scratch_harness(request, NODE, ROOT)
 
 
 async def test_runs_creating_the_same_parent_at_once_all_go_on() -> None:

@@ -15,7 +15,7 @@ from dapx.blocks.node import ProxmoxNode
 from dapx.lab import estate
 from dapx.tasks import zfs
 from dapx.tasks.ssh import node_sessions
-from test_replica_helpers import harness, lab_state, sh
+from test_replica_helpers import scratch_harness, sh
 from tests.helpers import tiny_guests
 
 pytestmark = pytest.mark.lab
@@ -25,11 +25,7 @@ NODE, ROOT = "pve3", "rpool/dapx-renames"
 
 @pytest.fixture(scope="module", autouse=True)
 def prefect_lab(request: pytest.FixtureRequest):
-    lab_state(request)
-    estate.run(NODE, ["zfs", "destroy", "-r", ROOT])
-    sh(NODE, ["zfs", "create", ROOT])
-    yield from harness(request)
-    estate.run(NODE, ["zfs", "destroy", "-r", ROOT])
+    yield from scratch_harness(request, NODE, ROOT)
 
 
 def make(name: str, text: str) -> str:
