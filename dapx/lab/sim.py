@@ -13,6 +13,7 @@ import ssl
 import sys
 import time
 
+from dapx.lab import zfsshim
 from dapx.lab.common import LabError, NodeSpec, log, log_dir, write_file
 from dapx.lab.node import fs_dir, recorded_pids, spawn
 from dapx.lab.tls import fingerprint_of_der
@@ -45,7 +46,7 @@ def write_tools(node: NodeSpec) -> None:
     for tool in tools:
         write_file(bindir / tool, _wrapper([py, "-m", "dapx.lab.pvesim.tools", tool]), 0o755)
     write_file(bindir / "systemctl", _wrapper([py, "-m", "dapx.lab.systemctl"]), 0o755)
-    write_file(bindir / "zfs", _wrapper([py, "-m", "dapx.lab.zfsshim"]), 0o755)
+    write_file(bindir / "zfs", zfsshim.front_script(py), 0o755)
 
 
 def start_api(node: NodeSpec) -> bool:
