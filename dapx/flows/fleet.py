@@ -41,7 +41,7 @@ from dapx.flows.btrfs_replica import btrfs_replica
 from dapx.flows.fleet_round import Pacing, Tally, quick_round
 from dapx.flows.replica import zfs_replica
 from dapx.tasks.guest_sets import list_guests, replica_methods
-from dapx.tasks.locks import DEFAULT_WAIT
+from dapx.tasks.locks import DEFAULT_WAIT, shared_lock_client
 from dapx.tasks.node_limits import node_limits, node_slots
 from dapx.tasks.ssh import node_sessions, shared_sessions
 from dapx.ui_extensions.artifacts import artifact_key, human_bytes, publish_table
@@ -256,7 +256,8 @@ async def fleet_replica(job: FleetJob, dry_run: bool = False, force: bool = Fals
     names = job.nodes()
     nodes = dict(zip(names, await aload_nodes(*names)))
     fleet_run = _current_flow_run()
-    async with shared_sessions() if job.share_connections else node_sessions():
+    async with shared_sessions() if job.share_connections else node_sessions(), \
+            shared_lock_client():
         todo, rows = await resolve(job, nodes)
         pace, tally = await pacing(job, dry_run), Tally(job, len(todo))
         await tally.start()

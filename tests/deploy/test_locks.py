@@ -6,6 +6,7 @@ lost nor leaked)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -137,18 +138,53 @@ async def test_a_guest_lock_records_its_holder_beside_the_body_and_gives_the_slo
     await release(name, lease)
 
 
-async def test_node_slots_hold_a_slot_of_each_limit_and_a_full_node_waits(own_server) -> None:
+async def test_a_run_done_before_its_holder_record_gives_the_slot_back_without_waiting(
+        own_server, monkeypatch) -> None:
+    """The holder record only names the run to waiters: a body that ends while the record
+    is still being written (a SQLite server answering 503 meanwhile) stops the writer and
+    gives the slot back, instead of waiting for the record, and nothing is written after."""
+    from dapx.tasks import locks
+
+    name, writing, stopped = "dapx-test-lock-slow-record", asyncio.Event(), asyncio.Event()
+
+    async def never_done(client, lock, holder) -> None:  # noqa: ANN001 - as _write_holder
+        writing.set()
+        try:
+            await asyncio.Event().wait()  # a write the server keeps answering busy
+        finally:
+            stopped.set()
+
+    monkeypatch.setattr(locks, "_write_holder", never_done)
+
+    async def run() -> None:
+        async with locks.exclusive(name, "a guest's run", 1):
+            await writing.wait()
+
+    await asyncio.wait_for(run(), 20)  # waiting for the writer would never end
+    assert stopped.is_set()
+    lease = await locks.take(name, "the next run", 2, str(await _flow_run()))  # slot free
+    await locks.release(name, lease)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["own-clients", "one-shared-client"])
+async def test_node_slots_hold_a_slot_of_each_limit_and_a_full_node_waits(own_server,
+                                                                         shared) -> None:
     """A fleet's transfer holds one slot of its source's and its destination's limits while
     it runs; with a limit full, the next transfer waits and goes in once the first is done;
-    every slot is given back. A limit deleted in use is named, not ignored."""
+    every slot is given back. A limit deleted in use is named, not ignored. The same through
+    the one lock client a fleet run shares (``shared_lock_client``)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
     from dapx.errors import InputError
+    from dapx.tasks.locks import lock_client, shared_lock_client
     from dapx.tasks.node_limits import node_slots
 
-    send, receive = "dapx-test-node-a-send", "dapx-test-node-b-receive"
-    async with get_client() as client:
+    send, receive = f"dapx-test-node-a-send-{shared}", f"dapx-test-node-b-receive-{shared}"
+    sharing = shared_lock_client() if shared else contextlib.nullcontext()
+    async with sharing, get_client() as client:
+        if shared:  # every lock call in the block goes through the block's client
+            assert lock_client() is lock_client()
         await client.create_global_concurrency_limit(
             GlobalConcurrencyLimitCreate(name=send, limit=1))
         await client.create_global_concurrency_limit(
