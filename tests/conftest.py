@@ -23,6 +23,15 @@ STRICT_TIERS = ("tests/lab/", "tests/deploy/")
 _strict_skips: list[str] = []
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    from tests.helpers.leftovers import stop_orphaned_test_servers
+
+    stopped = stop_orphaned_test_servers()
+    if stopped:
+        print(f"stopped {len(stopped)} Prefect server(s) a killed test run left behind "
+              f"(pids {', '.join(map(str, stopped))})")
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.skipped and any(tier in report.nodeid for tier in STRICT_TIERS):
         _strict_skips.append(report.nodeid)
