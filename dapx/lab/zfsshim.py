@@ -41,6 +41,8 @@ def front_script(python: str, real: str = REAL_ZFS) -> str:
     it on unchanged)."""
     return _FRONT.format(shim=shlex.join([python, "-m", "dapx.lab.zfsshim"]),
                          real=shlex.quote(real))
+
+
 _VALUE_FLAGS = set("dost")  # `zfs get` options that take a value
 
 

@@ -179,3 +179,33 @@ def test_start_stop_status(sim):
     assert px.nodes("pve1").qemu(330).status.current.get()["status"] == "stopped"
     tasks = px.nodes("pve1").tasks.get(vmid=330)
     assert {t["type"] for t in tasks} >= {"qmstart", "qmstop", "qmcreate"}
+
+
+def test_storages_added_at_once_are_all_kept_and_a_duplicate_is_refused(sim):
+    """Runs that register copies at once each add their storage: every one must be in
+    storage.cfg after, and the same id added twice at once is refused once, in PVE's words
+    (the file is changed under a lock, as PVE's storage-config lock does)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    px = api(sim)
+    for round_ in range(4):  # a race: several rounds, so that a missing lock shows
+        names = [f"dapx-race{round_}-{i}" for i in range(12)] + [f"dapx-race{round_}-same"] * 4
+
+        def add(name: str) -> str:
+            try:
+                px.storage.post(storage=name, type="zfspool", pool=f"rpool/{name}",
+                                content="images,rootdir")
+                return "ok"
+            except ResourceException as exc:
+                return str(exc)
+
+        with ThreadPoolExecutor(len(names)) as pool:
+            outcomes = list(pool.map(add, names))
+        assert outcomes[:12] == ["ok"] * 12
+        assert sum(o == "ok" for o in outcomes[12:]) == 1
+        assert all(f"storage ID 'dapx-race{round_}-same' already defined" in o
+                   for o in outcomes[12:] if o != "ok")
+        assert set(names) <= {s["storage"] for s in px.storage.get()}
+        for name in set(names):
+            px.storage(name).delete()
+        assert not {s["storage"] for s in px.storage.get()} & set(names)

@@ -8,11 +8,14 @@ the PBS simulator's API). zfs/btrfs run the real commands; dir paths go under DA
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from . import paths
 from .runcmd import run
@@ -93,21 +96,40 @@ def _write(storages: dict[str, Storage]) -> None:
     tmp.replace(cfg)
 
 
+@contextmanager
+def _config_lock() -> Iterator[None]:
+    """One change of storage.cfg at a time, as PVE's ``lock_storage_config`` (a pmxcfs lock)
+    makes it: the API's request threads and the CLI tools read the file, change it and write
+    it whole. Without it, two runs adding the same storage at once lost one write or failed
+    on the other's temporary file (seen in a 100-guest fleet round). The lock is the
+    directory's own (flock), so no file is added to /etc/pve."""
+    directory = paths.pve_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def add(sid: str, stype: str, opts: dict[str, str]) -> None:
     """Append a storage section; StorageError with PVE's wording when the id exists."""
-    storages = load()
-    if sid in storages:
-        raise StorageError(f"storage ID '{sid}' already defined")
-    storages[sid] = Storage(sid, stype, dict(opts))
-    _write(storages)
+    with _config_lock():
+        storages = load()
+        if sid in storages:
+            raise StorageError(f"storage ID '{sid}' already defined")
+        storages[sid] = Storage(sid, stype, dict(opts))
+        _write(storages)
 
 
 def remove(sid: str) -> None:
     """Remove a storage section (never its data, as PVE)."""
-    storages = load()
-    if storages.pop(sid, None) is None:
-        raise StorageError(f"storage '{sid}' does not exist")
-    _write(storages)
+    with _config_lock():
+        storages = load()
+        if storages.pop(sid, None) is None:
+            raise StorageError(f"storage '{sid}' does not exist")
+        _write(storages)
 
 
 def get(sid: str) -> Storage:
