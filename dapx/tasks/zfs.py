@@ -330,11 +330,18 @@ async def rollback(node: "ProxmoxNode", dataset: str, name: str) -> None:
     await run(node, zfs_argv.rollback(dataset, name), timeout=300)
 
 
-# ``zfs create -p`` checks what exists, then creates: two runs creating the same parent at
-# once (a fleet's first round) see one of them fail with "dataset already exists". The parent
-# is there then, which is all a receive needs; any other failure leaves it missing.
-_CREATE_PARENTS = r'''"$@" && exit 0
-zfs list -H -o name "$4" >/dev/null 2>&1'''
+# ``zfs create -p`` checks what exists, then creates each level: two runs creating the same
+# parent at once (a fleet's first round) see one of them fail with "dataset already exists",
+# for the dataset itself (it is there then, which is all a receive needs) or for a level
+# above it, while the other run is still creating the rest: then the create is tried again
+# (the levels above are there now). Any other failure stops at once, with zfs's words.
+_CREATE_PARENTS = r'''for try in 1 2 3 4 5; do
+  out=$("$@" 2>&1) && exit 0
+  zfs list -H -o name "$4" >/dev/null 2>&1 && exit 0
+  case $out in *"dataset already exists"*) ;; *) break ;; esac
+done
+printf '%s\n' "$out" >&2
+exit 1'''
 
 
 @dapx_task

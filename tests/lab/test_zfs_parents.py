@@ -30,8 +30,8 @@ def prefect_lab(request: pytest.FixtureRequest):
 async def test_runs_creating_the_same_parent_at_once_all_go_on() -> None:
     node = await ProxmoxNode.aload(NODE)
     async with node_sessions():
-        for attempt in range(4):
-            parent = f"{ROOT}/round-{attempt}/replica"
+        for attempt in range(6):  # new levels each round: any of them may be raced for
+            parent = f"{ROOT}/round-{attempt}/site/replica"
             outcomes = await asyncio.gather(*(zfs.create_parents.fn(node, parent)
                                               for _ in range(6)), return_exceptions=True)
             assert [repr(o) for o in outcomes if o is not None] == []
