@@ -494,15 +494,16 @@ async def exclusive(name: str, what: str, wait: float = DEFAULT_WAIT) -> AsyncIt
     await ensure_limit(name)
     flow_run = _current_flow_run()
     lease = await take(name, what, wait, flow_run)
-    # The lease holds the lock; the holder record, which only names this run to waiters, is
-    # written beside the body (as in ``holding_free``), not before it.
-    writer = asyncio.create_task(_write_holders({lease: [name]}, flow_run))
     keeper = asyncio.create_task(_keep(name, lease))
     try:
+        # The holder record is written before the body: a run killed in its first moments
+        # (before a record written beside the body landed) left the next run waiting for
+        # its lease to end, up to 75 s, instead of freeing it at once. A write that fails is
+        # logged, and the run goes on (the lease still holds the lock).
+        await _write_holders({lease: [name]}, flow_run)
         yield
     finally:
         keeper.cancel()
-        await asyncio.shield(_stop(writer))
         await asyncio.shield(release(name, lease))
 
 
@@ -539,12 +540,12 @@ async def holding_free(names: list[str]) -> AsyncIterator[set[str]]:
 
 
 async def _stop(writer: "asyncio.Task[None]") -> None:
-    """Stop the holder-record writer once the body is done, and wait until it has stopped:
-    a record not written by then would only name a run that is giving its slot back (a
-    waiter reading the older record releases that finished run's lease again, a no-op), and
-    none is written after the release. On a SQLite server, which answers 503 to a write
-    while it stores a run's task events, the writer took up to 1.7 s, and waiting for it
-    held up the end of 2 of 8 quick runs (4 KiB increments) by up to 0.84 s."""
+    """Stop the holder-record writer of ``holding_free`` once the body is done, and wait
+    until it has stopped: a record not written by then would only name a run that is giving
+    its slot back (a waiter reading the older record releases that finished run's lease
+    again, a no-op), and none is written after the release. On a SQLite server, which
+    answers 503 to a write while it stores a run's task events, such a writer took up to
+    1.7 s, and waiting for it held up the end of 2 of 8 quick guest runs by up to 0.84 s."""
     writer.cancel()
     await asyncio.gather(writer, return_exceptions=True)
 

@@ -115,10 +115,11 @@ async def test_a_fleet_holds_the_free_locks_at_once_and_gives_them_all_back(own_
         await release(name, lease)
 
 
-async def test_a_guest_lock_records_its_holder_beside_the_body_and_gives_the_slot_back(
+async def test_a_guest_lock_records_its_holder_before_the_body_and_gives_the_slot_back(
         own_server) -> None:
-    """``exclusive`` (every guest's run) takes the slot first and writes the record naming
-    its holder beside the body: a waiter finds the record, and the slot is free after it."""
+    """``exclusive`` (every guest's run) takes the slot and writes the record naming its
+    holder before the body (a run killed in its first moments is then freed at once): a
+    waiter finds the record, and the slot is free after it."""
     from prefect.client.orchestration import get_client
 
     from dapx.tasks.locks import LockTimeout, _read_holder, acquire, exclusive, release
@@ -126,10 +127,7 @@ async def test_a_guest_lock_records_its_holder_beside_the_body_and_gives_the_slo
     name = "dapx-test-lock-exclusive"
     async with exclusive(name, "a guest's run", 1):
         async with get_client() as client:
-            for _ in range(40):  # written beside the body: within moments
-                if (holder := await _read_holder(client, name)) is not None:
-                    break
-                await asyncio.sleep(0.05)
+            holder = await _read_holder(client, name)  # written before the body
         assert holder is not None and uuid.UUID(holder.lease)
         with pytest.raises(LockTimeout):  # the record's lease is really held
             await acquire(name, "another run", 1, str(await _flow_run()))
@@ -138,14 +136,16 @@ async def test_a_guest_lock_records_its_holder_beside_the_body_and_gives_the_slo
     await release(name, lease)
 
 
-async def test_a_run_done_before_its_holder_record_gives_the_slot_back_without_waiting(
+async def test_a_round_done_before_its_holder_records_gives_the_slots_back_without_waiting(
         own_server, monkeypatch) -> None:
-    """The holder record only names the run to waiters: a body that ends while the record
-    is still being written (a SQLite server answering 503 meanwhile) stops the writer and
-    gives the slot back, instead of waiting for the record, and nothing is written after."""
+    """A fleet round's holder records only name the run to waiters: a round that ends while
+    they are still being written (a SQLite server answering 503 meanwhile) stops the writer
+    and gives the slots back, instead of waiting for the records, and nothing is written
+    after."""
     from dapx.tasks import locks
 
-    name, writing, stopped = "dapx-test-lock-slow-record", asyncio.Event(), asyncio.Event()
+    names = ["dapx-test-lock-slow-record-a", "dapx-test-lock-slow-record-b"]
+    writing, stopped = asyncio.Event(), asyncio.Event()
 
     async def never_done(client, lock, holder) -> None:  # noqa: ANN001 - as _write_holder
         writing.set()
@@ -157,13 +157,15 @@ async def test_a_run_done_before_its_holder_record_gives_the_slot_back_without_w
     monkeypatch.setattr(locks, "_write_holder", never_done)
 
     async def run() -> None:
-        async with locks.exclusive(name, "a guest's run", 1):
+        async with locks.holding_free(names) as held:
+            assert held == set(names)
             await writing.wait()
 
     await asyncio.wait_for(run(), 20)  # waiting for the writer would never end
     assert stopped.is_set()
-    lease = await locks.take(name, "the next run", 2, str(await _flow_run()))  # slot free
-    await locks.release(name, lease)
+    for name in names:  # the slots are free
+        lease = await locks.take(name, "the next run", 2, str(await _flow_run()))
+        await locks.release(name, lease)
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["own-clients", "one-shared-client"])
