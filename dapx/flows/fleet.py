@@ -41,7 +41,7 @@ from dapx.flows.btrfs_replica import btrfs_replica
 from dapx.flows.fleet_round import Pacing, Tally, quick_round
 from dapx.flows.replica import zfs_replica
 from dapx.tasks.guest_sets import list_guests, replica_methods
-from dapx.tasks.locks import DEFAULT_WAIT, shared_lock_client
+from dapx.tasks.locks import DEFAULT_WAIT, current_flow_run, shared_lock_client
 from dapx.tasks.node_limits import node_limits, node_slots
 from dapx.tasks.ssh import node_sessions, shared_sessions
 from dapx.ui_extensions.artifacts import artifact_key, human_bytes, publish_table
@@ -236,13 +236,6 @@ def peak_rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def _current_flow_run() -> str | None:
-    from prefect.context import FlowRunContext
-
-    context = FlowRunContext.get()
-    return str(context.flow_run.id) if context and context.flow_run else None
-
-
 @flow(name="fleet-replica", log_prints=False, **KEPT_RESULTS, **job_hooks())
 async def fleet_replica(job: FleetJob, dry_run: bool = False, force: bool = False,
                         lock_wait: float = DEFAULT_WAIT) -> FleetResult:
@@ -255,7 +248,7 @@ async def fleet_replica(job: FleetJob, dry_run: bool = False, force: bool = Fals
     started = time.monotonic()
     names = job.nodes()
     nodes = dict(zip(names, await aload_nodes(*names)))
-    fleet_run = _current_flow_run()
+    fleet_run = current_flow_run()
     async with shared_sessions() if job.share_connections else node_sessions(), \
             shared_lock_client():
         todo, rows = await resolve(job, nodes)

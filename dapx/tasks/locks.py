@@ -477,7 +477,8 @@ async def release(name: str, lease: UUID) -> None:
                 await asyncio.sleep(2.0)
 
 
-def _current_flow_run() -> str | None:
+def current_flow_run() -> str | None:
+    """The id of the flow run this code runs in (None outside a run)."""
     from prefect.context import FlowRunContext
 
     context = FlowRunContext.get()
@@ -492,7 +493,7 @@ async def exclusive(name: str, what: str, wait: float = DEFAULT_WAIT) -> AsyncIt
     guarded: a timeout raised by the body itself passes through unchanged.
     """
     await ensure_limit(name)
-    flow_run = _current_flow_run()
+    flow_run = current_flow_run()
     lease = await take(name, what, wait, flow_run)
     keeper = asyncio.create_task(_keep(name, lease))
     try:
@@ -516,7 +517,7 @@ async def holding_free(names: list[str]) -> AsyncIterator[set[str]]:
         yield set()
         return
     await ensure_limits(names)
-    flow_run = _current_flow_run()
+    flow_run = current_flow_run()
     async with lock_client() as client:
         lease = await _try_acquire(client, names, flow_run)
         if lease is not None:
