@@ -3,7 +3,8 @@ job's own replica are copied with a few batched steps per node, not a replica ru
 
 A fleet's steady state is many guests each sending a small increment. A replica run per guest
 costs the orchestrator about 18 task runs, a flow run, its logs and artifacts; here a guest
-costs one syncoid task per disk, and everything else is one step per node for the whole set.
+costs one syncoid command per disk (no task run: its retry is the guest's own run), and
+everything else is one step per node for the whole set.
 
 Only a guest that needs no decision the replica flow makes is taken: on ZFS, every disk's
 target exists carrying this guest's owner mark, shares a snapshot with the source and needs
@@ -20,19 +21,21 @@ here destroys anything but this job's own older snapshots.
 Shape, per route (source -> destination), all routes at once: hold every guest's lock (one
 lease when all are free); read the configs (one round trip on the source); read both sides'
 snapshot states, the destination's owner marks and config files, trust and transport at once;
-take every guest's snapshot (one command per guest, one round trip); syncoid per disk under
-the node slots; prune from what was read before (one round trip per side, each target seen
-holding its new snapshot first); write registrations only where the config changed; record
-protection once for the whole round.
+take every guest's snapshot (one command per guest, one round trip); syncoid per disk, senders
+taking turns of ``SLOT_TURN`` seconds on the node slots; prune from what was read before (one
+round trip per side, each target seen holding its new snapshot first); write registrations
+only where the config changed; record protection once for the whole round.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from dapx.blocks.node import ProxmoxNode
 from dapx.core import snapshots as snapplan
@@ -58,10 +61,15 @@ from dapx.tasks.guests import SourceGuest
 from dapx.tasks.locks import guest_lock_name, holding_free
 from dapx.tasks.node_limits import node_slots
 from dapx.tasks.store import Copy, record_protections
-from dapx.tasks.syncoid import run_syncoid
+from dapx.tasks.syncoid import syncoid
 
 QUICK_MIN = 2
 """Fewer ZFS guests than this in a run: each goes to its own replica run (nothing to batch)."""
+
+SLOT_TURN = 10.0
+"""Seconds of back-to-back transfers a sender does on one hold of its node slots before it
+gives them back and waits its turn again: two lease calls per turn, not per guest, and a run
+of another job waiting for the node waits at most this long beyond one transfer."""
 
 
 @dataclass
@@ -225,10 +233,7 @@ async def route_round(job: FleetJob, source: ProxmoxNode, dest: ProxmoxNode,
     left = {q.guest.vmid: refusal(q, sides, dest.name, job.register_vm) for q in quick}
     quick = [q for q in quick if not left[q.guest.vmid]]
     quick = await snapshot_all(source, quick)
-    sending = asyncio.Semaphore(pacing.send[source.name])
-    quick = [q for q in await asyncio.gather(*(
-        transfer(q, source, dest, options, (sending, pacing.receive[dest.name]), tally,
-                 fleet_run) for q in quick)) if q is not None]
+    quick = await send_all(quick, source, dest, options, pacing, tally, fleet_run)
     if quick:
         try:
             await prune_all(source, dest, quick, sides)
@@ -293,25 +298,64 @@ async def snapshot_all(source: ProxmoxNode, quick: list[Quick]) -> list[Quick]:
     return [q for first, q in groups.items() if taken.get(first) == ""]
 
 
-async def transfer(q: Quick, source: ProxmoxNode, dest: ProxmoxNode, options: SyncoidOptions,
-                   paces: tuple[asyncio.Semaphore, asyncio.Semaphore], tally: Tally,
-                   fleet_run: str | None) -> Quick | None:
-    """syncoid for each disk of ``q`` within this job's per-node caps (``paces``: sending,
-    receiving) and the node slots; ``q`` when every disk arrived, None when one failed (the
-    guest's own run tries again and says why)."""
-    async with paces[0], paces[1]:
-        async with node_slots([send_limit_name(source.name), receive_limit_name(dest.name)],
-                              fleet_run):
-            started = time.monotonic()
-            try:
-                for disk in q.disks:
-                    sync = await run_syncoid(source, disk.source, dest.host, disk.target,
-                                             options)
-                    q.bytes_sent += sync.bytes_sent
-            except DapxError:
-                return None
-            q.seconds = time.monotonic() - started
-    await tally.tick()
+async def send_all(quick: list[Quick], source: ProxmoxNode, dest: ProxmoxNode,
+                   options: SyncoidOptions, pacing: Pacing, tally: Tally,
+                   fleet_run: str | None) -> list[Quick]:
+    """Copy every guest of ``quick`` (syncoid per disk); those whose every disk arrived. At
+    most the job's per-source cap of senders, each taking turns of back-to-back transfers on
+    one hold of the route's node slots and of a destination permit."""
+    slots = [send_limit_name(source.name), receive_limit_name(dest.name)]
+
+    @asynccontextmanager
+    async def hold() -> AsyncIterator[None]:
+        async with pacing.receive[dest.name], node_slots(slots, fleet_run):
+            yield
+
+    async def send(q: Quick) -> Quick | None:
+        sent = await transfer(q, source, dest, options)
+        if sent is not None:
+            await tally.tick()
+        return sent
+
+    return await in_turns(quick, pacing.send[source.name], hold, send)
+
+
+async def in_turns(items: list[Any], senders: int, hold: Callable[[], Any],
+                   work: Callable[[Any], Awaitable[Any]], turn: float | None = None) -> list[Any]:
+    """``work`` every item, ``senders`` at once; each sender does back-to-back items on one
+    ``hold()`` (at least one) until ``turn`` seconds (``SLOT_TURN``) have passed, then gives
+    it back and takes it again. The results that are not None, in no set order."""
+    queue, done = deque(items), []
+    turn = SLOT_TURN if turn is None else turn
+
+    async def sender() -> None:
+        while queue:
+            async with hold():
+                ends = time.monotonic() + turn
+                while queue:  # at least one item per hold
+                    result = await work(queue.popleft())
+                    if result is not None:
+                        done.append(result)
+                    if time.monotonic() >= ends:
+                        break
+
+    await asyncio.gather(*(sender() for _ in range(min(senders, len(queue)))))
+    return done
+
+
+async def transfer(q: Quick, source: ProxmoxNode, dest: ProxmoxNode,
+                   options: SyncoidOptions) -> Quick | None:
+    """syncoid for each disk of ``q``, no task run each (``dapx.tasks.syncoid.syncoid``);
+    ``q`` when every disk arrived, None when one failed (the guest's own run, whose
+    ``run_syncoid`` retries, tries again and says why)."""
+    started = time.monotonic()
+    try:
+        for disk in q.disks:
+            sync = await syncoid(source, disk.source, dest.host, disk.target, options)
+            q.bytes_sent += sync.bytes_sent
+    except DapxError:
+        return None
+    q.seconds = time.monotonic() - started
     return q
 
 

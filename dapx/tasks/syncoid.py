@@ -118,6 +118,15 @@ async def run_syncoid(node: "ProxmoxNode", source_dataset: str, target_host: str
     ``on_bytes(total)`` is called (on the SSH I/O thread) for each pv count. Out: SyncResult.
     Raises CommandError/TransientCommandError with syncoid's last lines when it fails.
     """
+    return await syncoid(node, source_dataset, target_host, target_dataset, options, on_bytes)
+
+
+async def syncoid(node: "ProxmoxNode", source_dataset: str, target_host: str,
+                  target_dataset: str, options: SyncoidOptions,
+                  on_bytes: Callable[[int], None] | None = None) -> SyncResult:
+    """``run_syncoid``'s work without a task run of its own, for a caller that is its own
+    retry: the fleet's quick round, whose failed transfer sends the guest to its own replica
+    run (where ``run_syncoid`` retries). Same arguments, result and errors."""
     argv = transfer_argv(source_dataset, target_host, target_dataset, options)
     return await stream_transfer(node, argv, f"syncoid {source_dataset} -> "
                                  f"{target_host}:{target_dataset}", on_bytes)

@@ -161,3 +161,41 @@ esac''')
     assert (ps, written) == ("", "") and "t@s" in listing
     with pytest.raises(CommandError, match="cut"):
         zfs.split_sections("  42 zfs receive t\n")
+
+
+def turns(items: int, senders: int, turn: float) -> tuple[list, int, int, list]:
+    """Run ``in_turns`` over ``items`` with a hold that counts; (results, holds taken, most
+    holds at once, items worked)."""
+    import asyncio
+    from contextlib import asynccontextmanager
+
+    counts, worked = {"holds": 0, "now": 0, "most": 0}, []
+
+    @asynccontextmanager
+    async def hold():  # noqa: ANN202
+        counts["holds"] += 1
+        counts["now"] += 1
+        counts["most"] = max(counts["most"], counts["now"])
+        try:
+            yield
+        finally:
+            counts["now"] -= 1
+
+    async def work(item: int) -> int | None:
+        worked.append(item)
+        await asyncio.sleep(0.01)
+        return None if item % 5 == 0 else item  # every fifth one fails
+
+    done = asyncio.run(fleet_round.in_turns(list(range(items)), senders, hold, work, turn))
+    return done, counts["holds"], counts["most"], worked
+
+
+def test_senders_take_turns_on_one_hold_each_and_work_every_item_once() -> None:
+    done, holds, most, worked = turns(20, 3, turn=60)
+    assert sorted(worked) == list(range(20))
+    assert sorted(done) == [i for i in range(20) if i % 5]  # the failed ones are left out
+    assert (holds, most) == (3, 3)  # one hold per sender for the whole queue
+    done, holds, most, worked = turns(20, 3, turn=0)  # a turn over after each item
+    assert sorted(worked) == list(range(20)) and holds == 20 and most == 3
+    assert turns(2, 4, turn=60)[1:3] == (2, 2)  # no more senders than items
+    assert turns(0, 4, turn=60)[:3] == ([], 0, 0)
