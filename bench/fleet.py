@@ -17,8 +17,9 @@ and pool, and a fleet job: pve1 and pve2 -> pve3, pve3 -> pve1. Then:
 
 It prints both times, the ratio (target >= 3x) and the peak RSS of the fleet run's process
 (the orchestrator; target < 500 MB), then where the fleet round's time went: its own task
-runs by name (the quick round), and the guests that had a replica run of their own. With ``--profile`` (needs `perf`) it also
-prints which commands used the CPU during the baseline and during the fleet round.
+runs by name (the quick round; its transfers have none, they lie between the snapshots and
+the pruning), and the guests that had a replica run of their own. With ``--profile`` (needs
+`perf`) it also prints which commands used the CPU during the baseline and the fleet round.
 Everything it made is removed and the lab taken down. Never a timed test.
 """
 
@@ -171,17 +172,20 @@ def time_split(run: uuid.UUID) -> str:
     text += "".join(f"\n  {name:<28} {len(times):4d} x, {statistics.median(times):.2f} s median, "
                     f"{sum(times):.1f} s in all" for name, times in sorted(
                         named.items(), key=lambda kv: -sum(kv[1])))
-    sends = [t for t in tasks if t.name.startswith("run_syncoid") and t.start_time and t.end_time]
-    if sends and parent.start_time and parent.end_time:
-        first = min(t.start_time for t in sends) - parent.start_time
+    # The quick round's transfers have no task runs: they lie between the last snapshot task's
+    # end and the first pruning task's start.
+    timed = [t for t in tasks if t.start_time and t.end_time]
+    snaps = [t.end_time for t in timed if t.name.startswith("snapshot-groups")]
+    prunes = [t.start_time for t in timed if t.name.startswith("prune-datasets")]
+    if snaps and prunes and parent.start_time and parent.end_time:
+        first, last = max(snaps) - parent.start_time, min(prunes) - parent.start_time
         before = sorted((t for t in tasks if t.start_time and t.start_time - parent.start_time
                          < first), key=lambda t: t.start_time)
-        text += "\n  before the first transfer (offset from the run's start, duration):"
+        text += "\n  before the transfers (offset from the run's start, duration):"
         text += "".join(f"\n    {(t.start_time - parent.start_time).total_seconds():6.2f} s  "
                         f"+{t.total_run_time.total_seconds():5.2f} s  {t.name}" for t in before)
-        last = max(t.end_time for t in sends) - parent.start_time
-        text += (f"\n  phases: before the first transfer {first.total_seconds():.1f} s, "
-                 f"transfers {(last - first).total_seconds():.1f} s, after the last "
+        text += (f"\n  phases: before the transfers {first.total_seconds():.1f} s, "
+                 f"transfers {(last - first).total_seconds():.1f} s, after them "
                  f"{(parent.end_time - parent.start_time - last).total_seconds():.1f} s")
     if subs:
         seconds = [s.total_run_time.total_seconds() for s in subs]
