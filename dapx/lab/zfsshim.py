@@ -26,7 +26,14 @@ _FRONT = """#!/bin/sh
 # The lab's zfs: Python (dapx/lab/zfsshim.py) only for what zfs-fuse cannot do itself.
 case $1 in
   rename) exec {shim} "$@" ;;
-  get) for arg in "$@"; do
+  get) if [ $# -eq 7 ] && [ "$2" = -Hpd ] && [ "$3" = 1 ] && [ "$4" = -t ] \\
+            && [ "$5" = snapshot ]; then
+         # syncoid's snapshot listing (twice a run): the snapshots' lines, zfs's status
+         out=$({real} get -Hpd 1 "$6" "$7"); status=$?
+         [ -z "$out" ] || printf '%s\\n' "$out" | awk -F '\\t' 'index($1, "@")'
+         exit $status
+       fi
+       for arg in "$@"; do
          case $arg in -*t*) exec {shim} "$@" ;; esac
        done ;;
 esac
@@ -35,10 +42,11 @@ exec {real} "$@"
 
 
 def front_script(python: str, real: str = REAL_ZFS) -> str:
-    """The node's `zfs`: a shell script that runs the real zfs at once, and this module (in
-    ``python``) for `rename` and for a `get` with an option group holding ``t`` (``-t TYPE``;
-    a value glued to another option, ``-oname,type``, goes through Python too, which passes
-    it on unchanged)."""
+    """The node's `zfs`: a shell script that runs the real zfs at once, filters syncoid's
+    ``get -Hpd 1 -t snapshot PROPS DATASET`` itself, and runs this module (in ``python``) for
+    `rename` and for any other `get` with an option group holding ``t`` (``-t TYPE``; a value
+    glued to another option, ``-oname,type``, goes through Python too, which passes it on
+    unchanged)."""
     return _FRONT.format(shim=shlex.join([python, "-m", "dapx.lab.zfsshim"]),
                          real=shlex.quote(real))
 

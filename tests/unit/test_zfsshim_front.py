@@ -1,5 +1,6 @@
-"""The lab's `zfs` front: the real zfs at once for what zfs-fuse does itself, the Python
-wrapper only for `rename` and `get -t` (a fake zfs and a fake Python record who ran)."""
+"""The lab's `zfs` front: the real zfs at once for what zfs-fuse does itself, syncoid's
+snapshot listing filtered in the shell, the Python wrapper only for `rename` and other
+`get -t` forms (a fake zfs and a fake Python record who ran)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def test_what_zfs_fuse_does_itself_goes_straight_to_zfs(tmp_path: Path, argv: li
 
 
 @pytest.mark.parametrize("argv", [
-    ["get", "-Hpd", "1", "-t", "snapshot", "guid,creation", "rpool/data"],
+    ["get", "-Hpd", "1", "-t", "bookmark", "guid,creation", "rpool/data"],
+    ["get", "-Hp", "-t", "snapshot", "guid", "rpool/data"],
     ["get", "-tsnapshot", "name", "rpool/data"],
     ["get", "-Ht", "snapshot", "name", "rpool/data"],
     ["rename", "rpool/a", "rpool/b"],
@@ -57,3 +59,19 @@ def test_hostile_names_reach_zfs_as_one_argument_each(tmp_path: Path) -> None:
     out = subprocess.run([str(script), "list", "a b; rm -rf /", "$(x)", "-t*"],
                          capture_output=True, text=True, check=True).stdout
     assert out.splitlines() == ["<list>", "<a b; rm -rf />", "<$(x)>", "<-t*>"]
+
+
+@pytest.mark.parametrize("status", [0, 1])
+def test_syncoids_snapshot_listing_keeps_the_snapshots_and_zfss_status(tmp_path: Path,
+                                                                      status: int) -> None:
+    script, log = front(tmp_path)
+    (tmp_path / "zfs").write_text(
+        f'#!/bin/sh\necho "zfs $*" >> "{log}"\n'
+        "printf '%s\\t%s\\t%s\\t-\\n' \"$5\" guid 1 \"$5@a b\" guid 2 \"$5/child\" guid 3 "
+        f'"$5@c" creation 4\necho warning >&2\nexit {status}\n')
+    name = "rpool/data/a b;$(x)"
+    done = subprocess.run([str(script), "get", "-Hpd", "1", "-t", "snapshot", "guid,creation",
+                           name], capture_output=True, text=True)
+    assert done.returncode == status and done.stderr == "warning\n"
+    assert done.stdout.splitlines() == [f"{name}@a b\tguid\t2\t-", f"{name}@c\tcreation\t4\t-"]
+    assert log.read_text().splitlines() == [f"zfs get -Hpd 1 guid,creation {name}"]
