@@ -172,13 +172,13 @@ def time_split(run: uuid.UUID) -> str:
     text += "".join(f"\n  {name:<28} {len(times):4d} x, {statistics.median(times):.2f} s median, "
                     f"{sum(times):.1f} s in all" for name, times in sorted(
                         named.items(), key=lambda kv: -sum(kv[1])))
-    # The quick round's transfers have no task runs: they lie between the last snapshot task's
-    # end and the first pruning task's start.
+    # The quick round's transfers have no task runs: a route's lie between its snapshot task's
+    # end and its pruning task's start; all routes' from the first such end to the last start.
     timed = [t for t in tasks if t.start_time and t.end_time]
     snaps = [t.end_time for t in timed if t.name.startswith("snapshot-groups")]
     prunes = [t.start_time for t in timed if t.name.startswith("prune-datasets")]
     if snaps and prunes and parent.start_time and parent.end_time:
-        first, last = max(snaps) - parent.start_time, min(prunes) - parent.start_time
+        first, last = min(snaps) - parent.start_time, max(prunes) - parent.start_time
         before = sorted((t for t in tasks if t.start_time and t.start_time - parent.start_time
                          < first), key=lambda t: t.start_time)
         text += "\n  before the transfers (offset from the run's start, duration):"
