@@ -477,6 +477,20 @@ async def release(name: str, lease: UUID) -> None:
                 await asyncio.sleep(2.0)
 
 
+@asynccontextmanager
+async def kept(leases: dict[UUID, list[str]]) -> AsyncIterator[None]:
+    """Renew each lease (held for the names it lists) while the body runs, then release them
+    all, shielded: a run cancelled in its body still gives its slots back."""
+    keepers = [asyncio.create_task(_keep(held[0], one)) for one, held in leases.items()]
+    try:
+        yield
+    finally:
+        for keeper in keepers:
+            keeper.cancel()
+        await asyncio.shield(asyncio.gather(*(release(held[0], one)
+                                              for one, held in leases.items())))
+
+
 def current_flow_run() -> str | None:
     """The id of the flow run this code runs in (None outside a run)."""
     from prefect.context import FlowRunContext
@@ -495,17 +509,13 @@ async def exclusive(name: str, what: str, wait: float = DEFAULT_WAIT) -> AsyncIt
     await ensure_limit(name)
     flow_run = current_flow_run()
     lease = await take(name, what, wait, flow_run)
-    keeper = asyncio.create_task(_keep(name, lease))
-    try:
+    async with kept({lease: [name]}):
         # The holder record is written before the body: a run killed in its first moments
         # (before a record written beside the body landed) left the next run waiting for
         # its lease to end, up to 75 s, instead of freeing it at once. A write that fails is
         # logged, and the run goes on (the lease still holds the lock).
         await _write_holders({lease: [name]}, flow_run)
         yield
-    finally:
-        keeper.cancel()
-        await asyncio.shield(release(name, lease))
 
 
 @asynccontextmanager
@@ -529,15 +539,11 @@ async def holding_free(names: list[str]) -> AsyncIterator[set[str]]:
     # written beside the body: on a SQLite server a write waits while the run's task events
     # are stored (2.4 s measured for two records after a fleet's first tasks).
     writer = asyncio.create_task(_write_holders(leases, flow_run))
-    keepers = [asyncio.create_task(_keep(held[0], one)) for one, held in leases.items()]
-    try:
-        yield {n for held in leases.values() for n in held}
-    finally:
-        for keeper in keepers:
-            keeper.cancel()
-        await asyncio.shield(_stop(writer))
-        await asyncio.shield(asyncio.gather(*(release(held[0], one)
-                                              for one, held in leases.items())))
+    async with kept(leases):
+        try:
+            yield {n for held in leases.values() for n in held}
+        finally:
+            await asyncio.shield(_stop(writer))
 
 
 async def _stop(writer: "asyncio.Task[None]") -> None:

@@ -50,12 +50,8 @@ async def node_slots(names: list[str], flow_run: str | None) -> AsyncIterator[No
     The locks' own lease calls, not Prefect's ``concurrency()``: that starts a thread per
     holder which builds a client of its own (~55 ms of CPU each here), and a fleet's 100
     transfers spent 23% of their run's CPU on them (measured with py-spy)."""
-    from dapx.tasks.locks import _keep, release, wait_for_slots
+    from dapx.tasks.locks import kept, wait_for_slots
 
     lease = await wait_for_slots(names, flow_run)
-    keeper = asyncio.create_task(_keep(names[0], lease))
-    try:
+    async with kept({lease: names}):
         yield
-    finally:
-        keeper.cancel()
-        await asyncio.shield(release(names[0], lease))
