@@ -223,6 +223,9 @@ async def destroy_snapshots(node: "ProxmoxNode", dataset: str, names: list[str])
 # Many guests at once (a fleet's quick round): one round trip per node, one outcome line per
 # group. A group is one guest's disks, snapshotted in one command (atomic across them) or,
 # where zfs takes one name per command, one by one; a retry finds them taken and says ok.
+# Up to SNAPSHOTS_AT_ONCE groups are taken at once (the first argument): each `zfs snapshot`
+# waits for its pool's transaction group to sync, and snapshots taken together share one.
+SNAPSHOTS_AT_ONCE = 8
 _SNAPSHOT_GROUPS = r"""exists() { zfs list -H -o name -t snapshot "$@" >/dev/null 2>&1; }
 snap() {
   if out=$(zfs snapshot "$@" 2>&1) || exists "$@"; then printf 'ok\t%s\n' "$1"; return; fi
@@ -235,10 +238,15 @@ snap() {
     *) printf 'failed\t%s\t%s\n' "$1" "$(printf '%s' "$out" | tail -n 1)" ;;
   esac
 }
-group=()
+at_once=$1 group=() running=0
+shift
 for arg; do
-  if [ "$arg" = -- ]; then snap "${group[@]}"; group=(); else group+=("$arg"); fi
-done"""
+  if [ "$arg" != -- ]; then group+=("$arg"); continue; fi
+  snap "${group[@]}" &
+  group=() running=$((running + 1))
+  if [ "$running" -ge "$at_once" ]; then wait -n; running=$((running - 1)); fi
+done
+wait"""
 # Pruning many datasets: first which of the snapshots named to be held exist (one ``zfs list``
 # for all: the ones just received, so a copy is seen complete before anything of it goes),
 # then per dataset its names in turn; one already gone counts as destroyed. Arguments: the
@@ -290,7 +298,8 @@ async def snapshot_groups(node: "ProxmoxNode", groups: list[list[str]]) -> dict[
     """Take every group of snapshot paths (``ds@name``: one guest's disks) in one round trip.
     Out: {first path of a group: "" when taken, else zfs's last line}. Safe to repeat."""
     argv = [arg for group in groups for arg in (*[_checked_path(p) for p in group], "--")]
-    result = await run(node, ["bash", "-c", _SNAPSHOT_GROUPS, "bash", *argv], timeout=600)
+    result = await run(node, ["bash", "-c", _SNAPSHOT_GROUPS, "bash", str(SNAPSHOTS_AT_ONCE),
+                              *argv], timeout=600)
     return parse_outcomes(result.stdout, [g[0] for g in groups])
 
 

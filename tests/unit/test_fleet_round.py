@@ -100,10 +100,28 @@ def test_snapshot_groups_script_reports_each_guest(tmp_path) -> None:
   "snapshot 2") [ "$2" = b@x ] && { echo "cannot create snapshot 'b@x': out of space" >&2; exit 1; }; exit 0 ;;
   *) echo "usage: zfs snapshot <snapshot>" >&2; exit 2 ;;
 esac''')
-    argv = ["bash", "-c", zfs._SNAPSHOT_GROUPS, "bash", "a@x", "a2@x", "--", "b@x", "--"]
+    argv = ["bash", "-c", zfs._SNAPSHOT_GROUPS, "bash", "8", "a@x", "a2@x", "--", "b@x", "--"]
     out = subprocess.run(argv, capture_output=True, text=True, env=env).stdout
     assert zfs.parse_outcomes(out, ["a@x", "b@x"]) == {
         "a@x": "", "b@x": "cannot create snapshot 'b@x': out of space"}
+
+
+def test_snapshot_groups_are_taken_a_few_at_once_never_more(tmp_path) -> None:
+    import subprocess
+
+    log = tmp_path / "log"
+    env = stub_zfs(tmp_path, f'''[ "$1" = snapshot ] || exit 1
+echo "start $2" >> "{log}"; sleep 0.5; echo "end $2" >> "{log}"''')
+    groups = [arg for g in range(7) for arg in (f"d{g}@x", "--")]
+    argv = ["bash", "-c", zfs._SNAPSHOT_GROUPS, "bash", "3", *groups]
+    out = subprocess.run(argv, capture_output=True, text=True, env=env).stdout
+    assert zfs.parse_outcomes(out, [f"d{g}@x" for g in range(7)]) == {
+        f"d{g}@x": "" for g in range(7)}
+    open_now, most = 0, 0
+    for line in log.read_text().splitlines():
+        open_now += 1 if line.startswith("start") else -1
+        most = max(most, open_now)
+    assert most == 3  # three at once, never a fourth
 
 
 def test_prune_script_checks_the_copy_counts_gone_as_done_and_names_busy(tmp_path) -> None:
