@@ -13,7 +13,7 @@ and pool, and a fleet job: pve1 and pve2 -> pve3, pve3 -> pve1. Then:
      the same key, pinned host key, compression and target dataset as the product's);
   3. every disk changes again; the FLEET round: `prefect deployment run` of the job, run by
      `prefect worker start --run-once` (process start included), timed from the command to
-     the run's Completed state.
+     the run's Completed state (the worker's own exit after it is not counted).
 
 It prints both times, the ratio (target >= 3x) and the peak RSS of the fleet run's process
 (the orchestrator; target < 500 MB), then where the fleet round's time went: its own task
@@ -107,14 +107,23 @@ def run_fleet_round(log: Path) -> tuple[float, float, uuid.UUID, int]:
                          capture_output=True, text=True, check=True).stdout
     run = uuid.UUID(out.split("flow-run/")[1].split()[0].strip())
     with open(log, "ab") as out:  # the runs' logs, for when a guest fails
-        subprocess.run(server.worker_argv(limit=1, run_once=True), env=server.worker_env(),
-                       stdout=out, stderr=subprocess.STDOUT, check=False)
-    with get_client(sync_client=True) as client:
-        state = client.read_flow_run(run).state
-        while not state.is_final():
-            time.sleep(0.2)
-            state = client.read_flow_run(run).state
-    wall = time.monotonic() - started
+        worker = subprocess.Popen(server.worker_argv(limit=1, run_once=True),
+                                  env=server.worker_env(), stdout=out, stderr=subprocess.STDOUT)
+        try:  # timed to the run's final state, not to the worker's own exit after it
+            with get_client(sync_client=True) as client:
+                state = client.read_flow_run(run).state
+                while not state.is_final():
+                    if worker.poll() is not None:  # the worker is gone: one last look
+                        state = client.read_flow_run(run).state
+                        break
+                    time.sleep(0.2)
+                    state = client.read_flow_run(run).state
+            wall = time.monotonic() - started
+        finally:
+            worker.wait()
+    if not state.is_final():
+        raise RuntimeError(f"the worker exited with fleet run {run} {state.type.value}; its "
+                           f"log is in {log}")
     if state.is_completed():
         return wall, state.result().peak_rss_mib, run, 0
     if not state.is_failed() or "guest(s) failed" not in (state.message or ""):
