@@ -324,7 +324,9 @@ async def in_turns(items: list[Any], senders: int, hold: Callable[[], Any],
                    work: Callable[[Any], Awaitable[Any]], turn: float | None = None) -> list[Any]:
     """``work`` every item, ``senders`` at once; each sender does back-to-back items on one
     ``hold()`` (at least one) until ``turn`` seconds (``SLOT_TURN``) have passed, then gives
-    it back and takes it again. The results that are not None, in no set order."""
+    it back and takes it again. The results that are not None, in no set order. When one
+    ``work`` raises, the other senders are stopped (their holds given back) before it is
+    raised."""
     queue, done = deque(items), []
     turn = SLOT_TURN if turn is None else turn
 
@@ -339,7 +341,14 @@ async def in_turns(items: list[Any], senders: int, hold: Callable[[], Any],
                     if time.monotonic() >= ends:
                         break
 
-    await asyncio.gather(*(sender() for _ in range(min(senders, len(queue)))))
+    running = [asyncio.create_task(sender()) for _ in range(min(senders, len(queue)))]
+    try:
+        await asyncio.gather(*running)
+    except BaseException:  # a bug in one (or a cancelled round): no other sends on after it
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        raise
     return done
 
 

@@ -181,7 +181,8 @@ esac''')
         zfs.split_sections("  42 zfs receive t\n")
 
 
-def turns(items: int, senders: int, turn: float) -> tuple[list, int, int, list]:
+def turns(items: int, senders: int, turn: float, fails: int = -1) -> tuple[list, int, int,
+                                                                          list]:
     """Run ``in_turns`` over ``items`` with a hold that counts; (results, holds taken, most
     holds at once, items worked)."""
     import asyncio
@@ -201,11 +202,18 @@ def turns(items: int, senders: int, turn: float) -> tuple[list, int, int, list]:
 
     async def work(item: int) -> int | None:
         worked.append(item)
-        await asyncio.sleep(0.01)
+        if item == fails:
+            raise RuntimeError(f"a bug at {item}")
+        await asyncio.sleep(0.01 if fails < 0 else 5)
         return None if item % 5 == 0 else item  # every fifth one fails
 
-    done = asyncio.run(fleet_round.in_turns(list(range(items)), senders, hold, work, turn))
-    return done, counts["holds"], counts["most"], worked
+    async def run() -> list:
+        try:
+            return await fleet_round.in_turns(list(range(items)), senders, hold, work, turn)
+        finally:  # as in_turns ends, not when asyncio.run cancels what is left
+            assert counts["now"] == 0  # every hold given back
+
+    return asyncio.run(run()), counts["holds"], counts["most"], worked
 
 
 def test_senders_take_turns_on_one_hold_each_and_work_every_item_once() -> None:
@@ -217,3 +225,8 @@ def test_senders_take_turns_on_one_hold_each_and_work_every_item_once() -> None:
     assert sorted(worked) == list(range(20)) and holds == 20 and most == 3
     assert turns(2, 4, turn=60)[1:3] == (2, 2)  # no more senders than items
     assert turns(0, 4, turn=60)[:3] == ([], 0, 0)
+
+
+def test_a_sender_that_raises_stops_the_others_and_their_holds_are_given_back() -> None:
+    with pytest.raises(RuntimeError, match="a bug at 2"):
+        turns(20, 3, turn=60, fails=2)  # items 0 and 1 are under way (5 s each) as 2 fails
