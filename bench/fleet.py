@@ -8,7 +8,8 @@ in a home of its own (on a throwaway PostgreSQL cluster by default) with the pro
 and pool, and a fleet job: pve1 and pve2 -> pve3, pve3 -> pve1. Then:
 
   1. a first fleet run copies every guest in full (not timed);
-  2. every disk changes by ``--delta-kib`` KiB; the BASELINE replicates each guest in turn the
+  2. once the Prefect server is idle again (it stores that round's task events for minutes),
+     every disk changes by ``--delta-kib`` KiB; the BASELINE replicates each guest in turn the
      way the seed did: one `ssh root@<source> syncoid ...` per guest (syncoid's own snapshot,
      the same key, pinned host key, compression and target dataset as the product's);
   3. every disk changes again; the FLEET round: `prefect deployment run` of the job, run by
@@ -229,8 +230,29 @@ def cpu_profile(enabled: bool, label: str):
         shutil.rmtree(data.parent, ignore_errors=True)
 
 
+def settle(pid: int, share: float = 0.1, window: float = 5.0, limit: float = 600.0) -> float:
+    """Wait until process ``pid`` (the Prefect server) uses less than ``share`` of a core over
+    ``window`` seconds, at most ``limit`` seconds; the seconds waited. After the first round
+    the server stores its 100 runs' task events for minutes: that work would slow the
+    baseline and flatter the ratio."""
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def cpu() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        before = cpu()
+        time.sleep(window)
+        if cpu() - before < share * window:
+            break
+    return time.monotonic() - started
+
+
 def setup_product(home: Path, database: str | None, spread: dict[str, list[int]],
-                  stack: ExitStack, share: bool) -> None:
+                  stack: ExitStack, share: bool) -> int:
+    """The product on a Prefect server of its own, and the fleet job; the server's pid."""
     from tests.deploy.conftest import OwnServer, prefect_env
 
     from dapx.core.fleet import FleetJob
@@ -249,6 +271,7 @@ def setup_product(home: Path, database: str | None, spread: dict[str, list[int]]
     jobs.create_job(JOB, "fleet-replica", FleetJob(routes=ROUTES, vmids=vmids,
                                                    vmid_offset=OFFSET, keep=2,
                                                    share_connections=share))
+    return own.proc.pid
 
 
 def cleanup(spread: dict[str, list[int]]) -> None:
@@ -294,12 +317,15 @@ def main() -> None:
                 stack.callback(cleanup, spread)
                 for node, vmids in spread.items():
                     tiny_guests.make(node, vmids, kib=args.kib)
-                setup_product(home, database, spread, stack, not args.per_guest_ssh)
+                server_pid = setup_product(home, database, spread, stack,
+                                           not args.per_guest_ssh)
                 full, _, _, full_failed = run_fleet_round(home / "worker.log")
                 print(f"first (full) fleet round: {full:.1f} s", flush=True)
                 if full_failed:  # fill in the guests that failed, so both rounds are increments
                     again, _, _, _ = run_fleet_round(home / "worker.log")
                     print(f"first round again: {again:.1f} s", flush=True)
+                print(f"the Prefect server was busy {settle(server_pid):.0f} s more with that "
+                      "round's events; the baseline starts now it is idle", flush=True)
                 for node, vmids in spread.items():
                     tiny_guests.change(node, vmids, kib=args.delta_kib)
                 with cpu_profile(args.profile, "baseline"):
