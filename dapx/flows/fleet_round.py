@@ -321,14 +321,13 @@ async def send_all(quick: list[Quick], source: ProxmoxNode, dest: ProxmoxNode,
 
 
 async def in_turns(items: list[Any], senders: int, hold: Callable[[], Any],
-                   work: Callable[[Any], Awaitable[Any]], turn: float | None = None) -> list[Any]:
+                   work: Callable[[Any], Awaitable[Any]], turn: float = SLOT_TURN) -> list[Any]:
     """``work`` every item, ``senders`` at once; each sender does back-to-back items on one
-    ``hold()`` (at least one) until ``turn`` seconds (``SLOT_TURN``) have passed, then gives
+    ``hold()`` (at least one) until ``turn`` seconds have passed, then gives
     it back and takes it again. The results that are not None, in no set order. When one
     ``work`` raises, the other senders are stopped (their holds given back) before it is
     raised."""
     queue, done = deque(items), []
-    turn = SLOT_TURN if turn is None else turn
 
     async def sender() -> None:
         while queue:
