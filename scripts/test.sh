@@ -18,7 +18,7 @@ fi
 # Every tier. What needs no lab (the unit and api tiers, and the deploy tests that use only a
 # Prefect server) runs beside what does (which mostly waits on nodes, transfers and servers),
 # each side with a Prefect home of its own; its report follows the other's.
-NO_LAB_DEPLOY=(tests/deploy/test_api_auth.py tests/deploy/test_locks.py
+NO_LAB_DEPLOY=(tests/deploy/test_api_auth.py tests/deploy/test_cli_without_lab.py tests/deploy/test_locks.py
                tests/deploy/test_prefect_yaml.py)
 quick_log=$(mktemp /tmp/dapx-test-quick.XXXXXX)
 PREFECT_HOME=$(home) "${PYTEST[@]}" tests/unit tests/api "${NO_LAB_DEPLOY[@]}" \

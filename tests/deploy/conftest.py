@@ -105,6 +105,37 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             drain_to_server()
 
 
+@pytest.fixture(scope="session")
+def lab_nodes(prefect_api: str, lab: dict) -> str:
+    """The lab's nodes saved as node blocks on the session's server (`dapx lab register`, once
+    per session, as a user would run it) and the product's work pool; yields the server's URL.
+    A test that changes a lab node's block or removes the pool puts it back."""
+    run_cli("dapx", "lab", "register")
+    server.ensure_work_pool()
+    return prefect_api
+
+
+def dapx(*argv: str) -> int:
+    """`dapx ARGV` in this process: the same code as the command, without the 3 s a new Python
+    with Prefect takes to start. For set-up and clean-up; a test of what a user sees runs the
+    command itself (``run_cli``)."""
+    from dapx.cli import main
+
+    return main(list(argv))
+
+
+def assert_one_line(result: subprocess.CompletedProcess, *words: str) -> None:
+    """The command failed the way a person's mistake should: exit 2, one line on stderr that
+    names every one of ``words``, no traceback."""
+    __tracebackhide__ = True
+    shown = f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.returncode == 2, shown
+    assert "Traceback" not in result.stderr + result.stdout, shown
+    assert len(result.stderr.strip().splitlines()) == 1, shown
+    for word in words:
+        assert word in result.stderr, shown
+
+
 def run_cli(*argv: str, check: bool = True, input: str | None = None, timeout: float = 300,
             profile_only: bool = False) -> subprocess.CompletedProcess:
     """Run `dapx` or `prefect` from the venv, as a user would, with the test server's URL.
@@ -124,7 +155,8 @@ def run_cli(*argv: str, check: bool = True, input: str | None = None, timeout: f
 
 
 def trust(source: str, destination: str, *, revoke: bool = False) -> None:
-    """Run the trust-nodes flow in a process of its own against the current test server.
+    """Run the trust-nodes flow in a process of its own against the current test server (for
+    a server of a module's own, which stops before the session ends; see ``trust_here``).
 
     Not in the test process: a flow run in it leaves events and logs queued for that server,
     and when the server stops before the session ends, Prefect's exit-time drain waits for
@@ -136,6 +168,16 @@ def trust(source: str, destination: str, *, revoke: bool = False) -> None:
                             timeout=300, env={**os.environ})
     if result.returncode != 0:
         raise AssertionError(f"trust-nodes {source} -> {destination} failed:\n{result.stderr}")
+
+
+def trust_here(source: str, destination: str, *, revoke: bool = False) -> None:
+    """Run the trust-nodes flow in this process, against the session's server (``prefect_api``:
+    it outlives the test, and the session drains what the flow left queued before it stops)."""
+    import asyncio
+
+    from dapx.flows.trust import trust_nodes
+
+    asyncio.run(trust_nodes(source, destination, revoke=revoke))
 
 
 def wait_final(run_id: uuid.UUID, timeout: float = 150.0):  # noqa: ANN201 - a FlowRun

@@ -23,9 +23,7 @@ def _run_through_worker(name: str) -> uuid.UUID:
     return run_id
 
 
-def test_backup_job_runs_from_prefect_deployment_run(prefect_api: str, lab: dict) -> None:
-    run_cli("dapx", "lab", "register")
-    run_cli("prefect", "work-pool", "create", "dapx", "--type", "process", check=False)
+def test_backup_job_runs_from_prefect_deployment_run(lab_nodes: str) -> None:
     refused = run_cli("dapx", "job", "create", "backup", "--node", "nowhere", "--storage", "pbs",
                       "--keep-last", "2", check=False)
     assert refused.returncode == 2 and "unknown node 'nowhere'" in refused.stderr

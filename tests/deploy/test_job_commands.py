@@ -11,15 +11,14 @@ import pytest
 
 from dapx.deployments import server
 from dapx.deployments.processes import stop_tree
-from tests.deploy.conftest import run_cli, trust
+from tests.deploy.conftest import dapx, run_cli, trust_here
 
 JOB = ["dapx", "job", "create", "replica", "--source", "pve1", "--guest", "100", "--dest",
        "pve3", "--dest-vmid", "9700", "--name", "ux-job"]
 
 
 @pytest.fixture
-def worker(prefect_api: str, lab: dict):  # noqa: ANN201
-    server.ensure_work_pool()
+def worker(lab_nodes: str):  # noqa: ANN201
     proc = subprocess.Popen(server.worker_argv(limit=2), env=server.worker_env(),
                             start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -34,8 +33,7 @@ def _schedule_id(name: str) -> str:
         return str(client.read_deployment_by_name(f"zfs-replica/{name}").schedules[0].id)
 
 
-def test_create_replace_pause_and_time_zone(prefect_api: str, lab: dict) -> None:
-    run_cli("dapx", "lab", "register")
+def test_create_replace_pause_and_time_zone(lab_nodes: str) -> None:
     run_cli(*JOB, "--schedule", "0 2 * * *", "--timezone", "Europe/Rome")
     try:
         again = run_cli(*JOB, "--schedule", "0 3 * * *", check=False)
@@ -58,13 +56,12 @@ def test_create_replace_pause_and_time_zone(prefect_api: str, lab: dict) -> None
         bad = run_cli(*JOB, "--timezone", "Mars/Olympus", "--replace", check=False)
         assert bad.returncode == 2 and "time zone 'Mars/Olympus'" in bad.stderr
     finally:
-        run_cli("dapx", "job", "remove", "ux-job")
+        dapx("job", "remove", "ux-job")
 
 
-def test_run_plan_and_wait(prefect_api: str, lab: dict, worker) -> None:  # noqa: ANN001
-    run_cli("dapx", "lab", "register")
-    trust("pve1", "pve3")
-    run_cli(*JOB, "--paused")
+def test_run_plan_and_wait(worker) -> None:  # noqa: ANN001
+    trust_here("pve1", "pve3")
+    assert dapx(*JOB[1:], "--paused") == 0
     try:
         plan = run_cli("dapx", "job", "run", "ux-job", "--plan")
         assert "# Replication plan: guest 100" in plan.stdout and "full send" in plan.stdout
@@ -74,13 +71,13 @@ def test_run_plan_and_wait(prefect_api: str, lab: dict, worker) -> None:  # noqa
         assert "vm-9700-disk-0" in done.stdout and "completed" in done.stdout, done.stdout
 
         # A run that fails: its destination VMID belongs to another guest (VM 300 on pve3).
-        run_cli(*JOB, "--dest-vmid", "300", "--paused", "--replace")
+        assert dapx(*JOB[1:], "--dest-vmid", "300", "--paused", "--replace") == 0
         failed = run_cli("dapx", "job", "run", "ux-job", "--wait", check=False)
         assert failed.returncode == 1, failed.stdout + failed.stderr
         assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
         assert "failed" in failed.stderr and "VMID 300" in failed.stderr, failed.stderr
     finally:
-        run_cli("dapx", "job", "remove", "ux-job")
+        dapx("job", "remove", "ux-job")
         _forget_replica(9700)
 
 

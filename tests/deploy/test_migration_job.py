@@ -11,20 +11,14 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from dapx.lab import estate
-from tests.deploy.conftest import run_cli
+from tests.deploy.conftest import run_cli, trust_here
 from tests.lab.test_replica_helpers import sha256
 
 JOB, COPY = "copy-vm100-to-pve2", 7101
 
 
-def test_migration_job_runs_from_prefect_deployment_run(prefect_api: str, lab: dict) -> None:
-    import asyncio
-
-    from dapx.flows.trust import trust_nodes
-
-    run_cli("dapx", "lab", "register")
-    run_cli("prefect", "work-pool", "create", "dapx", "--type", "process", check=False)
-    asyncio.run(trust_nodes("pve1", "pve2"))
+def test_migration_job_runs_from_prefect_deployment_run(lab_nodes: str) -> None:
+    trust_here("pve1", "pve2")
     refused = run_cli("dapx", "job", "create", "migration", "--source", "pve1", "--guest", "100",
                       "--dest", "pve2", "--memory", "8", check=False)
     assert refused.returncode == 2 and "memory" in refused.stderr

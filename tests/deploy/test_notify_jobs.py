@@ -28,7 +28,7 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from dapx.lab import estate
-from tests.deploy.conftest import BIN, run_cli, wait_final
+from tests.deploy.conftest import BIN, dapx, run_cli, wait_final
 from tests.lab.test_replica_helpers import preserved
 from tests.helpers.receivers import SMTP_PASSWORD, HttpReceiver, SmtpReceiver
 
@@ -56,12 +56,10 @@ def _add_targets(smtp: SmtpReceiver, hook: HttpReceiver, tmp: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def setup(prefect_api: str, lab: dict, receivers, tmp_path_factory):  # noqa: ANN001
+def setup(lab_nodes: str, receivers, tmp_path_factory):  # noqa: ANN001
     """Node blocks, trust pve1 -> pve2, the notification deployments and trigger, the two
     targets, and a process worker polling every second; cleaned up after the module."""
     smtp, hook = receivers
-    run_cli("dapx", "lab", "register")
-    run_cli("prefect", "work-pool", "create", "dapx", "--type", "process", check=False)
     from dapx.deployments.notify import deploy_notifications
     from dapx.flows.trust import trust_nodes
 
@@ -96,14 +94,6 @@ def setup(prefect_api: str, lab: dict, receivers, tmp_path_factory):  # noqa: AN
 
 # -----------------------------------------------------------------------------------------------
 # helpers
-
-
-def dapx(*argv: str) -> int:
-    """`dapx ARGV` in this process (the same code as the command, without the 3 s a new
-    Python with Prefect takes to start)."""
-    from dapx.cli import main
-
-    return main(list(argv))
 
 
 def create_job(name: str, guest: int, notify: str, *extra: str) -> None:

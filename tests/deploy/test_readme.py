@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.deploy.conftest import run_cli
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -21,8 +20,7 @@ def snippets() -> list[str]:
             for indent, body in blocks]
 
 
-def test_every_python_snippet_runs(prefect_api: str, lab: dict) -> None:
-    run_cli("dapx", "lab", "register")
+def test_every_python_snippet_runs(lab_nodes: str) -> None:
     found = snippets()
     assert found, "the README has no Python example"
     for code in found:

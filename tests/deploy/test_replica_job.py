@@ -10,7 +10,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from dapx.lab import estate
-from tests.deploy.conftest import run_cli, trust
+from tests.deploy.conftest import dapx, run_cli, trust_here
 from tests.lab.test_replica_helpers import sha256
 
 JOB = "vm100-to-pve2"
@@ -25,8 +25,7 @@ def _run_deployment_through_worker(name: str, *params: str) -> uuid.UUID:
     return run_id
 
 
-def test_bad_job_input_is_refused_before_anything_is_written(prefect_api: str, lab: dict) -> None:
-    run_cli("dapx", "lab", "register")
+def test_bad_job_input_is_refused_before_anything_is_written(lab_nodes: str) -> None:
     for argv, expected in (
         (["--schedule", "61 * * * *"], "minute"),
         (["--dest-vmid", "99"], "VMID 99"),
@@ -43,9 +42,7 @@ def test_bad_job_input_is_refused_before_anything_is_written(prefect_api: str, l
     assert "bad-job" not in run_cli("dapx", "job", "list").stdout
 
 
-def test_replica_job_runs_from_prefect_deployment_run(prefect_api: str, lab: dict) -> None:
-    run_cli("dapx", "lab", "register")
-    run_cli("prefect", "work-pool", "create", "dapx", "--type", "process", check=False)
+def test_replica_job_runs_from_prefect_deployment_run(lab_nodes: str) -> None:
     from dapx.deployments.builtin import deploy_builtin
 
     assert "trust-nodes/default" in deploy_builtin()
@@ -66,7 +63,7 @@ def test_replica_job_runs_from_prefect_deployment_run(prefect_api: str, lab: dic
         estate.run("pve2", ["rm", "-f", "/etc/pve/nodes/pve2/qemu-server/8100.conf"])
         for disk in ("vm-8100-disk-0", "vm-8100-disk-1"):
             estate.run("pve2", ["zfs", "destroy", "-r", f"rpool/replica/{disk}"])
-        trust("pve1", "pve2", revoke=True)  # the lab tier expects pve1 not to trust pve2
+        trust_here("pve1", "pve2", revoke=True)  # the lab tier expects pve1 not to trust pve2
     run_cli("dapx", "job", "remove", JOB)
     assert JOB not in run_cli("dapx", "job", "list").stdout
 
@@ -88,13 +85,11 @@ def _run_replica_job_and_check_it() -> None:
     assert "vm-8100-disk-0" in config and "vm-100-disk" not in config
 
 
-def test_job_method_follows_the_source_nodes_storage(prefect_api: str, lab: dict) -> None:
-    run_cli("dapx", "lab", "register")
-    run_cli("prefect", "work-pool", "create", "dapx", "--type", "process", check=False)
+def test_job_method_follows_the_source_nodes_storage(lab_nodes: str) -> None:
     out = run_cli("dapx", "job", "create", "replica", "--source", "pve2", "--guest", "200",
                   "--dest", "pve3", "--paused").stdout
     assert "btrfs-replica/vm200-to-pve3" in out
     refused = run_cli("dapx", "job", "create", "replica", "--source", "pbs1", "--guest", "300",
                       "--dest", "pve3", check=False)
     assert refused.returncode == 2 and "PBS" in refused.stderr
-    run_cli("dapx", "job", "remove", "vm200-to-pve3")
+    dapx("job", "remove", "vm200-to-pve3")

@@ -11,7 +11,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from dapx.lab import estate
-from tests.deploy.conftest import run_cli, trust
+from tests.deploy.conftest import dapx, run_cli, trust_here
 from tests.lab.test_replica_helpers import zfs_snapshots
 
 JOB = "vm100-to-pve2-retention"
@@ -28,18 +28,16 @@ def _clean() -> None:
 
 
 def _job_args(keep: int) -> list[str]:
-    return ["dapx", "job", "create", "replica", "--source", "pve1", "--guest", "100", "--dest",
+    return ["job", "create", "replica", "--source", "pve1", "--guest", "100", "--dest",
             "pve2", "--dest-vmid", "8200", "--no-register", "--name", JOB, "--keep", str(keep),
             "--schedule", "0 4 1 1 *", "--paused", "--replace"]
 
 
-def test_snapshot_retention_runs_as_a_scheduled_deployment(prefect_api: str, lab: dict) -> None:
+def test_snapshot_retention_runs_as_a_scheduled_deployment(lab_nodes: str) -> None:
     from dapx.core.jobspec import ReplicaJob
     from dapx.deployments.builtin import deploy_builtin
     from dapx.flows.replica import zfs_replica
 
-    run_cli("dapx", "lab", "register")
-    run_cli("prefect", "work-pool", "create", "dapx", "--type", "process", check=False)
     assert "snapshot-retention/default" in deploy_builtin()
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("snapshot-retention/default")
@@ -47,15 +45,15 @@ def test_snapshot_retention_runs_as_a_scheduled_deployment(prefect_api: str, lab
 
     _clean()
     try:
-        run_cli(*_job_args(keep=2))
+        assert dapx(*_job_args(keep=2)) == 0
         job = ReplicaJob(source="pve1", guest=100, destination="pve2", dest_vmid=8200,
                          register_vm=False, keep=2)
-        trust("pve1", "pve2")
+        trust_here("pve1", "pve2")
         asyncio.run(zfs_replica(job=job))
         newest = asyncio.run(zfs_replica(job=job)).snapshot
         assert all(len([s for s in zfs_snapshots("pve1", d) if s.startswith(TAG)]) == 2
                    for d in DISKS)
-        run_cli(*_job_args(keep=1))  # the administrator lowers the versions to keep
+        assert dapx(*_job_args(keep=1)) == 0  # the administrator lowers the versions to keep
 
         out = run_cli("prefect", "deployment", "run", "snapshot-retention/default",
                       "-p", f'jobs=["{JOB}"]').stdout
@@ -72,6 +70,6 @@ def test_snapshot_retention_runs_as_a_scheduled_deployment(prefect_api: str, lab
             assert [s for s in zfs_snapshots("pve1", src) if s.startswith(TAG)] == [newest]
             assert [s for s in zfs_snapshots("pve2", dst) if s.startswith(TAG)] == [newest]
     finally:
-        run_cli("dapx", "job", "remove", JOB, check=False)
+        dapx("job", "remove", JOB)
         _clean()
-        trust("pve1", "pve2", revoke=True)  # the lab tier expects pve1 not to trust pve2
+        trust_here("pve1", "pve2", revoke=True)  # the lab tier expects pve1 not to trust pve2
