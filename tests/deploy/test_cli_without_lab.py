@@ -1,17 +1,44 @@
 """Deploy tier, the `dapx` commands that need only a Prefect server (no lab; they run beside the
 lab tier): node blocks made by `dapx node add` show in `prefect block ls` and bad input is one
 line; `dapx init` keeps the private key only in a secret block; a node block made invalid in
-the UI and no server at the URL each give one line on stderr and exit 2, never a traceback."""
+the UI and no server at the URL each give one line on stderr and exit 2, never a traceback.
+
+`dapx job` does what a person expects: bad job input is refused before anything is written; the
+job's flow follows the source node's storage; a name that exists is refused unless --replace
+(which keeps a paused schedule paused); a schedule paused with `prefect deployment schedule
+pause` shows as paused; schedules carry a time zone; a job made before the work pool gets the
+product's pool. Creating a job reads the node blocks and never logs in to a node, so these
+tests use paper nodes: blocks named and kinded as the lab's, at documentation addresses
+(192.0.2.0/24) that nothing here ever connects to."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 
+import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import BlockDocumentCreate
 
-from tests.deploy.conftest import BIN, assert_one_line, free_port, run_cli
+from dapx.deployments import server
+from tests.deploy.conftest import BIN, assert_one_line, dapx, free_port, run_cli
+
+PAPER_NODES = {"pve1": ("pve", "zfs"), "pve2": ("pve", "btrfs"), "pve3": ("pve", "zfs"),
+               "pbs1": ("pbs", "other")}
+"""The lab's nodes as their blocks name and kind them (tests/lab builds the real ones)."""
+JOB = ["dapx", "job", "create", "replica", "--source", "pve1", "--guest", "100", "--dest",
+       "pve3", "--dest-vmid", "9700", "--name", "ux-job"]
+
+
+@pytest.fixture(scope="module")
+def paper_nodes(prefect_api: str) -> None:
+    """Node blocks for the lab's node names, at addresses nothing connects to, and the pool."""
+    from dapx.blocks.manage import add_node
+
+    for number, (name, (kind, storage)) in enumerate(PAPER_NODES.items(), start=10):
+        add_node(name=name, host=f"192.0.2.{number}", kind=kind, storage_kind=storage,
+                 overwrite=True)
+    server.ensure_work_pool()
 
 
 def test_node_add_shows_in_block_ls_and_bad_input_is_one_line(prefect_api: str) -> None:
@@ -79,3 +106,77 @@ def test_a_node_block_made_invalid_in_the_ui(prefect_api: str) -> None:
     finally:  # the way out for the user: remove it (later tests list every node block)
         run_cli("dapx", "node", "remove", "pasted")
     assert "pasted" not in run_cli("dapx", "node", "list").stdout
+
+
+def test_bad_job_input_is_refused_before_anything_is_written(paper_nodes: None) -> None:
+    for argv, expected in (
+        (["--schedule", "61 * * * *"], "minute"),
+        (["--dest-vmid", "99"], "VMID 99"),
+        (["--bridge-map", "vmbr0=$(reboot)"], "bridge name"),
+        (["--subfolder", "../etc"], "'..'"),
+    ):
+        result = run_cli("dapx", "job", "create", "replica", "--source", "pve1", "--guest",
+                         "100", "--dest", "pve2", "--name", "bad-job", *argv, check=False)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert expected in result.stderr and "Traceback" not in result.stderr
+    unknown = run_cli("dapx", "job", "create", "replica", "--source", "pve1", "--guest", "100",
+                      "--dest", "nowhere", check=False)
+    assert unknown.returncode == 2 and "unknown node 'nowhere'" in unknown.stderr
+    assert "bad-job" not in run_cli("dapx", "job", "list").stdout
+
+
+def test_job_method_follows_the_source_nodes_storage(paper_nodes: None) -> None:
+    out = run_cli("dapx", "job", "create", "replica", "--source", "pve2", "--guest", "200",
+                  "--dest", "pve3", "--paused").stdout
+    assert "btrfs-replica/vm200-to-pve3" in out
+    refused = run_cli("dapx", "job", "create", "replica", "--source", "pbs1", "--guest", "300",
+                      "--dest", "pve3", check=False)
+    assert refused.returncode == 2 and "PBS" in refused.stderr
+    dapx("job", "remove", "vm200-to-pve3")
+
+
+def test_create_replace_pause_and_time_zone(paper_nodes: None) -> None:
+    run_cli(*JOB, "--schedule", "0 2 * * *", "--timezone", "Europe/Rome")
+    try:
+        again = run_cli(*JOB, "--schedule", "0 3 * * *", check=False)
+        assert again.returncode == 2 and "--replace" in again.stderr, again.stderr
+        assert "Traceback" not in again.stderr
+        listed = run_cli("dapx", "job", "list").stdout
+        assert "0 2 * * * (Europe/Rome)" in listed and "active" in listed, listed
+
+        run_cli("prefect", "deployment", "schedule", "pause", "zfs-replica/ux-job",
+                _schedule_id("ux-job"))
+        line = next(l for l in run_cli("dapx", "job", "list").stdout.splitlines()
+                    if l.startswith("ux-job"))
+        assert line.rstrip().endswith("paused"), line
+
+        run_cli(*JOB, "--schedule", "0 4 * * *", "--keep", "5", "--replace")
+        line = next(l for l in run_cli("dapx", "job", "list").stdout.splitlines()
+                    if l.startswith("ux-job"))
+        assert "0 4 * * *" in line and line.rstrip().endswith("paused"), line
+
+        bad = run_cli(*JOB, "--timezone", "Mars/Olympus", "--replace", check=False)
+        assert bad.returncode == 2 and "time zone 'Mars/Olympus'" in bad.stderr
+    finally:
+        dapx("job", "remove", "ux-job")
+
+
+def test_a_job_created_before_the_work_pool(paper_nodes: None) -> None:
+    with get_client(sync_client=True) as client:
+        try:
+            client.delete_work_pool("dapx")
+        except Exception:  # noqa: BLE001 - not there: fine
+            pass
+    result = run_cli("dapx", "job", "create", "replica", "--source", "pve1", "--guest", "100",
+                     "--dest", "pve3", "--name", "before-the-pool", "--paused", check=False)
+    assert result.returncode == 0, result.stderr  # the product's own pool is made for it
+    try:
+        assert "before-the-pool" in run_cli("dapx", "job", "list").stdout
+    finally:
+        run_cli("dapx", "job", "remove", "before-the-pool")
+        server.ensure_work_pool()  # as the later tests expect it
+
+
+def _schedule_id(name: str) -> str:
+    with get_client(sync_client=True) as client:
+        return str(client.read_deployment_by_name(f"zfs-replica/{name}").schedules[0].id)
