@@ -24,7 +24,7 @@ from prefect.client.orchestration import get_client
 from dapx.deployments import server
 from dapx.deployments.processes import descendants, stop_tree
 from tests.deploy import conftest
-from tests.deploy.conftest import OwnServer, prefect_env, run_cli, trust
+from tests.deploy.conftest import OwnServer, dapx, prefect_env, run_cli, trust
 from tests.helpers import tiny_guests
 from tests.lab.test_replica_helpers import (find_process, preserved, sha256, wait_for_process,
                                             write_random)
@@ -75,15 +75,17 @@ def product(lab: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Own
             from dapx.deployments.automations import ensure_automations
 
             ensure_automations(zombie_after=ZOMBIE_AFTER)
-            run_cli("dapx", "lab", "register")
             from dapx.deployments.builtin import deploy_flow
+            from dapx.lab.register import register_lab_nodes
+
+            register_lab_nodes()
 
             trust(SRC, DST)
             deploy_flow("dapx.flows.nodes.node_check")
             for name, extra in ((FAST, []), (SLOW, ["--bwlimit", "1M"])):
-                run_cli("dapx", "job", "create", "replica", "--source", SRC, "--guest",
-                        str(VMID), "--dest", DST, "--dest-vmid", str(NEW), "--name", name,
-                        "--keep", "2", *extra)
+                assert dapx("job", "create", "replica", "--source", SRC, "--guest", str(VMID),
+                            "--dest", DST, "--dest-vmid", str(NEW), "--name", name, "--keep",
+                            "2", *extra) == 0
             yield own
         finally:
             own.stop()
