@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from dapx.blocks.node import ProxmoxNode
 
 
-def _run_logger() -> logging.Logger | logging.LoggerAdapter:
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
     """The Prefect run logger inside a flow/task run (shown in the UI), else a module logger."""
     try:
         from prefect.logging import get_run_logger
@@ -32,7 +32,7 @@ def _run_logger() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger("dapx.ssh")
 
 
-transport.command_logger = _run_logger
+transport.command_logger = run_logger
 
 _sessions: dict[tuple[str, str], NodeSession] = {}
 _locks: dict[tuple[str, str], asyncio.Lock] = {}

@@ -160,9 +160,9 @@ async def stream_transfer(node: "ProxmoxNode", argv: list[str], what: str,
     if result.exit_status != 0:
         tail = "\n".join(messages[-20:])
         last = cause(messages)
-        from dapx.tasks.ssh import _run_logger  # the run's log keeps what the error line cuts
+        from dapx.tasks.ssh import run_logger  # the run's log keeps what the error line cuts
 
-        _run_logger().warning("%s failed on node %s; its last output:\n%s", what, node.name,
+        run_logger().warning("%s failed on node %s; its last output:\n%s", what, node.name,
                               tail or "none")
         raise classify_output(tail)(
             f"{what} failed on node {node.name} (exit status {result.exit_status}): {last}",

@@ -484,12 +484,17 @@ async def send_sizes(node: "ProxmoxNode", bases: dict[str, str]) -> dict[str, in
 # Renames and destroys unmount the tree first and mount it again after: ``zfs rename`` of a
 # mounted filesystem unmounts it itself on OpenZFS, but zfs-fuse answers "dataset is busy"
 # for a long while after a mount, while an explicit unmount works. ``zfs umount`` of a parent
-# unmounts its children; a volume has nothing to unmount.
+# unmounts its children; a volume has nothing to unmount. A tree's mount that fails does not
+# fail the script (the rename or swap before it is done, and undoing it would be worse): it
+# prints "not-mounted<TAB>dataset<TAB>zfs's reason" on stdout, and the task logs a warning.
+NOT_MOUNTED = "not-mounted"
 _TREE = r'''exists() { zfs list -H -o name "$1" >/dev/null 2>&1; }
 unmount() { [ "$(zfs get -H -o value mounted "$1" 2>/dev/null)" != yes ] || zfs umount "$1"; }
 mount_tree() {
   zfs list -H -o name,canmount,mounted -r "$1" | while read -r name can mounted; do
-    if [ "$can" = on ] && [ "$mounted" = no ]; then zfs mount "$name"; fi
+    if [ "$can" = on ] && [ "$mounted" = no ] && ! err=$(zfs mount "$name" 2>&1); then
+      printf 'not-mounted\t%s\t%s\n' "$name" "$(printf '%s' "$err" | tr '\t\n' '  ')"
+    fi
   done
   return 0
 }
@@ -518,21 +523,43 @@ _DESTROY_EXISTING = _TREE + r'''for d; do
 done'''
 
 
+def not_mounted(stdout: str) -> list[tuple[str, str]]:
+    """(dataset, zfs's reason) for each dataset a ``mount_tree`` left in place unmounted."""
+    found = []
+    for line in stdout.splitlines():
+        tag, _, rest = line.partition("\t")
+        if tag == NOT_MOUNTED:
+            dataset, _, why = rest.partition("\t")
+            found.append((dataset, why.strip() or "no reason given"))
+    return found
+
+
+def warn_not_mounted(node: "ProxmoxNode", stdout: str) -> None:
+    """Log, in the run's log, each dataset the script left in place but could not mount."""
+    from dapx.tasks.ssh import run_logger
+
+    for dataset, why in not_mounted(stdout):
+        run_logger().warning("%s on node %s is in place and whole but not mounted (%s); "
+                             "mount it with: zfs mount %s", dataset, node.name, why,
+                             shlex.quote(dataset))
+
+
 @dapx_task
 async def swap_in(node: "ProxmoxNode", target: str, incoming: str, old: str) -> None:
     """Rename ``target`` to ``old`` and ``incoming`` to ``target`` (renaming the old copy
     back when the second rename fails). Safe to repeat: a finished swap is only mounted
     (a run cut after the renames left ``target`` unmounted)."""
     argv = ["sh", "-c", _SWAP, "sh", *[validate_dataset_name(d) for d in (target, incoming, old)]]
-    await run(node, argv, timeout=300)
+    warn_not_mounted(node, (await run(node, argv, timeout=300)).stdout)
 
 
 async def rename_unmounted(node: "ProxmoxNode", old: str, new: str) -> None:
     """Rename ``old`` to ``new`` unmounted, then mount ``new``'s tree. When ``new`` exists
     already (a rename done before, perhaps cut before its mount) only the mount is done.
     Not a task: the renumber-guest and rename_back tasks call it."""
-    await run(node, ["sh", "-c", _RENAME_UNMOUNTED, "sh", validate_dataset_name(old),
-                     validate_dataset_name(new)], timeout=600)
+    result = await run(node, ["sh", "-c", _RENAME_UNMOUNTED, "sh", validate_dataset_name(old),
+                              validate_dataset_name(new)], timeout=600)
+    warn_not_mounted(node, result.stdout)
 
 
 @dapx_task
@@ -563,8 +590,9 @@ async def mount_trees(node: "ProxmoxNode", datasets: list[str]) -> None:
     """Mount each existing dataset and its descendants that ZFS may mount and are not
     mounted (a swap or rename cut before its mount); mounted ones are left alone."""
     if datasets:
-        await run(node, ["sh", "-c", _MOUNT_TREES, "sh",
-                         *[validate_dataset_name(d) for d in datasets]], timeout=600)
+        result = await run(node, ["sh", "-c", _MOUNT_TREES, "sh",
+                                  *[validate_dataset_name(d) for d in datasets]], timeout=600)
+        warn_not_mounted(node, result.stdout)
 
 
 _REMOVE_IF_EMPTY = _TREE + r'''exists "$1" || exit 0
