@@ -595,17 +595,32 @@ async def mount_trees(node: "ProxmoxNode", datasets: list[str]) -> None:
         warn_not_mounted(node, result.stdout)
 
 
-_REMOVE_IF_EMPTY = _TREE + r'''exists "$1" || exit 0
-[ -z "$(zfs list -H -o name -r -d 1 "$1" | sed 1d)" ] || exit 0
-unmount "$1" && zfs destroy "$1"'''
+# Asked again once a second while zfs says busy (zfs-fuse does, for seconds, right after the
+# children were renamed away), up to $2 times; stops at once when a child appears.
+_REMOVE_IF_EMPTY = _TREE + r'''tries=0
+while exists "$1" && [ -z "$(zfs list -H -o name -r -d 1 "$1" | sed 1d)" ]; do
+  err=$( { unmount "$1" && zfs destroy "$1"; } 2>&1 ) && exit 0
+  case $err in *busy*) ;; *) echo "$err" >&2; exit 1 ;; esac
+  tries=$((tries + 1))
+  [ "$tries" -lt "$2" ] || { echo "$err" >&2; exit 1; }
+  sleep 1
+done'''
+REMOVE_BUSY_TRIES = 15
 
 
 @dapx_task(retries=0)
 async def remove_if_empty(node: "ProxmoxNode", dataset: str) -> None:
-    """Destroy ``dataset`` if it has no children (never recursive; failures are ignored: it
-    is only tidying dapx's scratch parent, which another job may be using)."""
-    await run(node, ["sh", "-c", _REMOVE_IF_EMPTY, "sh", validate_dataset_name(dataset)],
-              check=False, timeout=120)
+    """Destroy ``dataset`` if it has no children (never recursive). It is only tidying dapx's
+    scratch parent, which another job may be using: a failure is logged, never raised."""
+    from dapx.tasks.ssh import run_logger
+
+    result = await run(node, ["sh", "-c", _REMOVE_IF_EMPTY, "sh", validate_dataset_name(dataset),
+                              str(REMOVE_BUSY_TRIES)], check=False, timeout=120)
+    if result.exit_status != 0:
+        why = (result.stderr.strip().splitlines() or ["no reason given"])[-1]
+        run_logger().warning("could not remove dapx's empty scratch dataset %s on node %s "
+                             "(%s); it holds nothing: zfs destroy %s removes it", dataset,
+                             node.name, why, shlex.quote(dataset))
 
 
 @dapx_task
