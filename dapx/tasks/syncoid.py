@@ -163,7 +163,7 @@ async def stream_transfer(node: "ProxmoxNode", argv: list[str], what: str,
         from dapx.tasks.ssh import run_logger  # the run's log keeps what the error line cuts
 
         run_logger().warning("%s failed on node %s; its last output:\n%s", what, node.name,
-                              tail or "none")
+                             tail or "none")
         raise classify_output(tail)(
             f"{what} failed on node {node.name} (exit status {result.exit_status}): {last}",
             exit_status=result.exit_status, stderr_tail=tail)

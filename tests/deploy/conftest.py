@@ -108,7 +108,7 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def lab_nodes(prefect_api: str, lab: dict) -> str:
     """The lab's nodes saved as node blocks on the session's server (`dapx lab register`, once
-    per session, as a user would run it) and the product's work pool; yields the server's URL.
+    per session, as a user would run it) and the product's work pool; returns the server's URL.
     A test that changes a lab node's block or removes the pool puts it back."""
     run_cli("dapx", "lab", "register")
     server.ensure_work_pool()
