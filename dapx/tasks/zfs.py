@@ -596,11 +596,13 @@ async def mount_trees(node: "ProxmoxNode", datasets: list[str]) -> None:
 
 
 # Asked again once a second while zfs says busy (zfs-fuse does, for seconds, right after the
-# children were renamed away), up to $2 times; stops at once when a child appears.
+# children were renamed away), up to $2 times; stops at once, leaving it, when a child appears
+# (another job's resend started using it: not a failure).
 _REMOVE_IF_EMPTY = _TREE + r'''tries=0
-while exists "$1" && [ -z "$(zfs list -H -o name -r -d 1 "$1" | sed 1d)" ]; do
+empty() { [ -z "$(zfs list -H -o name -r -d 1 "$1" | sed 1d)" ]; }
+while exists "$1" && empty "$1"; do
   err=$( { unmount "$1" && zfs destroy "$1"; } 2>&1 ) && exit 0
-  case $err in *busy*) ;; *) echo "$err" >&2; exit 1 ;; esac
+  case $err in *busy*) ;; *) empty "$1" || exit 0; echo "$err" >&2; exit 1 ;; esac
   tries=$((tries + 1))
   [ "$tries" -lt "$2" ] || { echo "$err" >&2; exit 1; }
   sleep 1

@@ -85,6 +85,8 @@ case "$1" in
     for ds; do :; done  # the last argument: zfs list -H -o name [-r -d 1] DS
     echo "$ds"
     [ "$5" = -r ] && [ -n "$CHILD" ] && echo "$ds/$CHILD"
+    [ "$5" = -r ] && [ -n "$LATE_CHILD" ] && grep -q '^destroy' "$ZFS_CALLS" &&
+      echo "$ds/$LATE_CHILD"
     exit 0 ;;
   get) echo no; exit 0 ;;
   destroy)
@@ -107,7 +109,8 @@ def remove_parent(tmp_path: Path, tries: int, **env: str) -> tuple[subprocess.Co
     done = subprocess.run(["sh", "-c", zfs._REMOVE_IF_EMPTY, "sh", "pool/dapx-resend",
                            str(tries)], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}",
-                               "ZFS_CALLS": str(calls), "BUSY": "0", "CHILD": "", "FAIL": "",
+                               "ZFS_CALLS": str(calls), "BUSY": "0", "CHILD": "", "LATE_CHILD": "",
+                               "FAIL": "",
                                **env})
     return done, calls.read_text().count("destroy pool/dapx-resend")
 
@@ -132,3 +135,10 @@ def test_a_parent_with_a_child_is_left(tmp_path: Path) -> None:
 def test_another_error_is_not_asked_again(tmp_path: Path) -> None:
     done, destroys = remove_parent(tmp_path, tries=5, FAIL="permission denied")
     assert done.returncode == 1 and destroys == 1 and "permission denied" in done.stderr
+
+
+def test_a_child_that_appears_as_it_is_destroyed_leaves_it_without_a_failure(
+        tmp_path: Path) -> None:
+    done, destroys = remove_parent(tmp_path, tries=5, LATE_CHILD="share",
+                                   FAIL="filesystem has children")
+    assert done.returncode == 0 and destroys == 1 and done.stderr == ""
