@@ -22,14 +22,15 @@ if TYPE_CHECKING:
     from dapx.blocks.node import ProxmoxNode
 
 
-def run_logger() -> logging.Logger | logging.LoggerAdapter:
-    """The Prefect run logger inside a flow/task run (shown in the UI), else a module logger."""
+def run_logger(fallback: str = "dapx.ssh") -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run logger inside a flow/task run (shown in the UI), else the logger named
+    ``fallback``."""
     try:
         from prefect.logging import get_run_logger
 
         return get_run_logger()
     except Exception:  # outside a run Prefect raises MissingContextError
-        return logging.getLogger("dapx.ssh")
+        return logging.getLogger(fallback)
 
 
 transport.command_logger = run_logger

@@ -11,7 +11,6 @@ store: the same PREFECT_HOME on one host, or the same DAPX_STORE_URL.
 
 from __future__ import annotations
 
-import logging
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,10 +19,10 @@ from typing import NamedTuple
 from dapx.core.protection import RECORD_KINDS, Record, dataset_subject, guest_subject
 from dapx.errors import InputError
 from dapx.tasks.base import dapx_task
+from dapx.tasks.ssh import run_logger
 from dapx.transports.store import ProtectionStore
 
 STORE_URL_ENV = "DAPX_STORE_URL"
-log = logging.getLogger("dapx.store")
 
 
 def store_url() -> str:
@@ -130,7 +129,7 @@ async def _store(kind: str, copies: list[Copy]) -> int:
             for record in records:
                 await store.add(record)
     except Exception as exc:  # the store must never fail a good copy
-        _run_logger().error("could not record the %s of %s in the protection store (%s): %s",
+        run_logger("dapx.store").error("could not record the %s of %s in the protection store (%s): %s",
                             kind, ", ".join(r.subject for r in records),
                             type(exc).__name__, exc)
         return 0
@@ -142,13 +141,3 @@ async def latest_records() -> list[Record]:
     """The newest record of every subject, kind, destination and job."""
     async with open_store() as store:
         return await store.latest()
-
-
-def _run_logger() -> logging.Logger | logging.LoggerAdapter:
-    from prefect import get_run_logger
-    from prefect.exceptions import MissingContextError
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return log
