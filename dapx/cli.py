@@ -313,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Flows a command runs in this process log to the run (the UI), not to the terminal:
         # the command prints its result, or its error as one line.
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+        _quiet_exit_sends()
     if args.cmd not in ("up", "lab"):
         _use_running_server()
     if getattr(args, "command", None) and args.command[:1] == ["--"]:
@@ -335,6 +336,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"dapx: error: {problem}", file=sys.stderr)
         return 2
+
+
+def _quiet_exit_sends() -> None:
+    """As a command exits, Prefect sends what it still holds for the server (the event that
+    loading a node block emits...) and its workers say "Still processing items: 1 items
+    remaining..." on stderr, through loggers named after them that have no handler: after a
+    one-line error, a second line that means nothing to the user. The items are still sent."""
+    import logging
+
+    for service in ("EventsWorker", "APILogWorker"):
+        logging.getLogger(service).addHandler(logging.NullHandler())
 
 
 def _prefect_problem(exc: BaseException) -> str | None:

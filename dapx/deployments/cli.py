@@ -99,8 +99,10 @@ def _kind_options(kind: str) -> tuple[str, ...]:
 
 
 def _create(args: argparse.Namespace) -> int:
-    from dapx.deployments import migration_cli, pbs_cli
+    from dapx.deployments import jobs, migration_cli, pbs_cli
 
+    # A bad name, cron line, time zone or site is said before any node is looked at.
+    jobs.check_job_options(args.name, args.schedule, args.timezone, args.site)
     _refuse(args, args.kind, *_kind_options(args.kind))
     if args.kind in ("backup", "recovery"):
         create = pbs_cli.create_backup_job if args.kind == "backup" \

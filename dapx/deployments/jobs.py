@@ -68,13 +68,9 @@ def create_job(name: str, flow: str, spec: BaseModel, *, schedule: str | None = 
     time zone, for a node that has no block, for an existing job without ``replace``, and
     when the name is taken by a job of another flow.
     """
-    validate_job_name(name)
-    if site is not None:
-        validate_site(site)
+    cron, zone = check_job_options(name, schedule, timezone, site)
     if flow not in JOB_FLOWS:
         raise InputError(f"unknown job kind {flow!r}; use one of {', '.join(JOB_FLOWS)}")
-    cron = validate_cron(schedule) if schedule else None
-    zone = validate_timezone(timezone) if timezone else local_timezone()
     _check_nodes_exist(spec)
     existing = next((job for job in list_jobs() if job["name"] == name), None)
     if existing is not None:
@@ -92,6 +88,20 @@ def create_job(name: str, flow: str, spec: BaseModel, *, schedule: str | None = 
                        parameters={"job": spec.model_dump(mode="json")},
                        tags=["dapx", JOB_TAG], description=description, work_queue=site,
                        concurrency_limit=job_concurrency())
+
+
+def check_job_options(name: str | None, schedule: str | None, timezone: str | None,
+                      site: str | None) -> tuple[str | None, str]:
+    """Check what a job is called and when and where it runs, before anything is read or
+    written: ``name`` (None: a default, made valid), the cron ``schedule``, ``timezone`` and
+    ``site`` (None: not given). Out: (the cron line or None, the time zone to use: this
+    machine's when none is given). Raises InputError naming the first bad one."""
+    if name is not None:
+        validate_job_name(name)
+    if site is not None:
+        validate_site(site)
+    cron = validate_cron(schedule) if schedule else None
+    return cron, validate_timezone(timezone) if timezone else local_timezone()
 
 
 def _check_nodes_exist(spec: BaseModel) -> None:

@@ -114,15 +114,18 @@ def test_bad_job_input_is_refused_before_anything_is_written(paper_nodes: None) 
         (["--dest-vmid", "99"], "VMID 99"),
         (["--bridge-map", "vmbr0=$(reboot)"], "bridge name"),
         (["--subfolder", "../etc"], "'..'"),
+        (["--timezone", "Mars/Olympus"], "Mars/Olympus"),
+        (["--site", "site a"], "site"),
+        (["--name", "a;rm -rf /"], "a;rm -rf /"),
     ):
         result = run_cli("dapx", "job", "create", "replica", "--source", "pve1", "--guest",
                          "100", "--dest", "pve2", "--name", "bad-job", *argv, check=False)
-        assert result.returncode == 2, result.stdout + result.stderr
-        assert expected in result.stderr and "Traceback" not in result.stderr
+        assert_one_line(result, expected)
     unknown = run_cli("dapx", "job", "create", "replica", "--source", "pve1", "--guest", "100",
                       "--dest", "nowhere", check=False)
-    assert unknown.returncode == 2 and "unknown node 'nowhere'" in unknown.stderr
-    assert "bad-job" not in run_cli("dapx", "job", "list").stdout
+    assert_one_line(unknown, "unknown node 'nowhere'")
+    listed = run_cli("dapx", "job", "list").stdout
+    assert "bad-job" not in listed and "rm -rf" not in listed
 
 
 def test_job_method_follows_the_source_nodes_storage(paper_nodes: None) -> None:
@@ -131,7 +134,7 @@ def test_job_method_follows_the_source_nodes_storage(paper_nodes: None) -> None:
     assert "btrfs-replica/vm200-to-pve3" in out
     refused = run_cli("dapx", "job", "create", "replica", "--source", "pbs1", "--guest", "300",
                       "--dest", "pve3", check=False)
-    assert refused.returncode == 2 and "PBS" in refused.stderr
+    assert_one_line(refused, "PBS")
     dapx("job", "remove", "vm200-to-pve3")
 
 
@@ -139,8 +142,7 @@ def test_create_replace_pause_and_time_zone(paper_nodes: None) -> None:
     run_cli(*JOB, "--schedule", "0 2 * * *", "--timezone", "Europe/Rome")
     try:
         again = run_cli(*JOB, "--schedule", "0 3 * * *", check=False)
-        assert again.returncode == 2 and "--replace" in again.stderr, again.stderr
-        assert "Traceback" not in again.stderr
+        assert_one_line(again, "--replace")
         listed = run_cli("dapx", "job", "list").stdout
         assert "0 2 * * * (Europe/Rome)" in listed and "active" in listed, listed
 
