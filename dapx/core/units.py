@@ -1,6 +1,8 @@
-"""Sizes as people read them, for artifacts, notifications and CLI tables alike."""
+"""Sizes and times as people read them, for artifacts, notifications and CLI tables alike."""
 
 from __future__ import annotations
+
+from datetime import datetime, timezone
 
 
 def human_bytes(count: int) -> str:
@@ -11,3 +13,10 @@ def human_bytes(count: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} TiB"
+
+
+def utc_time(stamp: int) -> str:
+    """Epoch seconds as ``2026-12-03 06:34:43Z`` (UTC); ``-`` for 0 (unknown)."""
+    if not stamp:
+        return "-"
+    return datetime.fromtimestamp(stamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")

@@ -25,6 +25,7 @@ from dapx.core.pvesnap import (blocked_rollback_message, rollback_blockers,
                                validate_pve_snapshot_name)
 from dapx.core.snapview import classify
 from dapx.core.types import NodeName, Vmid
+from dapx.core.units import utc_time
 from dapx.core.volumes import zfs_dataset
 from dapx.errors import ConflictError, InputError
 from dapx.tasks import pve, zfs
@@ -58,7 +59,7 @@ class GuestSnapshotResult(BaseModel):
 
     def __str__(self) -> str:
         lines = [f"guest {self.guest} on {self.node}: {self.done or 'listed'}"]
-        lines += [f"  {s.name:<40} {s.snaptime:>10} {'RAM ' if s.vmstate else ''}"
+        lines += [f"  {s.name:<40} {utc_time(s.snaptime)} {'RAM ' if s.vmstate else ''}"
                   f"{s.description}".rstrip() for s in self.snapshots]
         return "\n".join(lines)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Optional
 
 from prefect import flow
@@ -26,6 +25,7 @@ from dapx.core.jobspec import ReplicaJob
 from dapx.core.snapview import (GROUPS, GuestDiskPlace, NodeListing, btrfs_identity,
                                 classify, guest_config, guest_disks)
 from dapx.core.types import NodeName, Vmid
+from dapx.core.units import utc_time
 from dapx.errors import DapxError, InputError
 from dapx.flows.btrfs_replica import btrfs_disks, btrfs_storage
 from dapx.flows.replica import zfs_disks
@@ -94,22 +94,16 @@ class SnapshotView(BaseModel):
                 for s in g.group(group):
                     size = "-" if s.used is None else human_bytes(s.used)
                     held = f" on {','.join(s.held_by)}" if s.held_by else ""
-                    lines.append(f"  {group:<11} {s.name:<44} {_when(s.creation)} "
+                    lines.append(f"  {group:<11} {s.name:<44} {utc_time(s.creation)} "
                                  f"used {size}{held}")
         return "\n".join(lines + [f"note: {n}" for n in self.notes]) or "no guests"
 
     def rows(self) -> list[dict]:
         return [{"node": g.node, "guest": g.guest, "group": s.group, "snapshot": s.name,
-                 "time": _when(s.creation), "used": "-" if s.used is None else s.used,
+                 "time": utc_time(s.creation), "used": "-" if s.used is None else s.used,
                  "referenced": "-" if s.referenced is None else s.referenced,
                  "disks": ", ".join(s.disks), "held by": ", ".join(s.held_by) or "-"}
                 for g in self.guests for s in g.snapshots]
-
-
-def _when(stamp: int) -> str:
-    if not stamp:
-        return "-"
-    return datetime.fromtimestamp(stamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 # -----------------------------------------------------------------------------------------------
