@@ -266,3 +266,12 @@ class ProxmoxNode(Block):
         from dapx.transports.pve import PveClient
 
         return PveClient.from_node(self, timeout=timeout)
+
+    def pve_api(self, *, timeout: float = 30.0) -> "PveClient":
+        """``api()`` where a PVE node is meant: InputError naming this node when it is a
+        Proxmox Backup Server (given as a guest's node, a destination...)."""
+        if self.kind != "pve":
+            raise InputError(f"node {self.name} is a Proxmox Backup Server, not a PVE node: "
+                             "name a PVE node here (a PBS server is reached through a PVE "
+                             "node's pbs storage)")
+        return self.api(timeout=timeout)  # type: ignore[return-value]

@@ -113,7 +113,7 @@ async def ensure_zfs_storage(dest: ProxmoxNode, pool: str, subfolder: str) -> tu
 
 def _ensure_zfs_storage(dest: ProxmoxNode, pool: str, subfolder: str) -> tuple[str, bool]:
     dataset = "/".join(p for p in (pool, subfolder) if p)
-    api = dest.api()
+    api = dest.pve_api()
     storages = {s["storage"]: s for s in api.get("storage")}
     found = find_zfs_storage(storages, dataset)
     if found:

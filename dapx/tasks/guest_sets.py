@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 async def list_guests(node: "ProxmoxNode") -> list[dict[str, Any]]:
     """Every guest ``node``'s API knows (``GET /cluster/resources?type=vm``: the whole cluster
     for a cluster member): rows with vmid, node, type, name, tags, pool. Raises ApiError."""
-    return await asyncio.to_thread(lambda: node.api().guests())
+    return await asyncio.to_thread(lambda: node.pve_api().guests())
 
 
 @dapx_task(name="guest-storage-kinds")

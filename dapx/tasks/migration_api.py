@@ -31,7 +31,7 @@ TASK_TIMEOUT = 24 * 3600.0
 
 
 def _api(node: "ProxmoxNode") -> "PveClient":
-    return node.api()  # type: ignore[return-value]
+    return node.pve_api()
 
 
 def where_is(api: "PveClient", vmid: int) -> dict[str, Any] | None:

@@ -25,12 +25,12 @@ TASK_TIMEOUT = 1800.0
 
 
 async def _api(node: "ProxmoxNode", method: str, *args: Any, **kwargs: Any) -> Any:
-    client = node.api()
+    client = node.pve_api()
     return await asyncio.to_thread(getattr(client, method), *args, **kwargs)
 
 
 async def _wait(node: "ProxmoxNode", upid: str) -> None:
-    client = node.api()
+    client = node.pve_api()
     await asyncio.to_thread(client.wait_task, upid, timeout=TASK_TIMEOUT, poll=0.5)
 
 

@@ -24,7 +24,7 @@ Kind = Literal["qemu", "lxc"]
 
 
 def _api(node: "ProxmoxNode") -> "PveClient":
-    return node.api()  # type: ignore[return-value]
+    return node.pve_api()
 
 
 @dapx_task(name="cluster-guests")

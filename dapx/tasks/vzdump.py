@@ -44,7 +44,7 @@ class VzdumpRun(BaseModel):
 
 
 def _api(node: "ProxmoxNode") -> "PveClient":
-    return node.api()  # type: ignore[return-value]
+    return node.pve_api()
 
 
 def follow(api: "PveClient", upid: str, what: str) -> tuple[TaskOutcome, list[str]]:

@@ -138,6 +138,12 @@ def test_job_method_follows_the_source_nodes_storage(paper_nodes: None) -> None:
     dapx("job", "remove", "vm200-to-pve3")
 
 
+def test_a_pbs_server_named_where_a_pve_node_is_meant_is_one_line(paper_nodes: None) -> None:
+    # The kind is in the block: refused before anything connects (pbs1 is on paper here).
+    listed = run_cli("dapx", "backup", "list", "--node", "pbs1", check=False)
+    assert_one_line(listed, "node pbs1 is a Proxmox Backup Server, not a PVE node")
+
+
 def test_create_replace_pause_and_time_zone(paper_nodes: None) -> None:
     run_cli(*JOB, "--schedule", "0 2 * * *", "--timezone", "Europe/Rome")
     try:

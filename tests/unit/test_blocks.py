@@ -124,3 +124,12 @@ def test_collection_entry_point_points_at_blocks():
 
     points = {e.name: e.value for e in entry_points(group="prefect.collections")}
     assert points.get("dapx") == "dapx.blocks"
+
+
+def test_a_pbs_server_where_a_pve_node_is_meant_is_named_before_any_connection():
+    from dapx.errors import InputError
+    from dapx.transports.pve import PveClient
+
+    with pytest.raises(InputError, match="node pbs1 is a Proxmox Backup Server, not a PVE node"):
+        full_node(name="pbs1", kind="pbs", api_port=8007).pve_api()
+    assert isinstance(full_node().pve_api(), PveClient)  # a client object; nothing is sent
