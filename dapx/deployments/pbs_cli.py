@@ -157,6 +157,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _restore(args: argparse.Namespace) -> int:
     from dapx.core.jobspec import RestoreRequest
+    from dapx.core.units import human_bytes
     from dapx.flows.restore import pbs_restore
 
     fields = {"storage": args.storage, "backup": args.backup, "destination": args.dest,
@@ -170,7 +171,7 @@ def _restore(args: argparse.Namespace) -> int:
               + (f", replacing {result.replaced}" if result.replaced else ""))
         return 0
     print(f"restored {result.backup} to {result.destination} as VMID {result.vmid} "
-          f"(storage {result.storage}, {result.bytes} bytes, {result.seconds:g} s)"
+          f"(storage {result.storage}, {human_bytes(result.bytes)}, {result.seconds:g} s)"
           + (f", replaced {result.replaced}" if result.replaced else "")
           + (", started" if result.started else ""))
     if result.leftover:

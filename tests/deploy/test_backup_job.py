@@ -1,7 +1,8 @@
 """Deploy tier, PBS: a backup job made with `dapx job create backup` is a scheduled Prefect
 deployment of pbs-backup; `prefect deployment run` starts it, a process worker runs it, the
 run is Completed and its table artifact lists the backup, which pbs1 holds; `dapx backup list`
-shows it and `dapx backup restore --plan` plans a restore of it."""
+shows it, `dapx backup restore --plan` plans a restore of it and `dapx backup restore` restores
+it (removed afterwards)."""
 
 from __future__ import annotations
 
@@ -50,4 +51,12 @@ def test_backup_job_runs_from_prefect_deployment_run(lab_nodes: str) -> None:
     plan = run_cli("dapx", "backup", "restore", "--backup", "vm/100/latest", "--dest", "pve1",
                    "--dest-vmid", "9100", "--dest-storage", "local-zfs", "--plan").stdout
     assert f"would restore pbs:backup/vm/100/{volid} to pve1 as VMID 9100" in plan
+    try:
+        done = run_cli("dapx", "backup", "restore", "--backup", "vm/100/latest", "--dest",
+                       "pve1", "--dest-vmid", "9100", "--dest-storage", "local-zfs").stdout
+        assert (f"restored pbs:backup/vm/100/{volid} to pve1 as VMID 9100 (storage local-zfs, "
+                "64.0 MiB, ") in done, done
+        assert "9100.conf" in estate.run("pve1", ["ls", "/etc/pve/qemu-server"]).stdout
+    finally:
+        estate.run("pve1", ["qm", "destroy", "9100"])
     assert f"job {JOB} removed" in run_cli("dapx", "job", "remove", JOB).stdout
