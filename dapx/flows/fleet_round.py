@@ -224,9 +224,11 @@ async def route_round(job: FleetJob, source: ProxmoxNode, dest: ProxmoxNode,
                       fleet_run: str | None) -> list[Quick]:
     """One route's quick round; the guests it took (copied, or failed after the copy)."""
     quick, why = await candidates(job, source, guests), ""
+    sides, options = None, None  # what is read first; unread when a read fails
     try:
-        sides, options = await read_sides(job, source, dest, quick) if quick else (None, None)
-    except DapxError as exc:
+        if quick:
+            sides, options = await read_sides(job, source, dest, quick)
+    except DapxError as exc:  # trust missing, a node down...: the guests' own runs say why
         quick, why = [], f"its nodes could not be read at once ({first_line(str(exc))})"
     if quick and options is None:
         quick, why = [], "syncoid cannot run between these nodes"
@@ -304,6 +306,8 @@ async def send_all(quick: list[Quick], source: ProxmoxNode, dest: ProxmoxNode,
     """Copy every guest of ``quick`` (syncoid per disk); those whose every disk arrived. At
     most the job's per-source cap of senders, each taking turns of back-to-back transfers on
     one hold of the route's node slots and of a destination permit."""
+    if not quick:
+        return []
     slots = [send_limit_name(source.name), receive_limit_name(dest.name)]
 
     @asynccontextmanager
@@ -441,6 +445,6 @@ def _log_route(source: str, dest: str, guests: int, taken: int, why: str,
 
 
 def _logger() -> Any:
-    from prefect.logging import get_run_logger
+    from dapx.tasks.ssh import run_logger
 
-    return get_run_logger()
+    return run_logger("dapx.fleet")

@@ -230,3 +230,26 @@ def test_senders_take_turns_on_one_hold_each_and_work_every_item_once() -> None:
 def test_a_sender_that_raises_stops_the_others_and_their_holds_are_given_back() -> None:
     with pytest.raises(RuntimeError, match="a bug at 2"):
         turns(20, 3, turn=60, fails=2)  # items 0 and 1 are under way (5 s each) as 2 fails
+
+
+async def test_a_route_whose_nodes_cannot_be_read_leaves_its_guests_to_their_own_runs(
+        monkeypatch, caplog) -> None:  # noqa: ANN001 - pytest fixtures
+    # The first fleet run before `trust-nodes`: the trust check fails in the round's reads.
+    from types import SimpleNamespace
+
+    async def one_candidate(*_args) -> list[fleet_round.Quick]:  # noqa: ANN002
+        return [quick()]
+
+    async def untrusted(*_args) -> None:  # noqa: ANN002
+        raise CommandError("pve1 does not trust pve3 yet: run trust-nodes pve1 pve3")
+
+    monkeypatch.setattr(fleet_round, "candidates", one_candidate)
+    monkeypatch.setattr(fleet_round, "read_sides", untrusted)
+    job = FleetJob(routes={"pve1": "pve3"}, vmid_offset=10000)
+    with caplog.at_level("INFO", logger="dapx.fleet"):
+        taken = await fleet_round.route_round(
+            job, SimpleNamespace(name="pve1"), SimpleNamespace(name="pve3"),
+            [FleetGuest(vmid=100, node="pve1", kind="qemu")], None, None, None)
+    assert taken == []
+    [line] = [r.getMessage() for r in caplog.records if r.name == "dapx.fleet"]
+    assert "0 of 1 guest(s) copied here" in line and "does not trust pve3" in line
