@@ -80,7 +80,9 @@ class Cover:
     created: datetime | None = None
     paused: bool = False
     replica: str = ""
-    """The guest this job registers on its destination (``pve3/9100``), a copy."""
+    """The guest this job registers on its destination (``pve3/9100``), a copy; for a cover
+    of every guest of a node, ``pve3/*``: each guest's copy at its VMID + ``replica_offset``."""
+    replica_offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -115,8 +117,16 @@ def expand_covers(guests: list[Guest], covers: list[Cover]) -> list[Cover]:
         if vmid != EVERY_GUEST:
             out.append(cover)
             continue
-        out.extend(replace(cover, subject=g.subject) for g in guests if g.node == node)
+        out.extend(replace(cover, subject=g.subject, replica=_replica_of(cover, g.vmid))
+                   for g in guests if g.node == node)
     return out
+
+
+def _replica_of(cover: Cover, vmid: int) -> str:
+    """The copy an every-guest cover registers for guest ``vmid`` ("" when none)."""
+    if not cover.replica:
+        return ""
+    return guest_subject(cover.replica.rpartition("/")[0], vmid + cover.replica_offset)
 
 
 def guest_subject(node: str, vmid: object) -> str:
@@ -144,14 +154,16 @@ def covers_of_job(job: str, flow_name: str, parameters: Mapping[str, Any],
     ``node``) with ``guest`` (a VMID), ``guests`` (VMIDs) or ``dataset``; ``destination``
     (or ``pbs``) names where copies go; ``dest_vmid`` the replica's VMID. A fleet job
     (``routes``: source -> destination, ``vmids`` or every guest of each source) covers each
-    of its guests (with a pool or tag filter: every guest of the source, a known excess)."""
+    of its guests (with a pool or tag filter: every guest of the source, a known excess), and
+    registers each one's copy at its VMID + ``vmid_offset``."""
     kind = job_kind(flow_name)
     spec = parameters.get("job") if isinstance(parameters.get("job"), Mapping) else parameters
     if kind is not None and isinstance(spec.get("routes"), Mapping):  # a fleet job
         return [cover for source, dest in spec["routes"].items()
                 for cover in covers_of_job(job, flow_name, {
                     "source": source, "destination": dest, "guests": spec.get("vmids") or [],
-                    "register_vm": spec.get("register_vm", True)}, interval, created=created,
+                    "register_vm": spec.get("register_vm", True),
+                    "vmid_offset": spec.get("vmid_offset") or 0}, interval, created=created,
                     paused=paused)]
     node = spec.get("source") or spec.get("node")
     if kind is None or not isinstance(node, str):
@@ -164,15 +176,18 @@ def covers_of_job(job: str, flow_name: str, parameters: Mapping[str, Any],
         subjects = [(guest_subject(node, v), v) for v in vmids]
         if not vmids and "guests" in spec:  # every guest of the node, whichever exist
             subjects = [(guest_subject(node, EVERY_GUEST), None)]
+    offset = int(spec.get("vmid_offset") or 0)  # a fleet's: each copy at VMID + offset
+    registers = kind == "replica" and bool(destination) and spec.get("register_vm", True)
     covers = []
     for subject, vmid in subjects:
         replica = ""
-        if kind == "replica" and vmid is not None and destination and \
-                spec.get("register_vm", True):
-            replica = guest_subject(destination, spec.get("dest_vmid") or vmid)
+        if registers and subject.endswith("/" + EVERY_GUEST):
+            replica = guest_subject(destination, EVERY_GUEST)
+        elif registers and vmid is not None:
+            replica = guest_subject(destination, spec.get("dest_vmid") or int(vmid) + offset)
         covers.append(Cover(job=job, kind=kind, subject=subject, destination=destination,
                             interval=interval, created=created, paused=paused,
-                            replica=replica))
+                            replica=replica, replica_offset=offset))
     return covers
 
 

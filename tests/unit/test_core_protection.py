@@ -111,6 +111,23 @@ def test_a_fleet_job_covers_the_guests_of_each_route() -> None:
     assert [(c.subject, c.destination) for c in listed] == [("pve1/100", "pve3")]
 
 
+def test_the_copies_a_fleet_of_every_guest_registers_are_left_out() -> None:
+    # A fleet of every guest of pve1 registers each copy on pve3 at VMID + offset: those are
+    # copies, not guests to protect; pve3's own guests still are.
+    guests = [Guest("pve1", 100, "web"), Guest("pve1", 101, "ct"), Guest("pve3", 100, "web"),
+              Guest("pve3", 10101, "ct"), Guest("pve3", 300, "app")]
+    for offset, copies in ((0, {"pve3/100"}), (10000, {"pve3/10101"})):
+        fleet = covers("fleet-replica/f", "fleet-replica",
+                       {"job": {"routes": {"pve1": "pve3"}, "vmid_offset": offset}})
+        rows = {r.subject: r for r in protection_rows(guests, fleet, [], NOW)}
+        everyone = {"pve1/100", "pve1/101", "pve3/100", "pve3/10101", "pve3/300"}
+        assert set(rows) == everyone - copies, offset
+        assert rows["pve3/300"].state == "unprotected"
+    unregistered = covers("fleet-replica/n", "fleet-replica",
+                          {"job": {"routes": {"pve1": "pve3"}, "register_vm": False}})
+    assert "pve3/100" in {r.subject for r in protection_rows(guests, unregistered, [], NOW)}
+
+
 def test_a_job_without_schedule_is_never_late() -> None:
     (cover,) = covers("zfs-replica/manual", "zfs-replica", replica_job(), interval=None)
     old = Record("pve1/100", "replica", "pve3", NOW - timedelta(days=300), "zfs-replica/manual")
