@@ -91,6 +91,7 @@ def create_migration_job(args: argparse.Namespace, refuse) -> int:  # noqa: ANN0
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """``dapx migrate``: run the flow once here; print its result (or its plan)."""
+    from dapx.core.units import human_bytes
     from dapx.flows.migration import vm_migration
 
     spec = migration_job(args)
@@ -102,8 +103,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     print(f"{result.mode} of guest {result.guest} from {result.source} to {result.destination}"
           f"/{result.dest_vmid} by {result.transport}: {what}")
     if not result.dry_run:
-        print(f"bytes {result.bytes}, {result.seconds:g} s, changes "
-              f"{result.hardware_changed or 'none'}, started {'yes' if result.started else 'no'}")
+        print(f"{human_bytes(result.bytes)} in {result.seconds:g} s; hardware changed: "
+              f"{result.hardware_text}; " + ("started" if result.started else "not started"))
     return 0
 
 

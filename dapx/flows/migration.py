@@ -74,6 +74,11 @@ class MigrationResult(BaseModel):
         """The changes without the copy's mark."""
         return {k: v for k, v in self.changes.items() if k != "description"}
 
+    @property
+    def hardware_text(self) -> str:
+        """``memory=1024, cores=2``; ``-`` when nothing changed."""
+        return ", ".join(f"{k}={v}" for k, v in self.hardware_changed.items()) or "-"
+
 
 # -----------------------------------------------------------------------------------------------
 # Read and plan
@@ -151,7 +156,7 @@ def result_rows(result: MigrationResult) -> list[dict[str, Any]]:
     return [{"mode": result.mode, "transport": result.transport,
              "source": f"{result.source}/{result.guest}",
              "destination": f"{result.destination}/{result.dest_vmid}",
-             "hardware changed": result.hardware_changed or "-",
+             "hardware changed": result.hardware_text,
              "size": human_bytes(result.bytes), "seconds": result.seconds,
              "snapshot": result.snapshot or "-", "replaced": result.replaced or "-",
              "started": result.started}]

@@ -52,7 +52,8 @@ class PolicyResult(BaseModel):
     sanoid_output: str = Field(default="", description="What sanoid's check printed.")
 
     def __str__(self) -> str:
-        state = f"template {self.template} {self.counts}" if self.enabled else "off"
+        counts = " ".join(f"{period}={n}" for period, n in self.counts.items())
+        state = f"template {self.template} ({counts})" if self.enabled else "off"
         verb = ("would change" if self.dry_run else "changed") if self.changed else "unchanged"
         return (f"guest {self.guest} on {self.node}: sanoid policy {state} on "
                 f"{', '.join(self.datasets) or 'no dataset'}; {sanoidconf.CONF_PATH} {verb}"

@@ -42,7 +42,8 @@ def test_migration_job_runs_from_prefect_deployment_run(lab_nodes: str) -> None:
                 flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
         table = [a for a in artifacts if a.type == "table" and a.key and
                  a.key.startswith("migration-result")]
-        assert table and "zfs" in str(table[0].data) and "1024" in str(table[0].data)
+        assert table and "zfs" in str(table[0].data)
+        assert "memory=1024" in str(table[0].data) and "cores=3" in str(table[0].data)
         config = estate.run("pve2", ["cat", f"/etc/pve/nodes/pve2/qemu-server/{COPY}.conf"]).stdout
         assert "memory: 1024" in config and "cores: 3" in config
         for disk in (0, 1):
