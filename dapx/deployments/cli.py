@@ -217,8 +217,10 @@ def add_job_parser(sub: argparse._SubParsersAction) -> None:
                         "fleet: a set of guests, each its own replica run")
     create.add_argument("--name", help="job name (default vm<guest>-to-<dest>, "
                         "ds-<dataset>-to-<dest>)")
-    create.add_argument("--source", help="source node")
-    create.add_argument("--guest", type=int, help="replica: VMID to replicate")
+    create.add_argument("--source", help="source node (fleet: nodes, e.g. pve1,pve2; backup "
+                        "takes --node)")
+    create.add_argument("--guest", type=int, help="replica, recovery, migration: the guest's "
+                        "VMID")
     create.add_argument("--dataset", help="dataset: the dataset on the source (rpool/data/share)")
     create.add_argument("--dest", help="destination node")
     create.add_argument("--dest-dataset",
