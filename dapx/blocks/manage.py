@@ -69,10 +69,7 @@ async def afind_pbs_node(server: str, name: str | None = None) -> ProxmoxNode:
     from prefect.exceptions import ObjectNotFound
 
     if name:
-        node = (await aload_nodes(name))[0]
-        if node.kind != "pbs":
-            raise InputError(f"node {name!r} is a {node.kind} node, not a Proxmox Backup Server")
-        return node
+        return (await aload_nodes(name))[0].require_kind("pbs")
     async with get_client() as client:
         try:
             docs = await client.read_block_documents_by_type("proxmox-node",

@@ -267,11 +267,21 @@ class ProxmoxNode(Block):
 
         return PveClient.from_node(self, timeout=timeout)
 
-    def pve_api(self, *, timeout: float = 30.0) -> "PveClient":
-        """``api()`` where a PVE node is meant: InputError naming this node when it is a
-        Proxmox Backup Server (given as a guest's node, a destination...)."""
-        if self.kind != "pve":
+    def require_kind(self, kind: str) -> "ProxmoxNode":
+        """This block, when it is a ``kind`` node; else InputError naming it, before any
+        connection (a PBS server given as a guest's node, a PVE node as a PBS server)."""
+        if self.kind == kind:
+            return self
+        if kind == "pve":
             raise InputError(f"node {self.name} is a Proxmox Backup Server, not a PVE node: "
                              "name a PVE node here (a PBS server is reached through a PVE "
                              "node's pbs storage)")
-        return self.api(timeout=timeout)  # type: ignore[return-value]
+        raise InputError(f"node {self.name} is a {self.kind} node, not a Proxmox Backup Server")
+
+    def pve_api(self, *, timeout: float = 30.0) -> "PveClient":
+        """``api()`` where a PVE node is meant (``require_kind``)."""
+        return self.require_kind("pve").api(timeout=timeout)  # type: ignore[return-value]
+
+    def pbs_api(self, *, timeout: float = 30.0) -> "PbsClient":
+        """``api()`` where a PBS server is meant (``require_kind``)."""
+        return self.require_kind("pbs").api(timeout=timeout)  # type: ignore[return-value]

@@ -126,7 +126,7 @@ def _replica_of(cover: Cover, vmid: int) -> str:
     """The copy an every-guest cover registers for guest ``vmid`` ("" when none)."""
     if not cover.replica:
         return ""
-    return guest_subject(cover.replica.rpartition("/")[0], vmid + cover.replica_offset)
+    return guest_subject(cover.destination, vmid + cover.replica_offset)
 
 
 def guest_subject(node: str, vmid: object) -> str:

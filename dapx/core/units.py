@@ -15,6 +15,11 @@ def human_bytes(count: int) -> str:
     return f"{value:.1f} TiB"
 
 
+def key_values(values: dict, sep: str = ", ") -> str:
+    """``{"memory": "1024", "cores": 2}`` -> ``memory=1024, cores=2`` (``-`` when empty)."""
+    return sep.join(f"{k}={v}" for k, v in values.items()) or "-"
+
+
 def utc_time(stamp: int) -> str:
     """Epoch seconds as ``2026-12-03 06:34:43Z`` (UTC); ``-`` for 0 (unknown)."""
     if not stamp:

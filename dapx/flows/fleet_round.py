@@ -445,6 +445,6 @@ def _log_route(source: str, dest: str, guests: int, taken: int, why: str,
 
 
 def _logger() -> Any:
-    from dapx.tasks.ssh import run_logger
+    from dapx.tasks.base import run_logger
 
     return run_logger("dapx.fleet")

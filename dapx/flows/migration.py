@@ -29,6 +29,7 @@ from dapx.core.migration_job import MigrationJob
 from dapx.core.migration_plan import DestFacts, MigrationPlan, SourceFacts, copy_mark
 from dapx.core.migration_rules import (free_vmid, plan_migration, snapshot_name,
                                        snapshots_to_delete)
+from dapx.core.units import key_values
 from dapx.errors import InputError
 from dapx.flows import KEPT_RESULTS
 from dapx.flows.hooks import job_hooks
@@ -77,7 +78,7 @@ class MigrationResult(BaseModel):
     @property
     def hardware_text(self) -> str:
         """``memory=1024, cores=2``; ``-`` when nothing changed."""
-        return ", ".join(f"{k}={v}" for k, v in self.hardware_changed.items()) or "-"
+        return key_values(self.hardware_changed)
 
 
 # -----------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from dapx.core import sanoidconf
 from dapx.core.guestconfig import list_disks
 from dapx.core.sanoidconf import SanoidPolicy
 from dapx.core.types import NodeName, Vmid
+from dapx.core.units import key_values
 from dapx.core.volumes import zfs_dataset
 from dapx.tasks import sanoid
 from dapx.tasks.guests import read_guest
@@ -52,7 +53,7 @@ class PolicyResult(BaseModel):
     sanoid_output: str = Field(default="", description="What sanoid's check printed.")
 
     def __str__(self) -> str:
-        counts = " ".join(f"{period}={n}" for period, n in self.counts.items())
+        counts = key_values(self.counts, " ")
         state = f"template {self.template} ({counts})" if self.enabled else "off"
         verb = ("would change" if self.dry_run else "changed") if self.changed else "unchanged"
         return (f"guest {self.guest} on {self.node}: sanoid policy {state} on "

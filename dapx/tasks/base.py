@@ -13,6 +13,7 @@ Rules the factory cannot enforce, every task keeps:
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -44,3 +45,14 @@ def dapx_task(fn: F | None = None, *, retries: int = DEFAULT_RETRIES, name: str 
                     timeout_seconds=timeout_seconds, **options)
 
     return decorate(fn) if fn is not None else decorate
+
+
+def run_logger(fallback: str = "dapx.ssh") -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run logger inside a flow/task run (shown in the UI), else the logger named
+    ``fallback``."""
+    try:
+        from prefect.logging import get_run_logger
+
+        return get_run_logger()
+    except Exception:  # outside a run Prefect raises MissingContextError
+        return logging.getLogger(fallback)

@@ -19,9 +19,7 @@ if TYPE_CHECKING:
 
 
 def _api(node: "ProxmoxNode") -> "PbsClient":
-    if node.kind != "pbs":
-        raise InputError(f"node {node.name} is a {node.kind} node, not a Proxmox Backup Server")
-    return node.api()  # type: ignore[return-value]
+    return node.pbs_api()
 
 
 @dapx_task(name="pbs-read-groups")

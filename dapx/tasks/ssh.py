@@ -9,28 +9,17 @@ Prefect run logger, so they show in the run's log in the UI.
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, AsyncIterator
 
+from dapx.tasks.base import run_logger
 from dapx.transports import ssh as transport
 from dapx.transports.ssh import NodeSession, _on_transport
 
 if TYPE_CHECKING:
     from dapx.blocks.node import ProxmoxNode
-
-
-def run_logger(fallback: str = "dapx.ssh") -> logging.Logger | logging.LoggerAdapter:
-    """The Prefect run logger inside a flow/task run (shown in the UI), else the logger named
-    ``fallback``."""
-    try:
-        from prefect.logging import get_run_logger
-
-        return get_run_logger()
-    except Exception:  # outside a run Prefect raises MissingContextError
-        return logging.getLogger(fallback)
 
 
 transport.command_logger = run_logger

@@ -19,7 +19,7 @@ from typing import NamedTuple
 from dapx.core.protection import RECORD_KINDS, Record, dataset_subject, guest_subject
 from dapx.errors import InputError
 from dapx.tasks.base import dapx_task
-from dapx.tasks.ssh import run_logger
+from dapx.tasks.base import run_logger
 from dapx.transports.store import ProtectionStore
 
 STORE_URL_ENV = "DAPX_STORE_URL"

@@ -160,7 +160,7 @@ async def stream_transfer(node: "ProxmoxNode", argv: list[str], what: str,
     if result.exit_status != 0:
         tail = "\n".join(messages[-20:])
         last = cause(messages)
-        from dapx.tasks.ssh import run_logger  # the run's log keeps what the error line cuts
+        from dapx.tasks.base import run_logger  # the run's log keeps what the error line cuts
 
         run_logger().warning("%s failed on node %s; its last output:\n%s", what, node.name,
                              tail or "none")

@@ -536,7 +536,7 @@ def not_mounted(stdout: str) -> list[tuple[str, str]]:
 
 def warn_not_mounted(node: "ProxmoxNode", stdout: str) -> None:
     """Log, in the run's log, each dataset the script left in place but could not mount."""
-    from dapx.tasks.ssh import run_logger
+    from dapx.tasks.base import run_logger
 
     for dataset, why in not_mounted(stdout):
         run_logger().warning("%s on node %s is in place and whole but not mounted (%s); "
@@ -614,7 +614,7 @@ REMOVE_BUSY_TRIES = 15
 async def remove_if_empty(node: "ProxmoxNode", dataset: str) -> None:
     """Destroy ``dataset`` if it has no children (never recursive). It is only tidying dapx's
     scratch parent, which another job may be using: a failure is logged, never raised."""
-    from dapx.tasks.ssh import run_logger
+    from dapx.tasks.base import run_logger
 
     result = await run(node, ["sh", "-c", _REMOVE_IF_EMPTY, "sh", validate_dataset_name(dataset),
                               str(REMOVE_BUSY_TRIES)], check=False, timeout=120)
