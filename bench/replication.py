@@ -7,7 +7,9 @@ two nodes (pve1 -> pve3) and in the same process:
   full copy          bare pipeline vs the zfs-replica flow      (target ratio <= 1.10),
                      split into the transfer step (syncoid) and the rest of the run; the
                      copies alternate, and each ratio is also given as the median of the
-                     pairs' ratios (a machine slowing down for a while moves both of a pair)
+                     pairs' ratios (a machine slowing down for a while moves both of a pair);
+                     the bare pipeline also runs with the product's cipher order (AES-GCM
+                     first), which tells the cipher's share of the ratio from the rest
   1 MiB increment    bare pipeline vs the zfs-replica flow
   4 KiB increment    the flow's fixed cost per run over the bare pipeline (target <= 0.8 s)
 
@@ -33,6 +35,7 @@ import statistics
 import time
 from datetime import datetime, timezone
 
+from dapx.core.syncoid_argv import STREAM_CIPHERS
 from dapx.lab import estate
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry writes
@@ -45,6 +48,9 @@ KEY, KNOWN = "/root/.ssh/dapx_replication", "/root/.ssh/dapx_known_hosts"
 # The bare pipeline, as an administrator would type it; values arrive as positional args.
 PIPE = ('zfs send $4 "$1" | ssh -i "$5" -o UserKnownHostsFile="$6" -o StrictHostKeyChecking=yes '
         '-o BatchMode=yes root@"$2" zfs recv -F "$3"')
+# The same with the product's cipher order (AES-GCM first), to tell the cipher's share of the
+# product's ratio from the rest.
+PIPE_CIPHERS = PIPE.replace("-o BatchMode=yes", f"-o BatchMode=yes -o Ciphers={STREAM_CIPHERS}")
 
 
 def on(node: str, *argv: str) -> str:
@@ -78,10 +84,10 @@ def write_increment(nbytes: int, offset_mib: int) -> None:
        f"seek={offset_mib * 1024 * 1024 // nbytes}", "conv=notrunc", "status=none")
 
 
-def bare_send(snap: str, base: str | None) -> float:
+def bare_send(snap: str, base: str | None, pipe: str = PIPE) -> float:
     extra = f"-i {DISK}@{base}" if base else ""
     started = time.monotonic()
-    on(SOURCE, "sh", "-c", PIPE, "sh", f"{DISK}@{snap}", DEST_ADDR, BASE_TARGET, extra, KEY, KNOWN)
+    on(SOURCE, "sh", "-c", pipe, "sh", f"{DISK}@{snap}", DEST_ADDR, BASE_TARGET, extra, KEY, KNOWN)
     return time.monotonic() - started
 
 
@@ -187,11 +193,11 @@ def main() -> None:
     snaps = iter(range(1, 1000))
     last = {"snap": None}
 
-    def bare_full_once() -> float:
+    def bare_full_once(pipe: str = PIPE) -> float:
         destroy(DEST, BASE_TARGET)
         last["snap"] = f"b{next(snaps)}"
         on(SOURCE, "zfs", "snapshot", f"{DISK}@{last['snap']}")
-        return bare_send(last["snap"], None)
+        return bare_send(last["snap"], None, pipe)
 
     def bare_increment(nbytes: int) -> float:
         write_increment(nbytes, next(snaps) % 900)
@@ -221,10 +227,12 @@ def main() -> None:
             # hold 2 GiB). The increments need their copy: the product's first, then the
             # bare pipeline's on a copy of its own.
             on(DEST, "zfs", "create", "-p", "rpool/benchbase")
-            fulls: dict[str, list[float]] = {"bare": [], "product": []}
+            fulls: dict[str, list[float]] = {"bare": [], "bare, AES-GCM first": [],
+                                             "product": []}
             for _ in range(args.runs):
                 destroy(DEST, f"rpool/replica/vm-{DEST_VMID}-disk-0")
                 fulls["bare"].append(bare_full_once())
+                fulls["bare, AES-GCM first"].append(bare_full_once(PIPE_CIPHERS))
                 destroy(DEST, BASE_TARGET)
                 fulls["product"].append(product_full_once())
             bare_full, prod_full = (statistics.median(fulls[k]) for k in ("bare", "product"))
@@ -249,6 +257,10 @@ def main() -> None:
     print(f"  of which     the transfer step {transfer:7.2f} s (ratio {transfer / bare_full:5.2f} "
           f"to bare, {step_pairs:5.2f} by pairs), the rest of the run "
           f"{prod_full - transfer:5.2f} s")
+    gcm = statistics.median(fulls["bare, AES-GCM first"])
+    print(f"  the cipher   the bare pipeline with the product's cipher order {gcm:7.2f} s "
+          f"(ratio {gcm / bare_full:5.2f} to bare); the product against it: "
+          f"{prod_full / gcm:5.2f}")
     print(f"1 MiB incr.    bare {bare_inc:7.2f} s   product {prod_inc:7.2f} s   "
           f"ratio {prod_inc / bare_inc:5.2f}")
     print(f"4 KiB incr.    bare {bare_tiny:7.2f} s   product {prod_tiny:7.2f} s   "

@@ -64,11 +64,32 @@ class SyncoidOptions(BaseModel):
                                examples=[False])
 
 
+# The ciphers of every stream between nodes: OpenSSH's default set (since 6.x, PVE's every
+# release) with AES-GCM first, not chacha20-poly1305. Both are AEAD ciphers of full strength;
+# on CPUs with AES instructions (every amd64 server PVE runs on) AES-GCM costs less CPU per
+# byte, and a stream's two ssh processes are a large part of a transfer's CPU: a bare 512 MiB
+# send between two lab nodes took 2.27-2.43 s with AES-GCM against 2.42-2.59 s with the
+# default order. The whole set, reordered, not OpenSSH 8.7's ``^`` prefix: PVE 7's 8.4 lacks
+# it, and a server that accepts any default cipher still finds one here.
+STREAM_CIPHERS = ("aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,"
+                  "aes128-ctr,aes192-ctr,aes256-ctr")
+
+
 def ssh_options(known_hosts_file: str) -> list[str]:
-    """The ssh ``-o`` options that pin the destination's host key and forbid prompts."""
+    """The ssh ``-o`` options of a stream between nodes: the destination's host key pinned, no
+    prompts, AES-GCM first (``STREAM_CIPHERS``)."""
     known = validate_abs_path(known_hosts_file, "known_hosts file")
     return [f"UserKnownHostsFile={known}", "GlobalKnownHostsFile=/dev/null",
-            "StrictHostKeyChecking=yes", "BatchMode=yes", "IdentitiesOnly=yes"]
+            "StrictHostKeyChecking=yes", "BatchMode=yes", "IdentitiesOnly=yes",
+            f"Ciphers={STREAM_CIPHERS}"]
+
+
+STREAM_SSH = ('ssh -i "$key" -o UserKnownHostsFile="$known" -o GlobalKnownHostsFile=/dev/null '
+              '-o StrictHostKeyChecking=yes -o BatchMode=yes -o IdentitiesOnly=yes '
+              f'-o Ciphers={STREAM_CIPHERS} -p "$port" "$dest" "$remote"')
+"""The ``ssh`` of the shell pipelines (direct zfs, btrfs and vzdump streams), with the same
+options as ``ssh_options``; ``$key``, ``$known``, ``$port``, ``$dest`` and ``$remote`` are the
+script's own variables, set from its positional arguments."""
 
 
 def syncoid_argv(source_dataset: str, target_host: str, target_dataset: str,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from dapx.core import btrfs_argv
 from dapx.core.btrfs_argv import BtrfsSubvolume
+from dapx.core.syncoid_argv import STREAM_SSH
 from dapx.core.validate import parse_bandwidth, validate_abs_path, validate_host
 from dapx.tasks.base import dapx_task
 from dapx.tasks.ssh import command_failure, run
@@ -22,9 +23,7 @@ _PIPE = r'''exec 2>&1
 parent=$1 snap=$2 key=$3 known=$4 port=$5 dest=$6 remote=$7 rate=$8
 if [ -n "$parent" ]; then set -- -p "$parent" "$snap"; else set -- "$snap"; fi
 meter() { if [ -n "$rate" ]; then pv -f -n -b -i 1 -L "$rate"; else pv -f -n -b -i 1; fi; }
-btrfs send -q "$@" | meter | ssh -i "$key" -o UserKnownHostsFile="$known" \
-  -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o BatchMode=yes \
-  -o IdentitiesOnly=yes -p "$port" "$dest" "$remote"'''
+btrfs send -q "$@" | meter | ''' + STREAM_SSH
 
 
 @dapx_task

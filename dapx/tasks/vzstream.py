@@ -18,6 +18,7 @@ from __future__ import annotations
 import shlex
 from typing import TYPE_CHECKING, Callable, Literal
 
+from dapx.core.syncoid_argv import STREAM_SSH
 from dapx.core.validate import (parse_bandwidth, validate_abs_path, validate_host,
                                 validate_storage_id, validate_vmid)
 from dapx.tasks.base import dapx_task
@@ -33,9 +34,7 @@ trap 'rm -f "$status"' EXIT
 meter() { if [ -n "$rate" ]; then pv -f -n -b -i 1 -L "$rate"; else pv -f -n -b -i 1; fi; }
 receive() {
   if [ -z "$dest" ]; then sh -c "$remote"; else
-    ssh -i "$key" -o UserKnownHostsFile="$known" -o GlobalKnownHostsFile=/dev/null \
-      -o StrictHostKeyChecking=yes -o BatchMode=yes -o IdentitiesOnly=yes -p "$port" \
-      "$dest" "$remote"
+    ''' + STREAM_SSH + r'''
   fi
 }
 { vzdump "$vmid" --stdout --mode "$mode"; echo "$?" > "$status"; } | meter | receive

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dapx.core import zfs_argv
+from dapx.core.syncoid_argv import STREAM_SSH
 from dapx.core.processes import PS_ARGV, busy_message, receives_into
 from dapx.core.snapnames import OWNER_PROPERTY
 from dapx.core.snapshots import Snapshot
@@ -651,9 +652,7 @@ _PIPE = r'''exec 2>&1
 base=$1 snap=$2 key=$3 known=$4 port=$5 dest=$6 remote=$7 rate=$8
 if [ -n "$base" ]; then set -- -I "$base" "$snap"; else set -- "$snap"; fi
 meter() { if [ -n "$rate" ]; then pv -f -n -b -i 1 -L "$rate"; else pv -f -n -b -i 1; fi; }
-zfs send "$@" | meter | ssh -i "$key" -o UserKnownHostsFile="$known" \
-  -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o BatchMode=yes \
-  -o IdentitiesOnly=yes -p "$port" "$dest" "$remote"'''
+zfs send "$@" | meter | ''' + STREAM_SSH
 
 
 def pipe_argv(source_dataset: str, base: str | None, snapshot: str, target_host: str,

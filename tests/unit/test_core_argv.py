@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 
 import pytest
 
 from dapx.core import btrfs_argv, zfs_argv
 from dapx.core.snapshots import Snapshot, plan_incremental
-from dapx.core.syncoid_argv import SyncoidOptions, syncoid_argv
+from dapx.core.syncoid_argv import (STREAM_CIPHERS, STREAM_SSH, SyncoidOptions, ssh_options,
+                                    syncoid_argv)
 from dapx.errors import InputError, PermanentError
 
 DS = "rpool/data/vm-100-disk-0"
@@ -89,8 +91,36 @@ def test_syncoid_defaults_pin_the_host_key() -> None:
         "syncoid", "--no-sync-snap", "--compress=lz4", "--sshkey=/root/.ssh/dapx_replication",
         "--sshport=22", "--sshoption=UserKnownHostsFile=/etc/dapx/known_hosts",
         "--sshoption=GlobalKnownHostsFile=/dev/null", "--sshoption=StrictHostKeyChecking=yes",
-        "--sshoption=BatchMode=yes", "--sshoption=IdentitiesOnly=yes", "--no-rollback",
+        "--sshoption=BatchMode=yes", "--sshoption=IdentitiesOnly=yes",
+        f"--sshoption=Ciphers={STREAM_CIPHERS}", "--no-rollback",
         DS, "root@198.18.213.13:rpool/data/vm-9100-disk-0"]
+
+
+def _ssh_config(*options: str) -> dict[str, str]:
+    """What this machine's OpenSSH client makes of ``options`` (``ssh -G``: no connection)."""
+    argv = ["ssh", "-G", *[a for o in options for a in ("-o", o)], "dapx.invalid"]
+    result = subprocess.run(argv, capture_output=True, text=True, check=True)
+    return dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
+
+
+def test_streams_prefer_aes_gcm_among_exactly_openssh_s_default_ciphers() -> None:
+    """A destination that accepts any of OpenSSH's default ciphers accepts a stream: the set is
+    the default one, only its order changes (AES-GCM first)."""
+    default = _ssh_config()["ciphers"].split(",")
+    ours = _ssh_config(f"Ciphers={STREAM_CIPHERS}")["ciphers"].split(",")
+    assert sorted(ours) == sorted(default)
+    assert ours[:2] == ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
+    assert default[0] == "chacha20-poly1305@openssh.com"
+
+
+@pytest.mark.parametrize("pipe", ["zfs", "btrfs", "vzstream"])
+def test_every_shell_pipeline_streams_with_the_same_ssh_options(pipe: str) -> None:
+    import importlib
+
+    script = importlib.import_module(f"dapx.tasks.{pipe}")._PIPE
+    assert STREAM_SSH in script
+    for option in ssh_options("/k"):
+        assert option.split("=")[0] in STREAM_SSH
 
 
 @pytest.mark.parametrize("ours,theirs", [("lz4", "lz4"), ("zstd", "zstd-fast"),
