@@ -27,11 +27,14 @@ from dapx.core.guestconfig import ConfigLine, GuestConfig, Section, list_disks
 from dapx.core.propstring import PropertyString
 from dapx.core.types import BridgeName, StorageId, Vmid
 from dapx.core.validate import validate_config_key
-from dapx.errors import InputError
+from dapx.errors import ConflictError, InputError
 
 DROPPED_KEYS = ("parent", "lock", "onboot")
 REPLICA_MARK = "#dapx-replica-of: "
 """First line of every config dapx registers: ``#dapx-replica-of: pve1/100``."""
+FAILED_OVER_MARK = "#dapx-failed-over-from: "
+"""The first line once the failover flow started the replica as the live guest (X5):
+``#dapx-failed-over-from: pve1/100 2026-12-03 09:40:12Z``. No replica run writes into it."""
 # Keys that run code as root on the destination or pass host hardware through, by guest kind.
 _HAZARDS = {
     "qemu": re.compile(r"hookscript|args|hostpci[0-9]+|usb[0-9]+|parallel[0-9]+|serial[0-9]+"),
@@ -86,6 +89,27 @@ def is_mark_line(line: ConfigLine) -> bool:
     """True for a description line that reads as a replica mark (any spelling of it)."""
     text = line.raw.strip().lstrip("#").strip().lower()
     return line.is_comment and text.startswith(REPLICA_MARK.strip("# :"))
+
+
+def failed_over_text(text: str, guest: str, when: str) -> str:
+    """A registered replica's config ``text`` (first line: our mark for ``guest``, as
+    ``pve1/100``) marked as failed over at ``when``: its first line becomes
+    ``#dapx-failed-over-from: pve1/100 <when>``. Text marked so for ``guest`` already comes back
+    unchanged (a repeated failover). Raises ConflictError for the config of another guest."""
+    first, _, rest = text.partition("\n")
+    if (failed_over_from(first) or "").split(" ")[0] == guest:
+        return text
+    if first.rstrip("\r") != REPLICA_MARK + guest:
+        raise ConflictError(f"the config does not start with {REPLICA_MARK + guest!r}: it "
+                            f"belongs to another guest, not to the replica of {guest}")
+    return f"{FAILED_OVER_MARK}{guest} {when}\n{rest}"
+
+
+def failed_over_from(text: str) -> str | None:
+    """``pve1/100 <when>`` when the config ``text`` is a replica the failover flow started
+    (its first line is ``FAILED_OVER_MARK``), else None."""
+    first = text.split("\n", 1)[0].rstrip("\r")
+    return first[len(FAILED_OVER_MARK):].strip() if first.startswith(FAILED_OVER_MARK) else None
 
 
 def dropped_keys(config: GuestConfig, carry_keys: Collection[str] = ()) -> list[str]:

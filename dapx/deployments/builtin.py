@@ -35,6 +35,7 @@ BUILTIN_FLOWS = (
     "dapx.flows.recovery.pbs_recovery",
     "dapx.flows.migration.vm_migration",
     "dapx.flows.fleet.fleet_replica",
+    "dapx.flows.failover.failover",
 )
 
 BUILTIN_SCHEDULES = {

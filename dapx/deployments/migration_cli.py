@@ -1,4 +1,4 @@
-"""The migration side of the command line (M1-M4).
+"""The migration side of the command line (M1-M4), and failover (X5).
 
     dapx job create migration --source pve1 --guest 100 --dest pve3 --dest-vmid 9100 \\
         --memory 4096 --cores 4 --bridge-map vmbr0=vmbr1 --schedule "0 2 * * *" --force
@@ -122,3 +122,32 @@ def add_migrate_parser(sub: argparse._SubParsersAction) -> None:
     migrate.add_argument("--json", action="store_true", help="print the result as JSON")
     add_migration_options(migrate)
     migrate.set_defaults(func=cmd_migrate)
+
+
+def cmd_failover(args: argparse.Namespace) -> int:
+    """``dapx failover JOB``: run the failover flow here; print what it did."""
+    from dapx.deployments.jobs import validate_job_name
+    from dapx.flows.failover import failover
+
+    result = asyncio.run(failover(job_name=validate_job_name(args.job),
+                                  source_down=args.source_down))
+    if args.json:
+        print(json.dumps(result.model_dump(mode="json"), indent=2))
+        return 0
+    print(f"guest {result.guest} of {result.source} {result.started} on {result.destination} "
+          f"as {result.dest_vmid} ({result.source_state}); last copy: {result.last_copy}; "
+          f"job {result.job} {result.schedule}; config {result.config}")
+    return 0
+
+
+def add_failover_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``dapx failover`` to the top-level parser."""
+    parser = sub.add_parser("failover", help="start a replica job's copy as the live guest "
+                            "and pause the job (X5)")
+    parser.add_argument("job", help="the replica job (zfs or btrfs) whose copy starts")
+    parser.add_argument("--source-down", action="store_true",
+                        help="the source node is down: start the replica from its newest "
+                        "snapshot without asking the source (refused while the guest runs there)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(func=cmd_failover)
+

@@ -30,7 +30,7 @@ from dapx.blocks.manage import aload_nodes
 from dapx.blocks.node import ProxmoxNode
 from dapx.core.guestconfig import list_disks, serialise
 from dapx.core.jobspec import ReplicaJob
-from dapx.core.registration import (RegistrationOptions, dropped_keys,
+from dapx.core.registration import (RegistrationOptions, dropped_keys, failed_over_from,
                                     rewrite_for_destination)
 from dapx.core.validate import validate_storage_id
 from dapx.errors import ConflictError, TransientError
@@ -161,6 +161,12 @@ def our_config(files: dict[str, str], paths: tuple[str, str], source: str, sourc
     VMID is free. Raises ConflictError when another guest's config holds it."""
     path, other = paths
     existing = files.get(path)
+    failed_over = failed_over_from(existing or "")
+    if failed_over and failed_over.startswith(f"{source}/{source_vmid} "):
+        raise ConflictError(f"guest {vmid} on {node} is {source}/{source_vmid} failed over "
+                            f"({failed_over.split(' ', 1)[1]}): it is the live copy now, and no "
+                            "replica is written into it; remove the job, or replicate to "
+                            "another destination VMID")
     if other in files or (existing is not None and not is_replica_of(existing, source,
                                                                       source_vmid)):
         raise ConflictError(f"VMID {vmid} on {node} belongs to another guest, not to "

@@ -130,3 +130,24 @@ def is_replica_of(text: str, source: str, vmid: int) -> bool:
 
 
 read_guest = dapx_task(read_source_guest, name="read-guest")
+
+
+@dapx_task(name="mark-failed-over")
+async def mark_failed_over(node: "ProxmoxNode", path: str, source: str, vmid: int,
+                           when: str) -> bool:
+    """Give the replica config at ``path`` on ``node`` the failed-over mark as its first line
+    (``#dapx-failed-over-from: <source>/<vmid> <when>``); False when it has it already (a
+    repeated failover). Raises InputError when the file is gone or not the replica of
+    ``source``/``vmid`` (ConflictError)."""
+    from dapx.core.registration import failed_over_text
+
+    text = (await read_files(node, [path])).files.get(path)
+    if text is None:
+        raise InputError(f"{path} is gone from {node.name}: the replica is no longer registered")
+    replica_mark(source, vmid)  # checks both
+    marked = failed_over_text(text, f"{source}/{vmid}", when)
+    if marked == text:
+        return False
+    await write_file(node, path, marked)
+    return True
+

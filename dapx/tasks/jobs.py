@@ -48,3 +48,16 @@ async def replica_jobs() -> tuple[list[JobRef], list[str]]:
         except (ValidationError, TypeError) as exc:
             notes.append(f"job {dep.name}: parameters do not parse ({exc.__class__.__name__})")
     return sorted(jobs, key=lambda j: j.name), notes
+
+
+@dapx_task(name="pause-job")
+async def pause_job(ref: JobRef) -> bool:
+    """Pause job ``ref``'s schedule (its deployment); False when it was paused already."""
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        deployment = await client.read_deployment_by_name(f"{ref.flow}/{ref.name}")
+        if deployment.paused:
+            return False
+        await client.pause_deployment(deployment.id)
+        return True

@@ -81,26 +81,27 @@ def adapt_guest_config(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int,
 
 
 async def _power(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int, action: str,
-                 done: str) -> None:
-    """``action`` (start, stop) the guest unless its status is ``done`` already; follow the
-    task. Safe to repeat."""
+                 done: str) -> bool:
+    """``action`` (start, stop) the guest unless its status is ``done`` already (then False);
+    follow the task. Safe to repeat."""
     api = _api(api_node)
     if (await asyncio.to_thread(api.guest_status, on, kind, vmid)).get("status") == done:
-        return
+        return False
     upid = await asyncio.to_thread(api.set_guest_power, on, kind, vmid, action)
     await asyncio.to_thread(follow, api, upid, f"{action} of guest {vmid} on {on}")
+    return True
 
 
 @dapx_task(name="start-guest")
-async def start_guest(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int) -> None:
-    """Start the guest unless it runs already; follow the task."""
-    await _power(api_node, on, kind, vmid, "start", "running")
+async def start_guest(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int) -> bool:
+    """Start the guest unless it runs already (then False); follow the task."""
+    return await _power(api_node, on, kind, vmid, "start", "running")
 
 
 @dapx_task(name="stop-guest")
-async def stop_guest(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int) -> None:
-    """Stop the guest unless it is stopped already; follow the task."""
-    await _power(api_node, on, kind, vmid, "stop", "stopped")
+async def stop_guest(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int) -> bool:
+    """Stop the guest unless it is stopped already (then False); follow the task."""
+    return await _power(api_node, on, kind, vmid, "stop", "stopped")
 
 
 @dapx_task(name="destroy-guest")
@@ -115,3 +116,22 @@ async def destroy_guest(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int)
     await asyncio.to_thread(follow, api, upid, f"destroy of guest {vmid} on {on}")
     return True
 
+
+
+@dapx_task(name="source-guest-state", retries=0)
+async def guest_state(api_node: "ProxmoxNode", vmid: int, timeout: float = 10.0) -> str:
+    """Whether guest ``vmid`` runs anywhere in ``api_node``'s cluster, as its API says:
+    ``running on pve1``, ``stopped on pve1``, ``absent``, or ``unreachable: <why>`` (no API
+    answer within ``timeout`` seconds, or an API that refuses us). Not retried: a node that is
+    down should say so at once."""
+    from dapx.errors import DapxError
+
+    try:
+        listed = await asyncio.to_thread(lambda: api_node.pve_api(timeout=timeout).guests())
+    except DapxError as exc:
+        return f"unreachable: {exc}"
+    found = [g for g in listed if int(g.get("vmid", 0)) == vmid]
+    running = [g for g in found if g.get("status") == "running"]
+    if running:
+        return f"running on {running[0].get('node')}"
+    return f"stopped on {found[0].get('node')}" if found else "absent"

@@ -144,6 +144,26 @@ def test_a_pbs_server_named_where_a_pve_node_is_meant_is_one_line(paper_nodes: N
     assert_one_line(listed, "node pbs1 is a Proxmox Backup Server, not a PVE node")
 
 
+def test_failover_mistakes_are_one_line_and_change_nothing(paper_nodes: None) -> None:
+    for name, expected in (("a;rm -rf /", "a;rm -rf /"), ("no-such-job", "not a job")):
+        assert_one_line(run_cli("dapx", "failover", name, check=False), expected)
+    run_cli(*JOB, "--schedule", "0 2 * * *")
+    try:
+        # pve1 is on paper (no pinned TLS fingerprint): nothing can say the guest is stopped
+        refused = run_cli("dapx", "failover", "ux-job", check=False)
+        assert_one_line(refused, "cannot ask pve1 whether guest 100 runs", "source_down")
+        assert "ux-job" in run_cli("dapx", "job", "list").stdout
+        assert not any(j["paused"] for j in _jobs() if j["name"] == "ux-job")
+    finally:
+        dapx("job", "remove", "ux-job")
+
+
+def _jobs() -> list[dict]:
+    from dapx.deployments.jobs import list_jobs
+
+    return list_jobs()
+
+
 def test_create_replace_pause_and_time_zone(paper_nodes: None) -> None:
     run_cli(*JOB, "--schedule", "0 2 * * *", "--timezone", "Europe/Rome")
     try:
