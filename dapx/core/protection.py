@@ -12,7 +12,8 @@ replica and backup, and its state:
 - ``unprotected``: no job covers it.
 
 A guest that is the replica a job registered on its destination is a copy, not a guest to
-protect, and is left out.
+protect, and is left out, until the failover flow starts it as the live guest (X5): from then
+on it is a guest of its own (unprotected until a job covers it), and both rows say so.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from typing import Any, Iterable, Literal, Mapping
 
 Kind = Literal["replica", "backup"]
 State = Literal["ok", "late", "pending", "unprotected"]
-RECORD_KINDS = ("replica", "backup", "recovery")
+RECORD_KINDS = ("replica", "backup", "recovery", "failover")
 """What ``record_protection`` accepts; a recovery (a replica through PBS, R5) counts as a
-replica."""
+replica; a failover (its destination is the started copy, ``pve3/9100``) is no copy at all."""
 LATE_FACTOR = 2
 """A job is late when its newest success is older than this many intervals."""
 _SEVERITY = {"unprotected": 0, "late": 1, "pending": 2, "ok": 3}
@@ -235,14 +236,39 @@ def protection_rows(guests: list[Guest], covers: list[Cover], records: list[Reco
 
     Guests that are a job's registered replica are left out (they are copies)."""
     covers = expand_covers(guests, covers)
-    copies = {c.replica for c in covers if c.replica}
+    failovers = [r for r in records if r.kind == "failover"]
+    records = [r for r in records if r.kind != "failover"]
+    notes = failover_notes(failovers, records, {g.subject for g in guests}, now)
+    copies = {c.replica for c in covers if c.replica} - set(notes)
     names = {g.subject: g.name for g in guests}
     by_cover = _group(covers)
     by_record = _group(records)
     subjects = [g.subject for g in guests if g.subject not in copies]
     rows = [_row(s, names.get(s, ""), by_cover.get(s, []), by_record.get(s, []), now)
             for s in dict.fromkeys(subjects + [c.subject for c in covers])]
+    rows = [replace(r, reasons=(notes[r.subject], *r.reasons)) if r.subject in notes else r
+            for r in rows]
     return sorted(rows, key=lambda r: (_SEVERITY[r.state], r.subject))
+
+
+def failover_notes(failovers: list[Record], records: list[Record], guests: set[str],
+                   now: datetime) -> dict[str, str]:
+    """For each failover whose started copy is still among ``guests`` and no replica of the
+    same guest to the same node came after: a line for the started copy (``pve3/9100``: "live
+    copy of pve1/100 since its failover 5 min ago") and one for the guest it came from."""
+    notes: dict[str, str] = {}
+    for failover in sorted(failovers, key=lambda r: r.at):
+        node = failover.destination.split("/", 1)[0]
+        if failover.destination not in guests:
+            continue  # the started copy was removed
+        if any(r.subject == failover.subject and r.counts_as == "replica" and
+               r.destination == node and r.at > failover.at for r in records):
+            continue  # a job copies it again: the started copy was given up
+        ago = _age(now - failover.at)
+        notes[failover.destination] = (f"live copy of {failover.subject} since its failover "
+                                       f"{ago} ago")
+        notes[failover.subject] = f"failed over to {failover.destination} {ago} ago"
+    return notes
 
 
 def _group(items: Iterable[Any]) -> dict[str, list[Any]]:

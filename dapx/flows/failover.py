@@ -18,7 +18,9 @@ When a node dies, or before planned work on it, the administrator fails a replic
    pve1/100 <when>``). A replica run refuses that VMID from then on, even if someone resumes
    the schedule. A job that does not register its replica has it registered first, while the
    source can still be read.
-5. The guest starts on the destination through its API, unless it runs already.
+5. The guest starts on the destination through its API, unless it runs already. The
+   protection state records the failover: `dapx status` lists the started copy as a guest of
+   its own (unprotected until a job covers it) and says where the source guest went.
 
 Nothing is destroyed or rolled back; the source's disks and snapshots stay as they are.
 Running it again finds each step done and goes on (a start that failed is tried again).
@@ -38,7 +40,7 @@ from dapx.core.jobspec import NotifyMode, ReplicaJob
 from dapx.core.registration import failed_over_from
 from dapx.errors import ConflictError, InputError
 from dapx.flows import KEPT_RESULTS
-from dapx.flows.hooks import job_hooks
+from dapx.flows.hooks import job_hooks, record_protection
 from dapx.flows.register import register_guest, vmid_config_paths
 from dapx.tasks.guests import mark_failed_over, read_files
 from dapx.tasks.jobs import JobRef, pause_job, replica_jobs
@@ -145,6 +147,9 @@ async def failover(job_name: str, source_down: bool = False, notify: NotifyMode 
         result.config = registered + ("marked failed over" if marked else "marked already")
         ran = await start_guest(dest, dest.name, kind, job.target_vmid)
         result.started = "started" if ran else "running already"
+        if marked:  # `dapx status` lists the started copy as a guest of its own from now on
+            await record_protection("failover", job.source, job.guest,
+                                    f"{job.destination}/{job.target_vmid}", ref=when)
 
     await run_exclusively(guest_lock_name(job.source, job.guest),
                           f"failing guest {job.guest} of {job.source} over to {job.destination}",

@@ -131,8 +131,8 @@ async def test_source_down_needs_saying_then_starts_the_newest_snapshot() -> Non
 
     stop_api(SRC)
     try:
-        with pytest.raises(ConflictError, match=r"cannot ask pve1 whether guest 100 runs \(.*\): if pve1 is down, "
-                           "run again with source_down"):
+        with pytest.raises(ConflictError, match=r"cannot ask pve1 whether guest 100 runs "
+                           r"\(.*\): if pve1 is down, run again with source_down"):
             await failover(job_name=JOB_NAME)
         await assert_nothing_changed()
         result = await failover(job_name=JOB_NAME, source_down=True)
@@ -148,6 +148,7 @@ async def test_source_down_needs_saying_then_starts_the_newest_snapshot() -> Non
 
 async def test_planned_failover_copies_the_last_write_then_starts_the_replica() -> None:
     from dapx.flows.failover import failover
+    from dapx.flows.protection import protection_status
     from dapx.flows.replica import zfs_replica
 
     with preserved(SRC, list(DISKS)):
@@ -159,6 +160,10 @@ async def test_planned_failover_copies_the_last_write_then_starts_the_replica() 
             assert sha256(DST, f"/{dst}/disk.raw") == sha256(SRC, f"/{src}/disk.raw")
         assert await status(DST, NEW) == "running" and job_paused()
         assert first_line().startswith(f"#dapx-failed-over-from: {SRC}/{VMID} ")
+        rows = {r["guest"]: r for r in (await protection_status()).rows}  # `dapx status`
+        assert rows["pve3/9400"]["state"] == "unprotected"
+        assert rows["pve3/9400"]["why"].startswith("live copy of pve1/100 since its failover")
+        assert rows["pve1/100"]["why"].startswith("failed over to pve3/9400")
         # the live copy is never written into by the job again, even run by hand
         before = {dst: zfs_snapshots(DST, dst) for dst in DISKS.values()}
         with pytest.raises(ConflictError, match="guest 9400 on pve3 is pve1/100 failed over"):

@@ -128,6 +128,25 @@ def test_the_copies_a_fleet_of_every_guest_registers_are_left_out() -> None:
     assert "pve3/100" in {r.subject for r in protection_rows(guests, unregistered, [], NOW)}
 
 
+def test_a_failed_over_copy_is_a_guest_of_its_own_until_a_job_copies_again() -> None:
+    guests = [Guest("pve1", 100, "web"), Guest("pve3", 9100, "web")]
+    job = covers("zfs-replica/vm100", "zfs-replica", replica_job(100), paused=True)
+    replica = Record("pve1/100", "replica", "pve3", NOW - timedelta(minutes=10))
+    failover = Record("pve1/100", "failover", "pve3/9100", NOW - timedelta(minutes=5))
+    assert [r.subject for r in protection_rows(guests, job, [replica], NOW)] == ["pve1/100"]
+    rows = {r.subject: r for r in protection_rows(guests, job, [replica, failover], NOW)}
+    assert rows["pve3/9100"].state == "unprotected" and rows["pve3/9100"].problem
+    assert rows["pve3/9100"].reasons == ("live copy of pve1/100 since its failover 5 min 0 s ago",
+                                         "no job replicates or backs it up")
+    assert rows["pve1/100"].reasons[0] == "failed over to pve3/9100 5 min 0 s ago"
+    assert rows["pve1/100"].replica_at == replica.at  # a failover is no copy
+    again = Record("pve1/100", "replica", "pve3", NOW - timedelta(minutes=1))
+    rows = {r.subject: r for r in protection_rows(guests, job, [replica, failover, again], NOW)}
+    assert set(rows) == {"pve1/100"} and not rows["pve1/100"].reasons
+    gone = {r.subject: r for r in protection_rows(guests[:1], job, [replica, failover], NOW)}
+    assert set(gone) == {"pve1/100"} and not gone["pve1/100"].reasons  # the copy was removed
+
+
 def test_a_job_without_schedule_is_never_late() -> None:
     (cover,) = covers("zfs-replica/manual", "zfs-replica", replica_job(), interval=None)
     old = Record("pve1/100", "replica", "pve3", NOW - timedelta(days=300), "zfs-replica/manual")
