@@ -70,6 +70,8 @@ def describe_job(parameters: Mapping[str, Any]) -> tuple[str, str]:
         what = f"dataset {job['dataset']}"
     elif "guests" in job:  # a backup job of every guest of its node
         what = "every guest"
+    elif "job_name" in job:  # a run about a job (a failover)
+        what = f"job {job['job_name']}"
     else:
         what = ""
     nodes = [str(job[k]) for k in ("source", "node", "destination", "pbs", "target")

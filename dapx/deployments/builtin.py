@@ -81,6 +81,14 @@ def deploy_flow(path: str, name: str = DEFAULT_DEPLOYMENT, *, cron: str | None =
     return f"{flow.name}/{name}"
 
 
+BUILTIN_PARAMETERS = {
+    # A run of a deployment holds the parameters given, not the flow's defaults, and the
+    # notification hook reads the mode from the run: a failover is news, say so there too.
+    "dapx.flows.failover.failover": {"notify": "always"},
+}
+
+
 def deploy_builtin() -> list[str]:
     """Create or update every built-in deployment; return their names."""
-    return [deploy_flow(path, cron=BUILTIN_SCHEDULES.get(path)) for path in BUILTIN_FLOWS]
+    return [deploy_flow(path, cron=BUILTIN_SCHEDULES.get(path),
+                        parameters=BUILTIN_PARAMETERS.get(path)) for path in BUILTIN_FLOWS]

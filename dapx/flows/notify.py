@@ -97,6 +97,10 @@ def build_notice(facts: RunFacts, state: Any, outcome: str, records: list) -> Ru
     """The message's facts: job, guest, nodes, outcome, duration, bytes, link."""
     run = facts.flow_run
     what, nodes = describe_job(run.parameters or {})
+    failovers = [r for r in records if r.kind == "failover"]  # no copy: what it started
+    if failovers:
+        records = [r for r in records if r.kind != "failover"]
+        what = "; ".join(f"{r.subject} failed over to {r.destination}" for r in failovers)
     started = run.start_time
     ended = getattr(state, "timestamp", None) or run.end_time
     seconds = (ended - started).total_seconds() if started and ended else None

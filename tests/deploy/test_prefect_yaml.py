@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_prefect_yaml_deploys_every_builtin_flow(prefect_api: str, monkeypatch) -> None:
-    from dapx.deployments.builtin import BUILTIN_FLOWS, load_flow
+    from dapx.deployments.builtin import BUILTIN_FLOWS, BUILTIN_PARAMETERS, load_flow
 
     run_cli("prefect", "work-pool", "create", "dapx", "--type", "process", check=False)
     monkeypatch.chdir(ROOT)
@@ -24,3 +24,4 @@ def test_prefect_yaml_deploys_every_builtin_flow(prefect_api: str, monkeypatch) 
             deployment = client.read_deployment_by_name(name)
             assert deployment.work_pool_name == "dapx", name
             assert deployment.entrypoint == path, name
+            assert deployment.parameters == BUILTIN_PARAMETERS.get(path, {}), name

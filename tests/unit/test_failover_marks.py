@@ -48,3 +48,31 @@ def test_refusals_by_what_the_source_says() -> None:
     assert refusal("unreachable: timed out", _job(), source_down=True) is None
     assert refusal("absent", _job(), source_down=False).startswith("guest 100 is not on pve1")
     assert refusal("absent", _job(), source_down=True) is None
+
+
+def test_the_failover_message_says_which_guest_runs_where() -> None:
+    """A failover run's notification names the guest and the started copy, not a copy's bytes
+    (its last replica run is a run of its own, with its own message)."""
+    import uuid
+    from datetime import datetime, timedelta, timezone
+    from types import SimpleNamespace
+
+    from dapx.core.notify import run_subject
+    from dapx.core.protection import Record
+    from dapx.flows.notify import build_notice
+    from dapx.tasks.runs import RunFacts
+
+    start = datetime(2026, 12, 3, 9, 35, tzinfo=timezone.utc)
+    run = SimpleNamespace(id=uuid.uuid4(), parameters={"job_name": "vm100-to-pve3"},
+                          start_time=start, end_time=start + timedelta(seconds=4))
+    facts = RunFacts(flow_run=run, job="failover/default", is_job=True)
+    done = SimpleNamespace(message="", timestamp=run.end_time)
+    record = Record("pve1/100", "failover", "pve3/9100", run.end_time, ref=WHEN)
+    notice = build_notice(facts, done, "Completed", [record])
+    assert run_subject(notice) == ("[dapx] COMPLETED failover/default: pve1/100 failed over "
+                                   "to pve3/9100")
+    assert notice.bytes_sent is None and notice.refs == ()
+    refused = build_notice(facts, SimpleNamespace(message="guest 100 is running on pve1",
+                                                  timestamp=run.end_time), "Failed", [])
+    assert run_subject(refused) == "[dapx] FAILED failover/default: job vm100-to-pve3"
+    assert refused.detail == "guest 100 is running on pve1"
