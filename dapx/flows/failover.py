@@ -141,6 +141,10 @@ async def failover(job_name: str, source_down: bool = False, notify: NotifyMode 
                             config="", started="")
 
     async def bring_up(_: bool) -> None:
+        if can_read_source:  # asked again, just before: started there meanwhile, it stays so
+            now = await guest_state(source, job.guest)
+            if now.startswith("running"):
+                raise ConflictError(refusal(now, job, source_down) + "; nothing was started")
         path, kind, registered = await replica_config(ref, source, dest, can_read_source)
         when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
         marked = await mark_failed_over(dest, path, job.source, job.guest, when)
@@ -156,7 +160,8 @@ async def failover(job_name: str, source_down: bool = False, notify: NotifyMode 
                           lock_wait, False, bring_up)
     result.seconds = round(time.monotonic() - started, 3)
     await publish_table(artifact_key("failover", job.source, job.guest, job.destination),
-                        [{"step": k, "outcome": str(v)} for k, v in result.model_dump().items()],
+                        [{"step": k.replace("_", " "), "outcome": str(v)}
+                         for k, v in result.model_dump().items()],
                         f"guest {job.guest} of {job.source} runs on {job.destination} as "
                         f"{job.target_vmid}")
     return result

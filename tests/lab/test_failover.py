@@ -173,3 +173,62 @@ async def test_planned_failover_copies_the_last_write_then_starts_the_replica() 
         assert again.last_copy.startswith("skipped: failed over already (")
         assert (again.started, again.schedule, again.config) == \
             ("running already", "paused already", "marked already")
+
+
+# -- a container (ZFS) and a BTRFS guest fail over the same way ------------------------------------
+
+STORE = "/var/lib/pve/local-btrfs"
+OTHERS = {
+    "ct101": ("zfs-replica", dict(source="pve1", guest=101, dest_vmid=9401, dest_pool="rpool"),
+              "lxc", "/rpool/data/subvol-101-disk-0/etc/hostname",
+              "/rpool/replica/subvol-9401-disk-0/etc/hostname"),
+    "vm200-btrfs": ("btrfs-replica", dict(source="pve2", guest=200, dest_vmid=9402,
+                                          dest_pool="local-btrfs"),
+                    "qemu", f"{STORE}/images/200/vm-200-disk-0/disk.raw",
+                    f"{STORE}/images/9402/vm-9402-disk-0/disk.raw"),
+}
+
+
+def _clean_other(flow: str, fields: dict, kind: str) -> None:
+    src, vmid, tag = fields["source"], fields["dest_vmid"], f"dapx_{DST}-{fields['dest_vmid']}_"
+    conf = f"/etc/pve/nodes/{DST}/{'lxc' if kind == 'lxc' else 'qemu-server'}/{vmid}.conf"
+    estate.run(DST, ["rm", "-f", conf, f"/run/dapx-sim/{vmid}.running"])
+    if flow == "zfs-replica":
+        dataset = f"rpool/data/subvol-{fields['guest']}-disk-0"
+        estate.run(DST, ["zfs", "destroy", "-r", f"rpool/replica/subvol-{vmid}-disk-0"])
+        for snap in zfs_snapshots(src, dataset):
+            if snap.startswith(tag):
+                estate.run(src, ["zfs", "destroy", f"{dataset}@{snap}"])
+        return
+    for node in (src, DST):  # this job's snapshots and received copies, the new guest's disk
+        listed = sh(node, ["btrfs", "subvolume", "list", "-o", "-R", STORE])
+        paths = sorted((f"{STORE}/{ln.split(' path ', 1)[1]}" for ln in listed.splitlines()
+                        if " path " in ln), reverse=True)
+        for path in paths:
+            if tag in path or path.startswith(f"{STORE}/images/{vmid}/"):
+                sh(node, ["btrfs", "subvolume", "delete", path])
+
+
+@pytest.mark.parametrize("case", list(OTHERS))
+async def test_a_container_and_a_btrfs_guest_fail_over_too(case: str) -> None:
+    from dapx.deployments.jobs import create_job, remove_job
+    from dapx.flows.failover import failover
+    from dapx.flows.trust import trust_nodes
+
+    flow, fields, kind, source_file, replica_file = OTHERS[case]
+    spec = ReplicaJob(destination=DST, bridge_map="vmbr0=vmbr1", keep=2, **fields)
+    name = f"failover-{case}"
+    _clean_other(flow, fields, kind)
+    await trust_nodes(spec.source, DST)
+    await asyncio.to_thread(create_job, name, flow, spec, schedule="0 3 * * *", replace=True)
+    try:
+        result = await failover(job_name=name)  # planned: the guest is stopped on its node
+        assert result.last_copy.endswith(" s")  # its first copy, made by the failover
+        assert result.config == "marked failed over" and result.started == "started"
+        assert sha256(DST, replica_file) == sha256(spec.source, source_file)
+        api = (await ProxmoxNode.aload(DST)).pve_api()
+        assert (await asyncio.to_thread(api.guest_status, DST, kind, spec.dest_vmid)
+                )["status"] == "running"
+    finally:
+        await asyncio.to_thread(remove_job, name)
+        _clean_other(flow, fields, kind)
