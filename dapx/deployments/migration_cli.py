@@ -150,4 +150,3 @@ def add_failover_parser(sub: argparse._SubParsersAction) -> None:
                         "snapshot without asking the source (refused while the guest runs there)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=cmd_failover)
-

@@ -137,17 +137,16 @@ async def mark_failed_over(node: "ProxmoxNode", path: str, source: str, vmid: in
                            when: str) -> bool:
     """Give the replica config at ``path`` on ``node`` the failed-over mark as its first line
     (``#dapx-failed-over-from: <source>/<vmid> <when>``); False when it has it already (a
-    repeated failover). Raises InputError when the file is gone or not the replica of
-    ``source``/``vmid`` (ConflictError)."""
+    repeated failover). Raises InputError when the file is gone, ConflictError when it is
+    another guest's config."""
     from dapx.core.registration import failed_over_text
 
     text = (await read_files(node, [path])).files.get(path)
     if text is None:
         raise InputError(f"{path} is gone from {node.name}: the replica is no longer registered")
-    replica_mark(source, vmid)  # checks both
+    replica_mark(source, vmid)  # validates the node name and the VMID
     marked = failed_over_text(text, f"{source}/{vmid}", when)
     if marked == text:
         return False
     await write_file(node, path, marked)
     return True
-

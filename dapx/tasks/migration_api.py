@@ -20,6 +20,7 @@ from dapx.core.migration_rules import (bridge_pairs, config_changes, pair_list,
                                        remote_endpoint, storage_pairs)
 from dapx.errors import DapxError, InputError, NotFoundError, PermanentError
 from dapx.tasks.base import dapx_task
+from dapx.tasks.pve_guests import power
 
 if TYPE_CHECKING:
     from dapx.blocks.node import ProxmoxNode
@@ -253,27 +254,16 @@ def apply_changes(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int,
     return changes
 
 
-async def _power(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int,
-                 action: Literal["start", "stop"]) -> bool:
-    api = _api(api_node)
-    status = (await asyncio.to_thread(api.guest_status, on, kind, vmid)).get("status")
-    if status == ("running" if action == "start" else "stopped"):
-        return False
-    upid = await asyncio.to_thread(api.set_guest_power, on, kind, vmid, action)
-    await asyncio.to_thread(follow, api, upid, f"{action} of guest {vmid} on {on}")
-    return True
-
-
 @dapx_task(name="start-guest-after")
 async def start_guest(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int) -> bool:
     """Start the guest unless it runs already (then False); follow the task."""
-    return await _power(api_node, on, kind, vmid, "start")
+    return await power(api_node, on, kind, vmid, "start")
 
 
 @dapx_task(name="stop-own-copy")
 async def stop_guest(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int) -> bool:
     """Stop the guest unless it is stopped already (then False); follow the task."""
-    return await _power(api_node, on, kind, vmid, "stop")
+    return await power(api_node, on, kind, vmid, "stop")
 
 
 @dapx_task(name="discard-guest")

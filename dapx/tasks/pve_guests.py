@@ -80,10 +80,12 @@ def adapt_guest_config(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int,
     return changes, delete
 
 
-async def _power(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int, action: str,
-                 done: str) -> bool:
-    """``action`` (start, stop) the guest unless its status is ``done`` already (then False);
-    follow the task. Safe to repeat."""
+async def power(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int,
+                action: Literal["start", "stop"]) -> bool:
+    """``action`` the guest unless it is running (start) or stopped (stop) already (then
+    False); follow the task. Safe to repeat. The body of the start and stop tasks here and in
+    ``migration_api``."""
+    done = "running" if action == "start" else "stopped"
     api = _api(api_node)
     if (await asyncio.to_thread(api.guest_status, on, kind, vmid)).get("status") == done:
         return False
@@ -95,13 +97,13 @@ async def _power(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int, action
 @dapx_task(name="start-guest")
 async def start_guest(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int) -> bool:
     """Start the guest unless it runs already (then False); follow the task."""
-    return await _power(api_node, on, kind, vmid, "start", "running")
+    return await power(api_node, on, kind, vmid, "start")
 
 
 @dapx_task(name="stop-guest")
 async def stop_guest(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int) -> bool:
     """Stop the guest unless it is stopped already (then False); follow the task."""
-    return await _power(api_node, on, kind, vmid, "stop", "stopped")
+    return await power(api_node, on, kind, vmid, "stop")
 
 
 @dapx_task(name="destroy-guest")
