@@ -35,7 +35,7 @@ from dapx.core.snapshots import FullSend, Plan
 from dapx.core.volumes import btrfs_subvolume
 from dapx.errors import ConflictError, DapxError, InputError
 from dapx.flows.hooks import job_hooks
-from dapx.flows.register import check_vmid_available
+from dapx.flows.register import check_not_failed_over, check_vmid_available
 from dapx.flows.replica import (
     DiskResult,
     ReplicaResult,
@@ -236,6 +236,8 @@ async def _btrfs_replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNo
               refuse_running_receive(dest, sorted({d.receive_dir for d in disks}))]
     if job.register_vm:
         checks.append(check_vmid_available(job, source, dest, guest.kind, api_optional=True))
+    else:
+        checks.append(check_not_failed_over(job, dest, guest.kind))
     src, dst, *_ = await asyncio.gather(*checks)
     written = await btrfs.written_since(dest, disks[0].dest_mount,
                                         writable_generations(disks, dst))

@@ -161,18 +161,35 @@ def our_config(files: dict[str, str], paths: tuple[str, str], source: str, sourc
     VMID is free. Raises ConflictError when another guest's config holds it."""
     path, other = paths
     existing = files.get(path)
-    failed_over = failed_over_from(existing or "")
-    if failed_over and failed_over.startswith(f"{source}/{source_vmid} "):
-        raise ConflictError(f"guest {vmid} on {node} is {source}/{source_vmid} failed over "
-                            f"({failed_over.split(' ', 1)[1]}): it is the live copy now, and no "
-                            "replica is written into it; remove the job, or replicate to "
-                            "another destination VMID")
+    refuse_failed_over(existing or "", source, source_vmid, vmid, node)
     if other in files or (existing is not None and not is_replica_of(existing, source,
                                                                       source_vmid)):
         raise ConflictError(f"VMID {vmid} on {node} belongs to another guest, not to "
                             f"the replica of {source}/{source_vmid}; choose another "
                             "destination VMID")
     return existing
+
+
+def refuse_failed_over(text: str, source: str, source_vmid: int, vmid: int, node: str) -> None:
+    """ConflictError when the config ``text`` of ``vmid`` on ``node`` is ``source``/
+    ``source_vmid``'s replica that the failover flow started as the live guest."""
+    failed_over = failed_over_from(text)
+    if failed_over and failed_over.startswith(f"{source}/{source_vmid} "):
+        raise ConflictError(f"guest {vmid} on {node} is {source}/{source_vmid} failed over "
+                            f"({failed_over.split(' ', 1)[1]}): it is the live copy now, and no "
+                            "replica is written into it; remove the job, or replicate to "
+                            "another destination VMID")
+
+
+@dapx_task
+async def check_not_failed_over(job: ReplicaJob, dest: ProxmoxNode, kind: str) -> None:
+    """For a job that does not register (and so makes no VMID check): refuse (ConflictError)
+    when the failover flow started this job's copy as the live guest. One read of the
+    destination's config files, before any data moves."""
+    paths = vmid_config_paths(kind, job.target_vmid, dest.name)
+    files = (await read_files(dest, list(paths))).files
+    for text in files.values():
+        refuse_failed_over(text, job.source, job.guest, job.target_vmid, dest.name)
 
 
 @dapx_task

@@ -45,7 +45,8 @@ from dapx.core.volumes import destination_dataset, zfs_dataset
 from dapx.errors import ConflictError, DapxError, InputError, PermanentError, TransientError
 from dapx.flows import dropped, resend
 from dapx.flows.hooks import job_hooks, record_protection
-from dapx.flows.register import check_vmid_available, register_guest, registration_note
+from dapx.flows.register import (check_not_failed_over, check_vmid_available, register_guest,
+                                 registration_note)
 from dapx.flows.trust import KNOWN_HOSTS, REPLICATION_KEY, check_trust
 from dapx.tasks import zfs
 from dapx.tasks.guests import SourceGuest, read_guest
@@ -794,7 +795,8 @@ async def _replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode, dr
         disks = zfs_disks(guest, job)
         plan = await read_and_plan(run, source, dest, disks, name, force=force,
                                    dry_run=dry_run, trust=trust,
-                                   checks=(check_vmid(),) if job.register_vm else ())
+                                   checks=(check_vmid(),) if job.register_vm else
+                                   (check_not_failed_over(job, dest, guest.kind),))
     results = plan.results()
     result.disks = list(results.values())
     parent = destination_dataset(job.dest_pool, job.subfolder, "x").rsplit("/", 1)[0]

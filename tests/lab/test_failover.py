@@ -168,6 +168,8 @@ async def test_planned_failover_copies_the_last_write_then_starts_the_replica() 
         before = {dst: zfs_snapshots(DST, dst) for dst in DISKS.values()}
         with pytest.raises(ConflictError, match="guest 9400 on pve3 is pve1/100 failed over"):
             await zfs_replica(job=job())
+        with pytest.raises(ConflictError, match="guest 9400 on pve3 is pve1/100 failed over"):
+            await zfs_replica(job=job().model_copy(update={"register_vm": False}))
         assert {dst: zfs_snapshots(DST, dst) for dst in DISKS.values()} == before
         again = await failover(job_name=JOB_NAME)
         assert again.last_copy.startswith("skipped: failed over already (")
