@@ -34,6 +34,11 @@ def cmd_job(args: argparse.Namespace) -> int:
         jobs.remove_job(args.name)
         print(f"job {args.name} removed")
         return 0
+    if args.job_cmd in ("pause", "resume"):
+        changed = jobs.set_job_paused(args.name, args.job_cmd == "pause")
+        done = "paused" if args.job_cmd == "pause" else "active"
+        print(f"job {args.name} {done}" + ("" if changed else " already"))
+        return 0
     raise InputError(f"unknown job command {args.job_cmd!r}")
 
 
@@ -266,6 +271,11 @@ def add_job_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--force", action="store_true", help="allow rolling back a diverged target")
     rm = jsub.add_parser("remove", help="delete a job")
     rm.add_argument("name")
+    pause = jsub.add_parser("pause", help="stop a job's scheduled runs (a run by hand still runs)")
+    pause.add_argument("name")
+    resume = jsub.add_parser("resume", help="start a job's scheduled runs again, however it "
+                             "was paused (UI, prefect, a failover)")
+    resume.add_argument("name")
     job.set_defaults(func=cmd_job)
 
 

@@ -215,6 +215,28 @@ def run_artifacts(run_id: str, kind: str) -> list[Any]:
             sort=ArtifactSort.CREATED_DESC)[::-1]
 
 
+def set_job_paused(name: str, paused: bool) -> bool:
+    """Pause job ``name`` (its deployment: no scheduled runs; a run by hand still runs), or
+    resume it: the deployment and every schedule it has active again, however it was paused
+    (the UI's toggle, `prefect deployment schedule pause`, a replace of a paused job, or a
+    failover). Returns False when it was so already. Raises InputError for an unknown job."""
+    from prefect.client.orchestration import get_client
+
+    job = _find(name)
+    if job["paused"] == paused:
+        return False
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(f"{job['flow']}/{name}")
+        if paused:
+            client.pause_deployment(deployment.id)
+            return True
+        client.resume_deployment(deployment.id)
+        for schedule in deployment.schedules:
+            if not schedule.active:
+                client.update_deployment_schedule(deployment.id, schedule.id, active=True)
+    return True
+
+
 def remove_job(name: str) -> None:
     """Delete job ``name``'s deployment (its past runs stay in Prefect's history)."""
     from prefect.client.orchestration import get_client

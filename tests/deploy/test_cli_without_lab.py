@@ -164,6 +164,10 @@ def _jobs() -> list[dict]:
     return list_jobs()
 
 
+def _job(name: str) -> dict:
+    return next(j for j in _jobs() if j["name"] == name)
+
+
 def test_create_replace_pause_and_time_zone(paper_nodes: None) -> None:
     run_cli(*JOB, "--schedule", "0 2 * * *", "--timezone", "Europe/Rome")
     try:
@@ -182,6 +186,18 @@ def test_create_replace_pause_and_time_zone(paper_nodes: None) -> None:
         line = next(l for l in run_cli("dapx", "job", "list").stdout.splitlines()
                     if l.startswith("ux-job"))
         assert "0 4 * * *" in line and line.rstrip().endswith("paused"), line
+
+        # resumed however it was paused (here: a replace of a paused job, schedule inactive)
+        assert run_cli("dapx", "job", "resume", "ux-job").stdout == "job ux-job active\n"
+        assert not _job("ux-job")["paused"]
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name("zfs-replica/ux-job")
+        assert not deployment.paused and all(s.active for s in deployment.schedules)
+        assert run_cli("dapx", "job", "resume", "ux-job").stdout == "job ux-job active already\n"
+        assert run_cli("dapx", "job", "pause", "ux-job").stdout == "job ux-job paused\n"
+        assert _job("ux-job")["paused"]
+        assert_one_line(run_cli("dapx", "job", "resume", "no-such-job", check=False),
+                        "unknown job 'no-such-job'")
 
         bad = run_cli(*JOB, "--timezone", "Mars/Olympus", "--replace", check=False)
         assert bad.returncode == 2 and "time zone 'Mars/Olympus'" in bad.stderr
