@@ -121,6 +121,8 @@ def list_jobs() -> list[dict[str, Any]]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
 
+    from dapx.tasks.jobs import is_paused
+
     with get_client(sync_client=True) as client:
         deployments = client.read_deployments(
             deployment_filter=DeploymentFilter(tags=DeploymentFilterTags(all_=[JOB_TAG])))
@@ -130,9 +132,9 @@ def list_jobs() -> list[dict[str, Any]]:
         crons = [s for s in dep.schedules if hasattr(s.schedule, "cron")]
         schedule = ", ".join(f"{s.schedule.cron} ({s.schedule.timezone or 'UTC'})"
                              for s in crons) or "-"
-        paused = bool(dep.paused or (crons and not any(s.active for s in crons)))
         rows.append({"name": dep.name, "flow": flows.get(dep.flow_id, "?"),
-                     "schedule": schedule, "paused": paused, "parameters": dep.parameters,
+                     "schedule": schedule, "paused": is_paused(dep),
+                     "parameters": dep.parameters,
                      "site": dep.work_queue_name or "default"})
     return sorted(rows, key=lambda r: r["name"])
 
@@ -216,25 +218,13 @@ def run_artifacts(run_id: str, kind: str) -> list[Any]:
 
 
 def set_job_paused(name: str, paused: bool) -> bool:
-    """Pause job ``name`` (its deployment: no scheduled runs; a run by hand still runs), or
-    resume it: the deployment and every schedule it has active again, however it was paused
-    (the UI's toggle, `prefect deployment schedule pause`, a replace of a paused job, or a
-    failover). Returns False when it was so already. Raises InputError for an unknown job."""
-    from prefect.client.orchestration import get_client
+    """Pause job ``name`` (no scheduled runs; a run by hand still runs), or resume it: the
+    deployment and every schedule it has active again, however it was paused (the UI's
+    toggle, `prefect deployment schedule pause`, a replace of a paused job, or a failover).
+    Returns False when it was so already. Raises InputError for an unknown job."""
+    from dapx.tasks.jobs import set_paused
 
-    job = _find(name)
-    if job["paused"] == paused:
-        return False
-    with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name(f"{job['flow']}/{name}")
-        if paused:
-            client.pause_deployment(deployment.id)
-            return True
-        client.resume_deployment(deployment.id)
-        for schedule in deployment.schedules:
-            if not schedule.active:
-                client.update_deployment_schedule(deployment.id, schedule.id, active=True)
-    return True
+    return set_paused(f"{_find(name)['flow']}/{name}", paused)
 
 
 def remove_job(name: str) -> None:

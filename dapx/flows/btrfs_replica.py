@@ -237,7 +237,7 @@ async def _btrfs_replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNo
     if job.register_vm:
         checks.append(check_vmid_available(job, source, dest, guest.kind, api_optional=True))
     else:
-        checks.append(check_not_failed_over(job, dest, guest.kind))
+        checks.append(check_not_failed_over(job, dest))
     src, dst, *_ = await asyncio.gather(*checks)
     written = await btrfs.written_since(dest, disks[0].dest_mount,
                                         writable_generations(disks, dst))

@@ -41,8 +41,8 @@ from dapx.core.registration import failed_over_from
 from dapx.errors import ConflictError, InputError
 from dapx.flows import KEPT_RESULTS
 from dapx.flows.hooks import job_hooks, record_protection
-from dapx.flows.register import register_guest, vmid_config_paths
-from dapx.tasks.guests import mark_failed_over, read_files
+from dapx.flows.register import register_guest, vmid_configs
+from dapx.tasks.guests import mark_failed_over
 from dapx.tasks.jobs import JobRef, pause_job, replica_jobs
 from dapx.tasks.locks import DEFAULT_WAIT, guest_lock_name, run_exclusively
 from dapx.tasks.pve_guests import guest_state, start_guest
@@ -169,9 +169,8 @@ async def failover(job_name: str, source_down: bool = False, notify: NotifyMode 
 
 async def failed_over_already(dest, job: ReplicaJob) -> str | None:  # noqa: ANN001
     """When an earlier failover of ``job`` marked its replica config: ``<when>``; else None."""
-    paths = vmid_config_paths("qemu", job.target_vmid, dest.name)
-    files = (await read_files(dest, list(paths))).files
-    marks = [failed_over_from(text) or "" for text in files.values()]
+    marks = [failed_over_from(text) or "" for text in
+             (await vmid_configs(dest, job.target_vmid))[1].values()]
     ours = [m.split(" ", 1)[1] for m in marks if m.startswith(f"{job.source}/{job.guest} ")]
     return ours[0] if ours else None
 
@@ -195,8 +194,7 @@ async def replica_config(ref: JobRef, source, dest, can_read_source: bool  # noq
     Raises ConflictError when the VMID holds another guest's config, or when the replica is
     not registered and the source cannot be read."""
     job = ref.job
-    paths = vmid_config_paths("qemu", job.target_vmid, dest.name)
-    files = (await read_files(dest, list(paths))).files
+    paths, files = await vmid_configs(dest, job.target_vmid)
     found = [(p, k) for p, k in zip(paths, ("qemu", "lxc")) if p in files]
     if found:
         return found[0][0], found[0][1], ""

@@ -182,14 +182,19 @@ def refuse_failed_over(text: str, source: str, source_vmid: int, vmid: int, node
 
 
 @dapx_task
-async def check_not_failed_over(job: ReplicaJob, dest: ProxmoxNode, kind: str) -> None:
+async def check_not_failed_over(job: ReplicaJob, dest: ProxmoxNode) -> None:
     """For a job that does not register (and so makes no VMID check): refuse (ConflictError)
     when the failover flow started this job's copy as the live guest. One read of the
     destination's config files, before any data moves."""
-    paths = vmid_config_paths(kind, job.target_vmid, dest.name)
-    files = (await read_files(dest, list(paths))).files
-    for text in files.values():
+    for text in (await vmid_configs(dest, job.target_vmid))[1].values():
         refuse_failed_over(text, job.source, job.guest, job.target_vmid, dest.name)
+
+
+async def vmid_configs(dest: ProxmoxNode, vmid: int) -> tuple[tuple[str, str], dict[str, str]]:
+    """((the qemu config path of ``vmid`` on ``dest``, the lxc one), those that exist: path ->
+    text), in one read."""
+    paths = vmid_config_paths("qemu", vmid, dest.name)
+    return paths, (await read_files(dest, list(paths))).files
 
 
 @dapx_task

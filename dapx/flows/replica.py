@@ -796,7 +796,7 @@ async def _replicate(job: ReplicaJob, source: ProxmoxNode, dest: ProxmoxNode, dr
         plan = await read_and_plan(run, source, dest, disks, name, force=force,
                                    dry_run=dry_run, trust=trust,
                                    checks=(check_vmid(),) if job.register_vm else
-                                   (check_not_failed_over(job, dest, guest.kind),))
+                                   (check_not_failed_over(job, dest),))
     results = plan.results()
     result.disks = list(results.values())
     parent = destination_dataset(job.dest_pool, job.subfolder, "x").rsplit("/", 1)[0]

@@ -5,7 +5,7 @@ retention flow, which act on every job)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 from pydantic import ValidationError
 
@@ -50,14 +50,36 @@ async def replica_jobs() -> tuple[list[JobRef], list[str]]:
     return sorted(jobs, key=lambda j: j.name), notes
 
 
+def is_paused(deployment: Any) -> bool:
+    """A job is paused when its deployment is, or when every cron schedule it has is (as
+    `prefect deployment schedule pause` leaves it)."""
+    crons = [s for s in deployment.schedules if hasattr(s.schedule, "cron")]
+    return bool(deployment.paused or (crons and not any(s.active for s in crons)))
+
+
+def set_paused(deployment_name: str, paused: bool) -> bool:
+    """Pause deployment ``<flow>/<name>``, or resume it with every schedule it has active
+    again; False when it was so already. The one body of `dapx job pause/resume` and of the
+    failover's pause."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(deployment_name)
+        if is_paused(deployment) == paused:
+            return False
+        if paused:
+            client.pause_deployment(deployment.id)
+            return True
+        client.resume_deployment(deployment.id)
+        for schedule in deployment.schedules:
+            if not schedule.active:
+                client.update_deployment_schedule(deployment.id, schedule.id, active=True)
+    return True
+
+
 @dapx_task(name="pause-job")
 async def pause_job(ref: JobRef) -> bool:
     """Pause job ``ref``'s schedule (its deployment); False when it was paused already."""
-    from prefect.client.orchestration import get_client
+    import asyncio
 
-    async with get_client() as client:
-        deployment = await client.read_deployment_by_name(f"{ref.flow}/{ref.name}")
-        if deployment.paused:
-            return False
-        await client.pause_deployment(deployment.id)
-        return True
+    return await asyncio.to_thread(set_paused, f"{ref.flow}/{ref.name}", True)
