@@ -10,6 +10,7 @@
     dapx backup list|restore         browse and restore PBS backups (B2)
     dapx migrate                     copy or move a guest once (M1-M3)
     dapx failover JOB [--source-down]   start a replica job's copy as the live guest (X5)
+    dapx failback JOB [--storage S]     bring it home, keep the original aside, resume (X5)
     dapx worker --queue SITE         a process worker for one site's jobs (P6)
     dapx install-service [--worker]  systemd units for the product or a worker (P6)
 
@@ -277,10 +278,12 @@ def _add_backup_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_migrate_parser(sub: argparse._SubParsersAction) -> None:
-    from dapx.deployments.migration_cli import add_failover_parser, add_migrate_parser
+    from dapx.deployments.migration_cli import (add_failback_parser, add_failover_parser,
+                                                add_migrate_parser)
 
     add_migrate_parser(sub)
     add_failover_parser(sub)
+    add_failback_parser(sub)
 
 
 def _use_running_server() -> None:

@@ -23,7 +23,8 @@ from collections.abc import Collection
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from dapx.core.guestconfig import ConfigLine, GuestConfig, Section, list_disks
+from dapx.core.guestconfig import (ConfigLine, GuestConfig, Section, list_disks,
+                                   parse_guest_config, serialise)
 from dapx.core.propstring import PropertyString
 from dapx.core.types import BridgeName, StorageId, Vmid
 from dapx.core.validate import validate_config_key
@@ -36,6 +37,12 @@ FAILED_OVER_MARK = "#dapx-failed-over-from: "
 """The first line once the failover flow started the replica as the live guest (X5):
 ``#dapx-failed-over-from: pve1/100 2026-12-03 09:40:12Z``. No replica run writes into it."""
 # Keys that run code as root on the destination or pass host hardware through, by guest kind.
+FAILED_BACK_MARK = "#dapx-failed-back-from: "
+"""The first line of a guest the failback flow put back on its node (X5):
+``#dapx-failed-back-from: pve3/9400 2026-12-03 17:40:12Z`` (where it ran while failed over)."""
+STALE_MARK = "#dapx-stale-original-of: "
+"""The first line of the guest a failback set aside (the original as it was when its node
+went down): ``#dapx-stale-original-of: pve1/100 before its failback from pve3/9400 <when>``."""
 _HAZARDS = {
     "qemu": re.compile(r"hookscript|args|hostpci[0-9]+|usb[0-9]+|parallel[0-9]+|serial[0-9]+"),
     "lxc": re.compile(r"hookscript|dev[0-9]+|lxc\..*", re.DOTALL),
@@ -110,6 +117,71 @@ def failed_over_from(text: str) -> str | None:
     (its first line is ``FAILED_OVER_MARK``), else None."""
     first = text.split("\n", 1)[0].rstrip("\r")
     return first[len(FAILED_OVER_MARK):].strip() if first.startswith(FAILED_OVER_MARK) else None
+
+
+def failed_back_text(text: str, original: str | None, kind: str, live: str, when: str,
+                     restore_cpu: bool = False) -> str:
+    """The config of a guest failed back to its node, from ``text``: the config the failback's
+    copy registered (first line our replica mark for ``live``, as ``pve3/9400``).
+
+    Its first line becomes ``#dapx-failed-back-from: <live> <when>``; the failed-over mark the
+    live copy carried goes; and from ``original`` (the config the guest had on this node, None
+    when it is gone) come back the keys a replica's registration leaves out, which belong to
+    this node: ``onboot``, the hazardous keys (hookscript, hostpciN, ...), and ``cpu`` when the
+    job set ``cpu: host`` (``restore_cpu``). Text failed back from ``live`` already comes back
+    unchanged. Raises ConflictError for the config of another guest."""
+    first = text.split("\n", 1)[0].rstrip("\r")
+    if first.startswith(f"{FAILED_BACK_MARK}{live} "):
+        return text
+    if first != REPLICA_MARK + live:
+        raise ConflictError(f"the config does not start with {REPLICA_MARK + live!r}: it is "
+                            f"not the failback's copy of {live}")
+    config = parse_guest_config(text, kind)  # type: ignore[arg-type]
+    main = config.main
+    main.lines = [ln for ln in main.lines[1:]
+                  if not ln.raw.lstrip().startswith(FAILED_OVER_MARK.strip())]
+    if original is not None:
+        old = parse_guest_config(original, kind)  # type: ignore[arg-type]
+        for key, value in old.main.items():
+            if key == "onboot" or is_hazardous(kind, key, value) or (restore_cpu and key == "cpu"):
+                _set_key(main, key, value)
+    main.lines.insert(0, ConfigLine(f"{FAILED_BACK_MARK}{live} {when}\n"))
+    return serialise(config)
+
+
+def replica_again_text(text: str, guest: str) -> str:
+    """The live copy's config ``text`` once its guest ``guest`` (``pve1/100``) failed back: the
+    failed-over first line becomes our replica mark again, so the job writes into it once
+    more. Unmarked text comes back unchanged; ConflictError for the config of another guest."""
+    first, _, rest = text.partition("\n")
+    if first.rstrip("\r") == REPLICA_MARK + guest:
+        return text
+    if (failed_over_from(first) or "").split(" ")[0] != guest:
+        raise ConflictError(f"the config does not start with {FAILED_OVER_MARK + guest!r}: it "
+                            f"is not the failed-over copy of {guest}")
+    return f"{REPLICA_MARK}{guest}\n{rest}"
+
+
+def failed_back_from(text: str) -> str | None:
+    """``pve3/9400 <when>`` when the config ``text`` is a guest the failback flow put back
+    (its first line is ``FAILED_BACK_MARK``), else None."""
+    first = text.split("\n", 1)[0].rstrip("\r")
+    return first[len(FAILED_BACK_MARK):].strip() if first.startswith(FAILED_BACK_MARK) else None
+
+
+def stale_original_text(text: str, kind: str, guest: str, live: str, when: str) -> str:
+    """The config of the original ``guest`` (``pve1/100``) once a failback set it aside: a
+    first line saying so (``#dapx-stale-original-of: pve1/100 before its failback from
+    pve3/9400 <when>``) and no ``onboot``, so that it never starts beside the guest that
+    replaced it (same MAC addresses, same disks' contents of an older day). Marked text comes
+    back unchanged."""
+    if text.startswith(STALE_MARK):
+        return text
+    config = parse_guest_config(text, kind)  # type: ignore[arg-type]
+    config.main.lines = [ln for ln in config.main.lines if ln.key != "onboot"]
+    config.main.lines.insert(0, ConfigLine(f"{STALE_MARK}{guest} before its failback from "
+                                           f"{live} {when}\n"))
+    return serialise(config)
 
 
 def dropped_keys(config: GuestConfig, carry_keys: Collection[str] = ()) -> list[str]:

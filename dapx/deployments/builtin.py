@@ -36,6 +36,7 @@ BUILTIN_FLOWS = (
     "dapx.flows.migration.vm_migration",
     "dapx.flows.fleet.fleet_replica",
     "dapx.flows.failover.failover",
+    "dapx.flows.failback.failback",
 )
 
 BUILTIN_SCHEDULES = {
@@ -85,6 +86,7 @@ BUILTIN_PARAMETERS = {
     # A run of a deployment holds the parameters given, not the flow's defaults, and the
     # notification hook reads the mode from the run: a failover is news, say so there too.
     "dapx.flows.failover.failover": {"notify": "always"},
+    "dapx.flows.failback.failback": {"notify": "always"},
 }
 
 

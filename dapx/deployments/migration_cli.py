@@ -1,4 +1,4 @@
-"""The migration side of the command line (M1-M4), and failover (X5).
+"""The migration side of the command line (M1-M4), and failover and failback (X5).
 
     dapx job create migration --source pve1 --guest 100 --dest pve3 --dest-vmid 9100 \\
         --memory 4096 --cores 4 --bridge-map vmbr0=vmbr1 --schedule "0 2 * * *" --force
@@ -150,3 +150,33 @@ def add_failover_parser(sub: argparse._SubParsersAction) -> None:
                         "snapshot without asking the source (refused while the guest runs there)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=cmd_failover)
+
+
+def cmd_failback(args: argparse.Namespace) -> int:
+    """``dapx failback JOB``: run the failback flow here; print what it did."""
+    from dapx.deployments.jobs import validate_job_name
+    from dapx.flows.failback import failback
+
+    from dapx.core.validate import validate_storage_id
+
+    storage = validate_storage_id(args.storage) if args.storage else ""
+    result = asyncio.run(failback(job_name=validate_job_name(args.job), storage=storage))
+    if args.json:
+        print(json.dumps(result.model_dump(mode="json"), indent=2))
+        return 0
+    print(f"guest {result.guest} {result.started} on {result.source} again (from "
+          f"{result.destination}/{result.dest_vmid}); copies: {result.copies}; original: "
+          f"{result.original}; live copy: {result.live_copy}; job {result.job} "
+          f"{result.schedule}, replica: {result.replica}")
+    return 0
+
+
+def add_failback_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``dapx failback`` to the top-level parser."""
+    parser = sub.add_parser("failback", help="bring a failed-over guest home to its repaired "
+                            "node, keep the original aside, resume the job (X5)")
+    parser.add_argument("job", help="the replica job that was failed over")
+    parser.add_argument("--storage", default="", help="PVE storage at home for the disks "
+                        "(default: the original guest's)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(func=cmd_failback)

@@ -24,7 +24,7 @@ When a node dies, or before planned work on it, the administrator fails a replic
 
 Nothing is destroyed or rolled back; the source's disks and snapshots stay as they are.
 Running it again finds each step done and goes on (a start that failed is tried again).
-Failing back (replicating the live copy to the repaired node) is not built yet.
+Failing back (the live copy replicated to the repaired node) is ``dapx.flows.failback``.
 """
 
 from __future__ import annotations
@@ -72,17 +72,18 @@ class FailoverResult(BaseModel):
     seconds: float = 0.0
 
 
-async def find_guest_job(name: str) -> JobRef:
+async def find_guest_job(name: str, action: str = "a failover starts") -> JobRef:
     """The replica job ``name`` of one guest (zfs-replica or btrfs-replica); InputError for
-    another kind of job or an unknown name, listing the jobs that can fail over."""
+    another kind of job or an unknown name, listing the jobs that can (``action``: what the
+    caller does with the job's replica, for the message)."""
     jobs, _ = await replica_jobs()
     guest_jobs = [j for j in jobs if j.flow in GUEST_FLOWS]
     found = next((j for j in jobs if j.name == name), None)
     if found is None or found.flow not in GUEST_FLOWS:
         what = f"a {found.flow} job" if found else "not a job"
         names = ", ".join(j.name for j in guest_jobs) or "none"
-        raise InputError(f"{name!r} is {what}: a failover starts the replica of a zfs-replica "
-                         f"or btrfs-replica job (those jobs: {names})")
+        raise InputError(f"{name!r} is {what}: {action} the replica of a zfs-replica or "
+                         f"btrfs-replica job (those jobs: {names})")
     return found
 
 

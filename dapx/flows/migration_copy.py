@@ -74,17 +74,21 @@ def needs_staging(plan: MigrationPlan) -> bool:
 # zfs / btrfs: the replica steps
 
 
-async def replica_job(job: MigrationJob, plan: MigrationPlan, dest: ProxmoxNode,
-                      vmid: int) -> ReplicaJob:
-    """The replica job that makes this copy as ``vmid``: into the target storage's pool (ZFS:
-    ``rpool/data`` -> pool rpool, sub-folder data) or onto that BTRFS storage."""
-    storage = plan.disks[0].target_storage
-    if plan.transport == "zfs":
+def storage_place(dest: ProxmoxNode, storage: str, transport: str) -> dict[str, str]:
+    """Where a replica job puts disks so that they land in PVE storage ``storage`` of
+    ``dest``: its pool (ZFS: ``rpool/data`` -> pool rpool, sub-folder data), or that BTRFS
+    storage."""
+    if transport == "zfs":
         section = read_storage_config(dest, storage)
         pool, _, sub = str(section.get("pool", "")).partition("/")
-        place = {"dest_pool": pool, "subfolder": sub}
-    else:
-        place = {"dest_pool": storage, "subfolder": "replica"}
+        return {"dest_pool": pool, "subfolder": sub}
+    return {"dest_pool": storage, "subfolder": "replica"}
+
+
+async def replica_job(job: MigrationJob, plan: MigrationPlan, dest: ProxmoxNode,
+                      vmid: int) -> ReplicaJob:
+    """The replica job that makes this copy as ``vmid``, into the target storage."""
+    place = storage_place(dest, plan.disks[0].target_storage, plan.transport)
     return ReplicaJob(source=job.source, guest=job.guest, destination=job.destination,
                       dest_vmid=vmid, compression=job.compression, keep=1, register_vm=True,
                       bwlimit=job.bwlimit, notify="never", **place)

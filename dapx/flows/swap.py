@@ -37,11 +37,13 @@ class SwapResult(BaseModel):
 
 
 async def swap_into_place(node: ProxmoxNode, *, new_kind: GuestKind, staged: int,
-                          old_kind: GuestKind, target: int, aside: int) -> SwapResult:
+                          old_kind: GuestKind, target: int, aside: int,
+                          keep_old: bool = False) -> SwapResult:
     """Swap guest ``staged`` into VMID ``target`` on ``node`` (the caller holds the sessions
-    and the target's lock). Raises ConflictError before anything changes when the new guest
-    cannot take the target's place, and the renumber errors (with the old guest back at
-    ``target``)."""
+    and the target's lock); ``keep_old`` leaves the old guest at ``aside`` instead of
+    destroying it (a failback keeps the original). Raises ConflictError before anything
+    changes when the new guest cannot take the target's place, and the renumber errors (with
+    the old guest back at ``target``)."""
     old_plan = await check_renumber(node, old_kind, target, aside)
     await check_renumber(node, new_kind, staged, target,
                          moving_away=[m.old_volid for m in old_plan.moves])
@@ -52,6 +54,8 @@ async def swap_into_place(node: ProxmoxNode, *, new_kind: GuestKind, staged: int
         await renumber_guest(node, old_kind, aside, target)
         raise
     result = SwapResult(target=target, replaced_kind=old_kind)
+    if keep_old:
+        return result
     try:
         await destroy_guest(node, node.name, old_kind, aside)
     except DapxError as exc:  # the new guest is in place; the old one only takes space

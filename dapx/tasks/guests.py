@@ -8,6 +8,7 @@ the same directory, then rename), the way PVE's own ``file_set_contents`` does o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,12 @@ CONFIG_DIRS: dict[str, str] = {"qemu": "qemu-server", "lxc": "lxc"}
 # Constant scripts; values only ever arrive as positional arguments ("$1"), never inside them.
 _REPLACE_FILE = 'tmp="$1.tmp.$$"; cat > "$tmp" && mv -f "$tmp" "$1"'
 _APPEND_FILE = 'cat >> "$1"'
+_MARKED_FIRST_LINES = ('for f in /etc/pve/nodes/"$1"/qemu-server/*.conf '
+                       '/etc/pve/nodes/"$1"/lxc/*.conf; do [ -f "$f" ] || continue; IFS= read -r line < "$f" || true; '
+                       'case $line in "#dapx-"*) printf "%s\\t%s\\n" "$f" "$line";; esac; '
+                       'done; exit 0')
+"""Prints ``<path>\t<first line>`` for every guest config of node ``$1`` whose first line is
+one of dapx's marks."""
 
 
 @dataclass
@@ -132,6 +139,37 @@ def is_replica_of(text: str, source: str, vmid: int) -> bool:
 read_guest = dapx_task(read_source_guest, name="read-guest")
 
 
+@dapx_task(name="marked-configs")
+async def marked_configs(node: "ProxmoxNode") -> dict[str, str]:
+    """``{config path: its first line}`` for the guests of ``node`` whose config's first line
+    is one of dapx's marks (``#dapx-...``): where a replica, a failed-over or failed-back
+    guest, or an original set aside lives there, whatever its VMID. One round trip."""
+    from dapx.tasks.ssh import run
+
+    result = await run(node, ["sh", "-c", _MARKED_FIRST_LINES, "sh",
+                              validate_node_name(node.name)])
+    found = {}
+    for line in result.stdout.split("\n"):
+        path, tab, first = line.partition("\t")
+        if tab and path.endswith(".conf"):
+            found[path] = first.rstrip("\r")
+    return found
+
+
+async def rewrite_config(node: "ProxmoxNode", path: str, change: Callable[[str], str]) -> bool:
+    """Replace the config at ``path`` on ``node`` with ``change(its text)``; False when that
+    changes nothing (a repeated step). Raises InputError when the file is gone, and what
+    ``change`` raises (ConflictError for another guest's config)."""
+    text = (await read_files(node, [path])).files.get(path)
+    if text is None:
+        raise InputError(f"{path} is gone from {node.name}")
+    changed = change(text)
+    if changed == text:
+        return False
+    await write_file(node, path, changed)
+    return True
+
+
 @dapx_task(name="mark-failed-over")
 async def mark_failed_over(node: "ProxmoxNode", path: str, source: str, vmid: int,
                            when: str) -> bool:
@@ -141,12 +179,39 @@ async def mark_failed_over(node: "ProxmoxNode", path: str, source: str, vmid: in
     another guest's config."""
     from dapx.core.registration import failed_over_text
 
-    text = (await read_files(node, [path])).files.get(path)
-    if text is None:
-        raise InputError(f"{path} is gone from {node.name}: the replica is no longer registered")
     replica_mark(source, vmid)  # validates the node name and the VMID
-    marked = failed_over_text(text, f"{source}/{vmid}", when)
-    if marked == text:
-        return False
-    await write_file(node, path, marked)
-    return True
+    return await rewrite_config(node, path,
+                                lambda text: failed_over_text(text, f"{source}/{vmid}", when))
+
+
+@dapx_task(name="mark-replica-again")
+async def mark_replica_again(node: "ProxmoxNode", path: str, source: str, vmid: int) -> bool:
+    """Give the failed-over copy's config at ``path`` our replica mark for ``source``/``vmid``
+    back as its first line (the guest failed back); False when it has it already."""
+    from dapx.core.registration import replica_again_text
+
+    replica_mark(source, vmid)
+    return await rewrite_config(node, path,
+                                lambda text: replica_again_text(text, f"{source}/{vmid}"))
+
+
+@dapx_task(name="mark-failed-back")
+async def mark_failed_back(node: "ProxmoxNode", path: str, kind: str, live: str,
+                           original: str | None, when: str, restore_cpu: bool) -> bool:
+    """Turn the failback's registered copy at ``path`` into the guest at home (see
+    ``core.registration.failed_back_text``); False when it was so already."""
+    from dapx.core.registration import failed_back_text
+
+    return await rewrite_config(node, path, lambda text: failed_back_text(
+        text, original, kind, live, when, restore_cpu))
+
+
+@dapx_task(name="mark-stale-original")
+async def mark_stale_original(node: "ProxmoxNode", path: str, kind: str, guest: str,
+                              live: str, when: str) -> bool:
+    """Mark the original a failback set aside at ``path`` and take its ``onboot`` away (see
+    ``core.registration.stale_original_text``); False when it was so already."""
+    from dapx.core.registration import stale_original_text
+
+    return await rewrite_config(node, path, lambda text: stale_original_text(
+        text, kind, guest, live, when))

@@ -81,7 +81,7 @@ def adapt_guest_config(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int,
 
 
 async def power(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int,
-                action: Literal["start", "stop"]) -> bool:
+                action: Literal["start", "stop", "shutdown"]) -> bool:
     """``action`` the guest unless it is running (start) or stopped (stop) already (then
     False); follow the task. Safe to repeat. The body of the start and stop tasks here and in
     ``migration_api``."""
@@ -104,6 +104,14 @@ async def start_guest(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int) -
 async def stop_guest(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int) -> bool:
     """Stop the guest unless it is stopped already (then False); follow the task."""
     return await power(api_node, on, kind, vmid, "stop")
+
+
+@dapx_task(name="shut-down-guest")
+async def shut_down_guest(api_node: "ProxmoxNode", on: str, kind: Kind, vmid: int) -> bool:
+    """Shut the guest down cleanly (its OS told, as PVE's Shutdown button) unless it is
+    stopped already (then False); follow the task (PVE's fails when the OS does not stop in
+    time)."""
+    return await power(api_node, on, kind, vmid, "shutdown")
 
 
 @dapx_task(name="destroy-guest")

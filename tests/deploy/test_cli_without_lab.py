@@ -147,11 +147,16 @@ def test_a_pbs_server_named_where_a_pve_node_is_meant_is_one_line(paper_nodes: N
 def test_failover_mistakes_are_one_line_and_change_nothing(paper_nodes: None) -> None:
     for name, expected in (("a;rm -rf /", "a;rm -rf /"), ("no-such-job", "not a job")):
         assert_one_line(run_cli("dapx", "failover", name, check=False), expected)
+        assert_one_line(run_cli("dapx", "failback", name, check=False), expected)
+    assert_one_line(run_cli("dapx", "failback", "ux-job", "--storage", "../x", check=False),
+                    "../x")
     run_cli(*JOB, "--schedule", "0 2 * * *")
     try:
         # pve1 is on paper (no pinned TLS fingerprint): nothing can say the guest is stopped
         refused = run_cli("dapx", "failover", "ux-job", check=False)
         assert_one_line(refused, "cannot ask pve1 whether guest 100 runs", "source_down")
+        refused = run_cli("dapx", "failback", "ux-job", check=False)
+        assert_one_line(refused, "cannot ask pve1 about guest 100", "a failback needs pve1 up")
         assert "ux-job" in run_cli("dapx", "job", "list").stdout
         assert not any(j["paused"] for j in _jobs() if j["name"] == "ux-job")
     finally:

@@ -76,3 +76,56 @@ def test_the_failover_message_says_which_guest_runs_where() -> None:
                                                   timestamp=run.end_time), "Failed", [])
     assert run_subject(refused) == "[dapx] FAILED failover/default: job vm100-to-pve3"
     assert refused.detail == "guest 100 is running on pve1"
+
+
+# -- failback (X5's second half) ------------------------------------------------------------------
+
+COPY = ("#dapx-replica-of: pve3/9400\n"
+        f"#dapx-failed-over-from: pve1/100 {WHEN}\n"
+        "#web server\ncores: 4\nmemory: 4096\nnet0: virtio=BC:24:11:00:00:01,bridge=vmbr0\n"
+        "scsi0: local-zfs:vm-101-disk-0,size=32M\n")
+ORIGINAL = ("#web server\nboot: order=scsi0\ncores: 2\ncpu: x86-64-v2-AES\n"
+            "hookscript: local:snippets/check.pl\nhostpci0: 0000:01:00.0\nmemory: 2048\n"
+            "onboot: 1\nscsi0: local-zfs:vm-100-disk-0,size=32M\n"
+            "\n[before-upgrade]\nmemory: 1024\nonboot: 1\n")
+
+
+def test_the_guest_home_keeps_the_live_config_and_gets_its_node_bound_keys_back() -> None:
+    from dapx.core.registration import failed_back_from, failed_back_text
+
+    home = failed_back_text(COPY, ORIGINAL, "qemu", "pve3/9400", WHEN)
+    assert home.split("\n") == [
+        f"#dapx-failed-back-from: pve3/9400 {WHEN}", "#web server",
+        "cores: 4", "hookscript: local:snippets/check.pl", "hostpci0: 0000:01:00.0",
+        "memory: 4096", "net0: virtio=BC:24:11:00:00:01,bridge=vmbr0", "onboot: 1",
+        "scsi0: local-zfs:vm-101-disk-0,size=32M", ""]  # what the live copy ran with stays
+    assert failed_back_from(home) == f"pve3/9400 {WHEN}"
+    assert failed_back_text(home, ORIGINAL, "qemu", "pve3/9400", "later") == home  # repeat
+    assert "cpu: x86-64-v2-AES" in failed_back_text(COPY.replace("cores: 4", "cores: 4\ncpu: host"),
+                                                    ORIGINAL, "qemu", "pve3/9400", WHEN,
+                                                    restore_cpu=True)
+    alone = failed_back_text(COPY, None, "qemu", "pve3/9400", WHEN)  # the original is gone
+    assert "onboot" not in alone and "hookscript" not in alone
+    with pytest.raises(ConflictError, match="not the failback's copy of pve3/9400"):
+        failed_back_text(ORIGINAL, None, "qemu", "pve3/9400", WHEN)
+
+
+def test_the_original_set_aside_never_starts_by_itself() -> None:
+    from dapx.core.registration import stale_original_text
+
+    stale = stale_original_text(ORIGINAL, "qemu", "pve1/100", "pve3/9400", WHEN)
+    assert stale.startswith(f"#dapx-stale-original-of: pve1/100 before its failback from "
+                            f"pve3/9400 {WHEN}\n#web server\n")
+    main, _, snapshot = stale.partition("[before-upgrade]")
+    assert "onboot" not in main and "onboot: 1" in snapshot  # a snapshot's record stays
+    assert stale_original_text(stale, "qemu", "pve1/100", "pve3/9400", "later") == stale
+
+
+def test_the_live_copy_becomes_the_replica_again() -> None:
+    from dapx.core.registration import replica_again_text
+
+    marked = failed_over_text(CONFIG, "pve1/100", WHEN)
+    assert replica_again_text(marked, "pve1/100") == CONFIG
+    assert replica_again_text(CONFIG, "pve1/100") == CONFIG
+    with pytest.raises(ConflictError, match="not the failed-over copy of pve1/10$"):
+        replica_again_text(marked, "pve1/10")

@@ -1,0 +1,140 @@
+"""Failback on the lab (X5's second half): a small VM 160 of pve1 (``onboot: 1`` and a
+hookscript, which a replica leaves out) has a replica job to pve3 (VMID 9460). It is failed
+over, the live copy on pve3 writes, and so does the original on pve1 (a write a node down
+never sent). The failback brings the live copy's bytes home as VMID 160, keeps the original
+aside with its own bytes, makes the live copy the job's replica again and resumes the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from dapx.core.jobspec import ReplicaJob
+from dapx.errors import ConflictError
+from dapx.lab import estate
+from tests.helpers import tiny_guests
+from test_failover import power, status
+from test_replica_helpers import harness, lab_state, sh, sha256, zfs_snapshots
+
+pytestmark = pytest.mark.lab
+
+SRC, DST, VMID, NEW = "pve1", "pve3", 160, 9460
+JOB_NAME = "vm160-failback"
+HOME_CONF = f"/etc/pve/nodes/{SRC}/qemu-server/{VMID}.conf"
+LIVE_CONF = f"/etc/pve/nodes/{DST}/qemu-server/{NEW}.conf"
+HOME_DISK = f"/rpool/data/vm-{VMID}-disk-0/disk.raw"
+LIVE_DISK = f"/rpool/replica/vm-{NEW}-disk-0/disk.raw"
+HOOK = "hookscript: local:snippets/check.pl"
+
+
+def job() -> ReplicaJob:
+    return ReplicaJob(source=SRC, guest=VMID, destination=DST, dest_vmid=NEW, keep=2)
+
+
+def write(node: str, path: str) -> None:
+    sh(node, ["dd", "if=/dev/urandom", f"of={path}", "bs=1024", "count=64", "seek=8",
+              "conv=notrunc", "status=none"])
+
+
+def config(node: str, path: str) -> str:
+    return sh(node, ["cat", path])
+
+
+def guests_on_home() -> list[int]:
+    """VMIDs on pve1 from 160 to 169 (the guest, the copy beside, the original aside)."""
+    listed = sh(SRC, ["ls", f"/etc/pve/nodes/{SRC}/qemu-server"])
+    return [v for v in (int(n.split(".")[0]) for n in listed.split()) if 160 <= v < 170]
+
+
+def clean() -> None:
+    estate.run(SRC, ["sh", "-c", "rm -f /run/dapx-sim/16?.running"])
+    estate.run(DST, ["rm", "-f", f"/run/dapx-sim/{NEW}.running"])
+    tiny_guests.remove(SRC, sorted(set(guests_on_home()) | {VMID}))
+    tiny_guests.remove_replicas(DST, [NEW])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_lab(request: pytest.FixtureRequest):
+    lab_state(request)
+    clean()
+    tiny_guests.make(SRC, [VMID], kib=4096)  # 4 MiB: a full copy is told from a delta
+    sh(SRC, ["sh", "-c", f'printf "%s\\n" "onboot: 1" "{HOOK}" >> "$1"', "sh", HOME_CONF])
+    yield from harness(request)
+    from dapx.deployments.jobs import list_jobs, remove_job
+
+    if any(j["name"] == JOB_NAME for j in list_jobs()):
+        remove_job(JOB_NAME)
+    clean()
+
+
+async def test_failback_brings_the_live_copy_home_and_keeps_the_original() -> None:
+    from dapx.deployments.jobs import create_job, list_jobs
+    from dapx.flows.failback import failback
+    from dapx.flows.failover import failover
+    from dapx.flows.protection import protection_status
+    from dapx.flows.trust import trust_nodes
+
+    await trust_nodes(SRC, DST)
+    await trust_nodes(DST, SRC)
+    await asyncio.to_thread(create_job, JOB_NAME, "zfs-replica", job(), schedule="0 3 * * *",
+                            replace=True)
+    with pytest.raises(ConflictError, match="guest 9460 on pve3 is not a failed-over copy of "
+                       "pve1/160: nothing to fail back"):
+        await failback(job_name=JOB_NAME)
+    await failover(job_name=JOB_NAME)  # planned: VM 160 is stopped; its first copy
+    assert await status(DST, NEW) == "running"
+    assert HOOK not in config(DST, LIVE_CONF)  # a replica leaves the hookscript out
+    write(DST, LIVE_DISK)  # the live copy works while failed over
+    write(SRC, HOME_DISK)  # and the original holds a write its node never sent
+    live_bytes, stale_bytes = sha256(DST, LIVE_DISK), sha256(SRC, HOME_DISK)
+
+    await power(SRC, VMID, "start")  # the original started again at home: refused
+    try:
+        with pytest.raises(ConflictError, match="guest 160 is running on pve1: starting the "
+                           "failed-back copy would run two copies"):
+            await failback(job_name=JOB_NAME)
+    finally:
+        await power(SRC, VMID, "stop")
+    assert guests_on_home() == [VMID]  # nothing made beside it
+
+    result = await failback(job_name=JOB_NAME)
+    assert re.fullmatch(r".+ in .+ s; then .+ in .+ s, stopped", result.copies), result.copies
+    aside = int(re.match(r"kept aside as VMID (\d+) ", result.original)[1])
+    assert (result.started, result.live_copy, result.schedule) == \
+        ("started", "stopped; the job's replica again", "resumed")
+    assert re.fullmatch(r"[0-9.]+ (B|KiB) in .+ s", result.replica), result.replica  # a delta
+    # home: the live copy's bytes, running, its config marked, onboot and hookscript back
+    assert sha256(SRC, HOME_DISK) == live_bytes
+    assert await status(SRC, VMID) == "running"
+    home = config(SRC, HOME_CONF)
+    assert home.startswith(f"#dapx-failed-back-from: {DST}/{NEW} ")
+    assert "onboot: 1\n" in home and HOOK in home and "failed-over" not in home
+    assert f"local-zfs:vm-{VMID}-disk-0" in home
+    # the original, aside with its own bytes, never to start by itself
+    stale = config(SRC, f"/etc/pve/nodes/{SRC}/qemu-server/{aside}.conf")
+    assert stale.startswith(f"#dapx-stale-original-of: {SRC}/{VMID} before its failback from "
+                            f"{DST}/{NEW} ")
+    assert "onboot" not in stale and f"local-zfs:vm-{aside}-disk-0" in stale
+    assert sha256(SRC, f"/rpool/data/vm-{aside}-disk-0/disk.raw") == stale_bytes
+    assert await status(SRC, aside) == "stopped"
+    assert sorted(guests_on_home()) == sorted([VMID, aside])  # no copy left beside
+    # the live copy is the replica again: stopped, the job active, its run incremental
+    assert await status(DST, NEW) == "stopped"
+    assert config(DST, LIVE_CONF).startswith(f"#dapx-replica-of: {SRC}/{VMID}\n")
+    assert not next(j for j in list_jobs() if j["name"] == JOB_NAME)["paused"]
+    ours = [s for s in zfs_snapshots(DST, f"rpool/replica/vm-{NEW}-disk-0")
+            if s.startswith(f"dapx_{DST}-{NEW}_")]
+    assert ours and ours[-1] in zfs_snapshots(SRC, f"rpool/data/vm-{VMID}-disk-0")
+    assert sha256(DST, LIVE_DISK) == live_bytes
+    rows = {r["guest"]: r for r in (await protection_status()).rows}
+    assert not rows[f"{SRC}/{VMID}"]["why"].startswith("failed over")
+    assert f"{DST}/{NEW}" not in rows  # a replica again, not a guest of its own
+
+    again = await failback(job_name=JOB_NAME)  # run again: every step found done
+    assert again.copies.startswith("skipped: copied home already")
+    assert (again.started, again.live_copy, again.schedule) == \
+        ("started earlier", "the job's replica already", "active already")
+    assert sha256(SRC, HOME_DISK) == live_bytes
