@@ -257,14 +257,17 @@ def failover_notes(failovers: list[Record], records: list[Record], guests: set[s
     same guest to the same node came after: a line for the started copy (``pve3/9100``: "live
     copy of pve1/100 since its failover 5 min ago") and one for the guest it came from."""
     notes: dict[str, str] = {}
+    first: dict[tuple[str, str, str], datetime] = {}  # a repeated run records its failover again
     for failover in sorted(failovers, key=lambda r: r.at):
+        since = first.setdefault((failover.subject, failover.destination, failover.ref),
+                                 failover.at)
         node = failover.destination.split("/", 1)[0]
         if failover.destination not in guests:
             continue  # the started copy was removed
         if any(r.subject == failover.subject and r.counts_as == "replica" and
-               r.destination == node and r.at > failover.at for r in records):
-            continue  # a job copies it again: the started copy was given up
-        ago = _age(now - failover.at)
+               r.destination == node and r.at > since for r in records):
+            continue  # a job copies it again: the started copy was given up (or failed back)
+        ago = _age(now - since)
         notes[failover.destination] = (f"live copy of {failover.subject} since its failover "
                                        f"{ago} ago")
         notes[failover.subject] = f"failed over to {failover.destination} {ago} ago"

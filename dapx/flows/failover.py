@@ -152,9 +152,11 @@ async def failover(job_name: str, source_down: bool = False, notify: NotifyMode 
         result.config = registered + ("marked failed over" if marked else "marked already")
         ran = await start_guest(dest, dest.name, kind, job.target_vmid)
         result.started = "started" if ran else "running already"
-        if marked:  # `dapx status` lists the started copy as a guest of its own from now on
-            await record_protection("failover", job.source, job.guest,
-                                    f"{job.destination}/{job.target_vmid}", ref=when)
+        # `dapx status` lists the started copy as a guest of its own from now on; recorded by
+        # a repeat too (a run cut after the start recorded nothing), with the mark's time
+        await record_protection("failover", job.source, job.guest,
+                                f"{job.destination}/{job.target_vmid}",
+                                ref=when if marked else earlier or when)
 
     await run_exclusively(guest_lock_name(job.source, job.guest),
                           f"failing guest {job.guest} of {job.source} over to {job.destination}",

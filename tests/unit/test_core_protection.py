@@ -3,6 +3,8 @@ than twice the job's interval, unprotected when no job covers it, replicas left 
 
 from __future__ import annotations
 
+import dataclasses
+
 from datetime import datetime, timedelta, timezone
 
 from hypothesis import given
@@ -145,6 +147,11 @@ def test_a_failed_over_copy_is_a_guest_of_its_own_until_a_job_copies_again() -> 
     assert set(rows) == {"pve1/100"} and not rows["pve1/100"].reasons
     gone = {r.subject: r for r in protection_rows(guests[:1], job, [replica, failover], NOW)}
     assert set(gone) == {"pve1/100"} and not gone["pve1/100"].reasons  # the copy was removed
+    # a failover run again (it records again, with the same mark time): the first one's age
+    marked = dataclasses.replace(failover, ref="2026-12-03 09:40:12Z")
+    repeat = dataclasses.replace(marked, at=NOW - timedelta(minutes=1))
+    rows = {r.subject: r for r in protection_rows(guests, job, [replica, marked, repeat], NOW)}
+    assert rows["pve3/9100"].reasons[0] == "live copy of pve1/100 since its failover 5 min 0 s ago"
 
 
 def test_a_job_without_schedule_is_never_late() -> None:
