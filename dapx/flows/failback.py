@@ -19,8 +19,10 @@ its config's first line ``#dapx-failed-over-from: pve1/100 <when>``). Once pve1 
    first line, and the original's ``onboot`` and node-bound keys (hookscript, hostpciN ...)
    back. It starts on pve1.
 4. The live copy, stopped, becomes the job's replica again (its first line our replica mark),
-   the job is resumed and runs once: the shared snapshots make that run incremental, and
-   `dapx status` shows the guest protected again.
+   the job is resumed and runs once: the shared snapshots make that run incremental (ZFS;
+   on BTRFS the guest at home shares no snapshot the job can send from, so that run sends it
+   whole, received beside the replica and swapped in), and `dapx status` shows the guest
+   protected again.
 
 Nothing is destroyed: the original waits aside until the administrator removes it, the live
 copy becomes the replica. Each step finds itself done when run again (a failback cut half
@@ -246,7 +248,12 @@ async def failback(job_name: str, storage: str = "", notify: NotifyMode = "alway
                           lock_wait, False, bring_home)
     resumed = await asyncio.to_thread(set_paused, f"{ref.flow}/{ref.name}", False)
     result.schedule = "resumed" if resumed else "active already"
-    result.replica = await last_replica_run(ref)
+    # BTRFS: the guest at home is a received copy, which shares no snapshot the job can send
+    # from with the replica, so the job sends it whole (received beside the old replica and
+    # swapped in when complete; nothing in the stopped replica is newer than the guest home)
+    full = ref.flow == "btrfs-replica"
+    result.replica = await last_replica_run(ref, force=full) + (" (whole: BTRFS)" if full
+                                                                 else "")
     result.seconds = round(time.monotonic() - started, 3)
     await publish_table(artifact_key("failback", job.source, job.guest, job.destination),
                         [{"step": k.replace("_", " "), "outcome": str(v)}

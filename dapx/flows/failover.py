@@ -178,15 +178,16 @@ async def failed_over_already(dest, job: ReplicaJob) -> str | None:  # noqa: ANN
     return ours[0] if ours else None
 
 
-async def last_replica_run(ref: JobRef) -> str:
-    """Run the job once more, as a subflow of this run (its errors stop the failover)."""
+async def last_replica_run(ref: JobRef, force: bool = False) -> str:
+    """Run the job once more, as a subflow of this run (its errors stop the failover);
+    ``force`` as the replica flows take it."""
     from dapx.core.units import human_bytes
 
     if ref.flow == "zfs-replica":
         from dapx.flows.replica import zfs_replica as replica
     else:
         from dapx.flows.btrfs_replica import btrfs_replica as replica
-    copied = await replica(job=ref.job)
+    copied = await replica(job=ref.job, force=force)
     return f"{human_bytes(copied.bytes_sent)} in {copied.seconds:g} s"
 
 

@@ -32,10 +32,17 @@ _STATES = ('while [ "$#" -ge 3 ]; do m=$1 s=$2 d=$3; shift 3; '
            'echo "$a$b"; done')
 """Prints, per (method, source, target) triple, whether each exists: ``10``, ``01``..."""
 _MOVE_PATH = ('s=$1 d=$2; mkdir -p "${d%/*}" || exit 1; '
-              'for x in "$s"@*; do [ -e "$x" ] || continue; mv -T "$x" "$d${x#"$s"}" || exit 1; '
+              'for x in "$s"@*; do [ -e "$x" ] || continue; t="$d${x#"$s"}"; '
+              'mv -T "$x" "$t" 2>/dev/null && continue; '
+              '[ "$(btrfs property get -ts "$x" ro 2>/dev/null)" = ro=true ] '
+              '|| { mv -T "$x" "$t"; exit 1; }; '
+              'btrfs property set -ts "$x" ro false && mv -T "$x" "$t" '
+              '&& btrfs property set -ts "$t" ro true || exit 1; '
               'done; mv -T "$s" "$d" || exit 1; rmdir --ignore-fail-on-non-empty "${s%/*}"')
 """Moves a file or directory (and its ``@snapshot`` siblings: BTRFS), then drops the old
-``images/<vmid>`` directory if it is empty."""
+``images/<vmid>`` directory if it is empty. A read-only BTRFS snapshot cannot move to another
+directory (its ``..`` lives in it: EROFS), so it is made writable for the move and read-only
+again at once; one with a received UUID refuses that (no ``-f``), and the renumber stops."""
 
 
 async def _states(node: "ProxmoxNode", moves: list[VolumeMove]) -> list[str]:

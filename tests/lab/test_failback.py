@@ -138,3 +138,106 @@ async def test_failback_brings_the_live_copy_home_and_keeps_the_original() -> No
     assert (again.started, again.live_copy, again.schedule) == \
         ("started earlier", "the job's replica already", "active already")
     assert sha256(SRC, HOME_DISK) == live_bytes
+
+
+# -- a container (ZFS) and a BTRFS guest fail back the same way ------------------------------------
+
+STORE = "/var/lib/pve/local-btrfs"
+MAKE_CT = r'''set -e
+ds=rpool/data/subvol-$1-disk-0
+zfs create "$ds"
+head -c 4194304 /dev/urandom > "/$ds/data.bin"
+printf 'arch: amd64\nhostname: ct%s\nmemory: 128\nonboot: 1\nostype: debian\nrootfs: local-zfs:subvol-%s-disk-0,size=1G\n' "$1" "$1" > "/etc/pve/nodes/pve1/lxc/$1.conf"
+'''
+MAKE_BTRFS = r'''set -e
+d=/var/lib/pve/local-btrfs/images/$1
+mkdir -p "$d"
+btrfs -q subvolume create "$d/vm-$1-disk-0"
+head -c 4194304 /dev/urandom > "$d/vm-$1-disk-0/disk.raw"
+printf 'memory: 128\nname: tiny%s\nonboot: 1\nscsi0: local-btrfs:%s/vm-%s-disk-0.raw,size=4M\n' "$1" "$1" "$1" > "/etc/pve/nodes/pve2/qemu-server/$1.conf"
+'''
+CLEAN_CT = r'''for v in 163 164 165 166 167; do
+  rm -f "/etc/pve/nodes/pve1/lxc/$v.conf" "/run/dapx-sim/$v.running"
+  zfs destroy -r "rpool/data/subvol-$v-disk-0" 2>/dev/null
+done
+rm -f /etc/pve/nodes/pve3/lxc/9463.conf /run/dapx-sim/9463.running
+zfs destroy -r rpool/replica/subvol-9463-disk-0 2>/dev/null; exit 0
+'''
+OTHERS = {  # flow, source node, guest, kind, job fields, (home, live, aside) file of the disk
+    "ct-zfs": ("zfs-replica", "pve1", 163, "lxc", dict(dest_vmid=9463),
+               ("/rpool/data/subvol-{v}-disk-0/data.bin",
+                "/rpool/replica/subvol-9463-disk-0/data.bin")),
+    "vm-btrfs": ("btrfs-replica", "pve2", 166, "qemu",
+                 dict(dest_vmid=9466, dest_pool="local-btrfs"),
+                 (STORE + "/images/{v}/vm-{v}-disk-0/disk.raw",
+                  STORE + "/images/9466/vm-9466-disk-0/disk.raw")),
+}
+
+
+def _clean_other(case: str) -> None:
+    flow, node, guest, kind, fields, _ = OTHERS[case]
+    if flow == "zfs-replica":
+        for lab_node in (node, DST):
+            estate.run(lab_node, ["sh", "-c", CLEAN_CT])
+        return
+    dest_vmid = fields["dest_vmid"]
+    for lab_node in (node, DST):
+        estate.run(lab_node, ["sh", "-c", "rm -f /run/dapx-sim/16?.running "
+                              f"/run/dapx-sim/{dest_vmid}.running /etc/pve/nodes/*/qemu-server/"
+                              f"16[6-9].conf /etc/pve/nodes/*/qemu-server/{dest_vmid}.conf"])
+        listed = sh(lab_node, ["btrfs", "subvolume", "list", "-o", "-R", STORE])
+        paths = sorted((f"{STORE}/{ln.split(' path ', 1)[1]}" for ln in listed.splitlines()
+                        if " path " in ln), reverse=True)
+        for path in paths:
+            if re.search(rf"/images/(16[6-9]|{dest_vmid})/|dapx_pve3-{dest_vmid}_|"
+                         rf"dapx_pve2-16[6-9]_|replica/pve[23]-(16[6-9]|{dest_vmid})\b", path):
+                sh(lab_node, ["btrfs", "subvolume", "delete", path])
+
+
+@pytest.mark.parametrize("case", list(OTHERS))
+async def test_a_container_and_a_btrfs_guest_fail_back_too(case: str) -> None:
+    from dapx.core.registration import FAILED_BACK_MARK
+    from dapx.deployments.jobs import create_job, remove_job
+    from dapx.flows.failback import failback
+    from dapx.flows.failover import failover
+    from dapx.flows.trust import trust_nodes
+    from dapx.blocks import ProxmoxNode
+
+    flow, node, guest, kind, fields, (home_file, live_file) = OTHERS[case]
+    spec = ReplicaJob(source=node, guest=guest, destination=DST, keep=2, **fields)
+    name = f"failback-{case}"
+    _clean_other(case)
+    estate.run(node, ["sh", "-c", MAKE_CT if kind == "lxc" else MAKE_BTRFS, "sh", str(guest)],
+               check=True)
+    api = {n: (await ProxmoxNode.aload(n)).pve_api() for n in (node, DST)}
+
+    async def state(on: str, vmid: int) -> str:
+        return (await asyncio.to_thread(api[on].guest_status, on, kind, vmid))["status"]
+
+    await trust_nodes(node, DST)
+    await trust_nodes(DST, node)
+    await asyncio.to_thread(create_job, name, flow, spec, schedule="0 3 * * *", replace=True)
+    try:
+        await failover(job_name=name)
+        write(DST, live_file)
+        live_bytes = sha256(DST, live_file)
+        stale_bytes = sha256(node, home_file.format(v=guest))
+        result = await failback(job_name=name)
+        aside = int(re.match(r"kept aside as VMID (\d+) ", result.original)[1])
+        assert sha256(node, home_file.format(v=guest)) == live_bytes
+        assert sha256(node, home_file.format(v=aside)) == stale_bytes
+        assert (await state(node, guest), await state(node, aside), await state(DST,
+                spec.target_vmid)) == ("running", "stopped", "stopped")
+        sub = "lxc" if kind == "lxc" else "qemu-server"
+        home = sh(node, ["cat", f"/etc/pve/nodes/{node}/{sub}/{guest}.conf"])
+        assert home.startswith(f"{FAILED_BACK_MARK}{DST}/{spec.target_vmid} ")
+        assert "onboot: 1" in home
+        assert result.schedule == "resumed"
+        if flow == "zfs-replica":
+            assert re.fullmatch(r"[0-9.]+ (B|KiB) in .+ s", result.replica), result.replica
+        else:  # the job's replica is sent whole once
+            assert result.replica.endswith(" (whole: BTRFS)"), result.replica
+            assert sha256(DST, live_file) == live_bytes
+    finally:
+        await asyncio.to_thread(remove_job, name)
+        _clean_other(case)
