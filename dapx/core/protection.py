@@ -13,7 +13,9 @@ replica and backup, and its state:
 
 A guest that is the replica a job registered on its destination is a copy, not a guest to
 protect, and is left out, until the failover flow starts it as the live guest (X5): from then
-on it is a guest of its own (unprotected until a job covers it), and both rows say so.
+on it is a guest of its own (unprotected until a job covers it), and both rows say so, until a
+job copies the guest again (after a failback). The original a failback set aside is a guest
+too, and its row says what it is.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from typing import Any, Iterable, Literal, Mapping
 
 Kind = Literal["replica", "backup"]
 State = Literal["ok", "late", "pending", "unprotected"]
-RECORD_KINDS = ("replica", "backup", "recovery", "failover")
+RECORD_KINDS = ("replica", "backup", "recovery", "failover", "failback")
 """What ``record_protection`` accepts; a recovery (a replica through PBS, R5) counts as a
-replica; a failover (its destination is the started copy, ``pve3/9100``) is no copy at all."""
+replica. A failover (its destination is the started copy, ``pve3/9100``) and a failback (its
+destination is the live copy it brought home, its ref the original it set aside,
+``pve1/102``, or empty) are events, no copies at all."""
+EVENT_KINDS = ("failover", "failback")
 LATE_FACTOR = 2
 """A job is late when its newest success is older than this many intervals."""
 _SEVERITY = {"unprotected": 0, "late": 1, "pending": 2, "ok": 3}
@@ -237,8 +242,11 @@ def protection_rows(guests: list[Guest], covers: list[Cover], records: list[Reco
     Guests that are a job's registered replica are left out (they are copies)."""
     covers = expand_covers(guests, covers)
     failovers = [r for r in records if r.kind == "failover"]
-    records = [r for r in records if r.kind != "failover"]
-    notes = failover_notes(failovers, records, {g.subject for g in guests}, now)
+    failbacks = [r for r in records if r.kind == "failback"]
+    records = [r for r in records if r.kind not in EVENT_KINDS]
+    present = {g.subject for g in guests}
+    notes = failback_notes(failbacks, present, now) | failover_notes(failovers, records,
+                                                                     present, now)
     copies = {c.replica for c in covers if c.replica} - set(notes)
     names = {g.subject: g.name for g in guests}
     by_cover = _group(covers)
@@ -271,6 +279,18 @@ def failover_notes(failovers: list[Record], records: list[Record], guests: set[s
         notes[failover.destination] = (f"live copy of {failover.subject} since its failover "
                                        f"{ago} ago")
         notes[failover.subject] = f"failed over to {failover.destination} {ago} ago"
+    return notes
+
+
+def failback_notes(failbacks: list[Record], guests: set[str], now: datetime) -> dict[str, str]:
+    """For each failback whose original, set aside, is still among ``guests``: a line for it
+    (``pve1/102``: "original of pve1/100 set aside by its failback 5 min ago; ...")."""
+    notes: dict[str, str] = {}
+    for failback in sorted(failbacks, key=lambda r: r.at, reverse=True):  # the first stays
+        if failback.ref in guests:
+            notes[failback.ref] = (f"original of {failback.subject} set aside by its failback "
+                                   f"{_age(now - failback.at)} ago; remove it once it is not "
+                                   "needed")
     return notes
 
 

@@ -119,6 +119,11 @@ def failed_over_from(text: str) -> str | None:
     return first[len(FAILED_OVER_MARK):].strip() if first.startswith(FAILED_OVER_MARK) else None
 
 
+def _is_event_line(line: ConfigLine) -> bool:
+    """A failed-over or failed-back mark line (an earlier round's, carried in a description)."""
+    return line.raw.lstrip().startswith((FAILED_OVER_MARK.strip(), FAILED_BACK_MARK.strip()))
+
+
 def failed_back_text(text: str, original: str | None, kind: str, live: str, when: str,
                      restore_cpu: bool = False) -> str:
     """The config of a guest failed back to its node, from ``text``: the config the failback's
@@ -138,8 +143,7 @@ def failed_back_text(text: str, original: str | None, kind: str, live: str, when
                             f"not the failback's copy of {live}")
     config = parse_guest_config(text, kind)  # type: ignore[arg-type]
     main = config.main
-    main.lines = [ln for ln in main.lines[1:]
-                  if not ln.raw.lstrip().startswith(FAILED_OVER_MARK.strip())]
+    main.lines = [ln for ln in main.lines[1:] if not _is_event_line(ln)]
     if original is not None:
         old = parse_guest_config(original, kind)  # type: ignore[arg-type]
         for key, value in old.main.items():
@@ -178,7 +182,8 @@ def stale_original_text(text: str, kind: str, guest: str, live: str, when: str) 
     if text.startswith(STALE_MARK):
         return text
     config = parse_guest_config(text, kind)  # type: ignore[arg-type]
-    config.main.lines = [ln for ln in config.main.lines if ln.key != "onboot"]
+    config.main.lines = [ln for ln in config.main.lines
+                         if ln.key != "onboot" and not _is_event_line(ln)]
     config.main.lines.insert(0, ConfigLine(f"{STALE_MARK}{guest} before its failback from "
                                            f"{live} {when}\n"))
     return serialise(config)

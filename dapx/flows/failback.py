@@ -50,7 +50,7 @@ from dapx.core.units import human_bytes
 from dapx.errors import ConflictError, InputError
 from dapx.flows import KEPT_RESULTS
 from dapx.flows.failover import find_guest_job, last_replica_run
-from dapx.flows.hooks import job_hooks
+from dapx.flows.hooks import job_hooks, record_protection
 from dapx.flows.migration_copy import storage_place
 from dapx.flows.register import vmid_configs
 from dapx.flows.swap import swap_into_place
@@ -111,8 +111,9 @@ class Home:
         self.used = used
         self.beside = next((p for p, line in sorted(marked.items())
                             if line == REPLICA_MARK + live and _vmid(p) != _vmid_of(home)), None)
-        self.aside = next((p for p, line in sorted(marked.items()) if line.startswith(
-            f"{STALE_MARK}{home} before its failback from {live} ")), None)
+        asides = [p for p, line in marked.items()
+                  if line.startswith(f"{STALE_MARK}{home} before its failback from {live} ")]
+        self.aside = max(asides, key=marked.get, default=None)  # the newest (by its <when>)
 
     @property
     def first_line(self) -> str:
@@ -192,9 +193,11 @@ async def failback(job_name: str, storage: str = "", notify: NotifyMode = "alway
     live_text = _first(live_files)
     marked_live = bool(live_text and (failed_over_from(live_text[1]) or "").startswith(
         home_name + " "))
+    # The live copy's mark decides first: a guest at home failed back in an earlier round
+    # keeps its failed-back mark through the next failover.
     stage = ("swapped" if home.first_line == REPLICA_MARK + live else
-             "home" if home.first_line.startswith(f"{FAILED_BACK_MARK}{live} ") else
-             "copy" if marked_live else "")
+             "copy" if marked_live else
+             "home" if home.first_line.startswith(f"{FAILED_BACK_MARK}{live} ") else "")
     if not stage:
         raise ConflictError(f"guest {job.target_vmid} on {job.destination} is not a "
                             f"failed-over copy of {home_name}: nothing to fail back (dapx "
@@ -235,6 +238,9 @@ async def failback(job_name: str, storage: str = "", notify: NotifyMode = "alway
             ran = await start_guest(source, source.name, _kind(path), job.guest)
             result.started = "started" if ran else "running already"
             stage = "home"
+            # `dapx status` says what the original aside is; the notification what came home
+            aside = f"{job.source}/{_vmid(home.aside)}" if home.aside else ""
+            await record_protection("failback", job.source, job.guest, live, ref=aside)
         else:
             result.original = "kept aside earlier" if home.aside else "none kept"
             result.started = "started earlier"

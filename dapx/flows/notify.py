@@ -24,6 +24,7 @@ from dapx.flows import KEPT_RESULTS
 from dapx.blocks.notifications import aload_notifications
 from dapx.core.notify import (RunNotice, describe_job, job_mode, run_body, run_subject,
                               should_notify, state_detail)
+from dapx.core.protection import EVENT_KINDS
 from dapx.tasks.notify import log_deliveries, send_notice
 from dapx.tasks.runs import RunFacts, flow_run_url, read_run_facts
 from dapx.tasks.store import open_store
@@ -97,10 +98,11 @@ def build_notice(facts: RunFacts, state: Any, outcome: str, records: list) -> Ru
     """The message's facts: job, guest, nodes, outcome, duration, bytes, link."""
     run = facts.flow_run
     what, nodes = describe_job(run.parameters or {})
-    failovers = [r for r in records if r.kind == "failover"]  # no copy: what it started
-    if failovers:
-        records = [r for r in records if r.kind != "failover"]
-        what = "; ".join(f"{r.subject} failed over to {r.destination}" for r in failovers)
+    events = [r for r in records if r.kind in EVENT_KINDS]  # no copies: what they moved
+    if events:
+        records = [r for r in records if r.kind not in EVENT_KINDS]
+        what = "; ".join(f"{r.subject} failed over to {r.destination}" if r.kind == "failover"
+                         else f"{r.subject} failed back from {r.destination}" for r in events)
     started = run.start_time
     ended = getattr(state, "timestamp", None) or run.end_time
     seconds = (ended - started).total_seconds() if started and ended else None
@@ -108,7 +110,8 @@ def build_notice(facts: RunFacts, state: Any, outcome: str, records: list) -> Ru
                      detail=state_detail(getattr(state, "message", "")),
                      started=started, seconds=seconds,
                      bytes_sent=sum(r.bytes_sent for r in records) if records else None,
-                     refs=tuple(r.ref for r in records if r.ref), url=flow_run_url(run.id))
+                     refs=() if events else tuple(r.ref for r in records if r.ref),
+                     url=flow_run_url(run.id))
 
 
 @flow(name="notify-run", log_prints=False, **KEPT_RESULTS)

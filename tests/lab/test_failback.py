@@ -2,7 +2,9 @@
 hookscript, which a replica leaves out) has a replica job to pve3 (VMID 9460). It is failed
 over, the live copy on pve3 writes, and so does the original on pve1 (a write a node down
 never sent). The failback brings the live copy's bytes home as VMID 160, keeps the original
-aside with its own bytes, makes the live copy the job's replica again and resumes the job.
+aside with its own bytes, makes the live copy the job's replica again and resumes the job;
+run again it finds each step done, and a second round of failover and failback works the same.
+A container (ZFS, CT 190) and a BTRFS VM (195 of pve2) fail back too.
 """
 
 from __future__ import annotations
@@ -131,6 +133,8 @@ async def test_failback_brings_the_live_copy_home_and_keeps_the_original() -> No
     assert sha256(DST, LIVE_DISK) == live_bytes
     rows = {r["guest"]: r for r in (await protection_status()).rows}
     assert not rows[f"{SRC}/{VMID}"]["why"].startswith("failed over")
+    assert rows[f"{SRC}/{aside}"]["why"].startswith(f"original of {SRC}/{VMID} set aside by "
+                                                     "its failback")
     assert f"{DST}/{NEW}" not in rows  # a replica again, not a guest of its own
 
     again = await failback(job_name=JOB_NAME)  # run again: every step found done
@@ -138,6 +142,19 @@ async def test_failback_brings_the_live_copy_home_and_keeps_the_original() -> No
     assert (again.started, again.live_copy, again.schedule) == \
         ("started earlier", "the job's replica already", "active already")
     assert sha256(SRC, HOME_DISK) == live_bytes
+
+    # a second round: the guest at home keeps its failed-back mark through the next failover
+    await power(SRC, VMID, "stop")
+    await failover(job_name=JOB_NAME)
+    write(DST, LIVE_DISK)
+    live_bytes = sha256(DST, LIVE_DISK)
+    second = await failback(job_name=JOB_NAME)
+    assert re.fullmatch(r".+ in .+ s; then .+ in .+ s, stopped", second.copies), second.copies
+    aside2 = int(re.match(r"kept aside as VMID (\d+) ", second.original)[1])
+    assert aside2 not in (aside, VMID) and sha256(SRC, HOME_DISK) == live_bytes
+    home = config(SRC, HOME_CONF)
+    assert home.count("#dapx-failed-back-from") == 1 and "onboot: 1\n" in home
+    assert config(DST, LIVE_CONF).startswith(f"#dapx-replica-of: {SRC}/{VMID}\n")
 
 
 # -- a container (ZFS) and a BTRFS guest fail back the same way ------------------------------------
@@ -156,21 +173,21 @@ btrfs -q subvolume create "$d/vm-$1-disk-0"
 head -c 4194304 /dev/urandom > "$d/vm-$1-disk-0/disk.raw"
 printf 'memory: 128\nname: tiny%s\nonboot: 1\nscsi0: local-btrfs:%s/vm-%s-disk-0.raw,size=4M\n' "$1" "$1" "$1" > "/etc/pve/nodes/pve2/qemu-server/$1.conf"
 '''
-CLEAN_CT = r'''for v in 163 164 165 166 167; do
+CLEAN_CT = r'''for v in 190 191 192 193 194; do
   rm -f "/etc/pve/nodes/pve1/lxc/$v.conf" "/run/dapx-sim/$v.running"
   zfs destroy -r "rpool/data/subvol-$v-disk-0" 2>/dev/null
 done
-rm -f /etc/pve/nodes/pve3/lxc/9463.conf /run/dapx-sim/9463.running
-zfs destroy -r rpool/replica/subvol-9463-disk-0 2>/dev/null; exit 0
+rm -f /etc/pve/nodes/pve3/lxc/9490.conf /run/dapx-sim/9490.running
+zfs destroy -r rpool/replica/subvol-9490-disk-0 2>/dev/null; exit 0
 '''
 OTHERS = {  # flow, source node, guest, kind, job fields, (home, live, aside) file of the disk
-    "ct-zfs": ("zfs-replica", "pve1", 163, "lxc", dict(dest_vmid=9463),
+    "ct-zfs": ("zfs-replica", "pve1", 190, "lxc", dict(dest_vmid=9490),
                ("/rpool/data/subvol-{v}-disk-0/data.bin",
-                "/rpool/replica/subvol-9463-disk-0/data.bin")),
-    "vm-btrfs": ("btrfs-replica", "pve2", 166, "qemu",
-                 dict(dest_vmid=9466, dest_pool="local-btrfs"),
+                "/rpool/replica/subvol-9490-disk-0/data.bin")),
+    "vm-btrfs": ("btrfs-replica", "pve2", 195, "qemu",
+                 dict(dest_vmid=9495, dest_pool="local-btrfs"),
                  (STORE + "/images/{v}/vm-{v}-disk-0/disk.raw",
-                  STORE + "/images/9466/vm-9466-disk-0/disk.raw")),
+                  STORE + "/images/9495/vm-9495-disk-0/disk.raw")),
 }
 
 
@@ -182,15 +199,15 @@ def _clean_other(case: str) -> None:
         return
     dest_vmid = fields["dest_vmid"]
     for lab_node in (node, DST):
-        estate.run(lab_node, ["sh", "-c", "rm -f /run/dapx-sim/16?.running "
+        estate.run(lab_node, ["sh", "-c", "rm -f /run/dapx-sim/19[5-9].running "
                               f"/run/dapx-sim/{dest_vmid}.running /etc/pve/nodes/*/qemu-server/"
-                              f"16[6-9].conf /etc/pve/nodes/*/qemu-server/{dest_vmid}.conf"])
+                              f"19[5-9].conf /etc/pve/nodes/*/qemu-server/{dest_vmid}.conf"])
         listed = sh(lab_node, ["btrfs", "subvolume", "list", "-o", "-R", STORE])
         paths = sorted((f"{STORE}/{ln.split(' path ', 1)[1]}" for ln in listed.splitlines()
                         if " path " in ln), reverse=True)
         for path in paths:
-            if re.search(rf"/images/(16[6-9]|{dest_vmid})/|dapx_pve3-{dest_vmid}_|"
-                         rf"dapx_pve2-16[6-9]_|replica/pve[23]-(16[6-9]|{dest_vmid})\b", path):
+            if re.search(rf"/images/(19[5-9]|{dest_vmid})/|dapx_pve3-{dest_vmid}_|"
+                         rf"dapx_pve2-19[5-9]_|replica/pve[23]-(19[5-9]|{dest_vmid})\b", path):
                 sh(lab_node, ["btrfs", "subvolume", "delete", path])
 
 

@@ -152,6 +152,17 @@ def test_a_failed_over_copy_is_a_guest_of_its_own_until_a_job_copies_again() -> 
     repeat = dataclasses.replace(marked, at=NOW - timedelta(minutes=1))
     rows = {r.subject: r for r in protection_rows(guests, job, [replica, marked, repeat], NOW)}
     assert rows["pve3/9100"].reasons[0] == "live copy of pve1/100 since its failover 5 min 0 s ago"
+    # failed back: the live copy a replica again (a job copied after), the original aside
+    home = Record("pve1/100", "failback", "pve3/9100", NOW - timedelta(minutes=2),
+                  ref="pve1/102")
+    guests.append(Guest("pve1", 102, "web"))
+    rows = {r.subject: r for r in protection_rows(guests, job,
+                                                  [replica, failover, home, again], NOW)}
+    assert set(rows) == {"pve1/100", "pve1/102"} and not rows["pve1/100"].reasons
+    assert rows["pve1/100"].replica_at == again.at  # a failback is no copy
+    assert rows["pve1/102"].state == "unprotected"
+    assert rows["pve1/102"].reasons[0] == ("original of pve1/100 set aside by its failback "
+                                           "2 min 0 s ago; remove it once it is not needed")
 
 
 def test_a_job_without_schedule_is_never_late() -> None:

@@ -76,6 +76,15 @@ def test_the_failover_message_says_which_guest_runs_where() -> None:
                                                   timestamp=run.end_time), "Failed", [])
     assert run_subject(refused) == "[dapx] FAILED failover/default: job vm100-to-pve3"
     assert refused.detail == "guest 100 is running on pve1"
+    # a failback: what came home, the bytes of its copies, not their scratch snapshots
+    facts = RunFacts(flow_run=run, job="failback/default", is_job=True)
+    copies = [Record("pve3/9100", "replica", "pve1", run.end_time, ref=f"dapx_pve1-101_{i}",
+                     bytes_sent=1024) for i in (1, 2)]
+    home = Record("pve1/100", "failback", "pve3/9100", run.end_time, ref="pve1/102")
+    notice = build_notice(facts, done, "Completed", [*copies, home])
+    assert run_subject(notice) == ("[dapx] COMPLETED failback/default: pve1/100 failed back "
+                                   "from pve3/9100")
+    assert notice.bytes_sent == 2048 and notice.refs == ()
 
 
 # -- failback (X5's second half) ------------------------------------------------------------------
@@ -104,6 +113,10 @@ def test_the_guest_home_keeps_the_live_config_and_gets_its_node_bound_keys_back(
     assert "cpu: x86-64-v2-AES" in failed_back_text(COPY.replace("cores: 4", "cores: 4\ncpu: host"),
                                                     ORIGINAL, "qemu", "pve3/9400", WHEN,
                                                     restore_cpu=True)
+    # a second round: the earlier round's failed-back line, carried in the description, goes
+    round2 = COPY.replace("#web server", f"#dapx-failed-back-from: pve3/9400 {WHEN}\n#web server")
+    assert failed_back_text(round2, ORIGINAL, "qemu", "pve3/9400", "later").count(
+        "#dapx-failed-back-from") == 1
     alone = failed_back_text(COPY, None, "qemu", "pve3/9400", WHEN)  # the original is gone
     assert "onboot" not in alone and "hookscript" not in alone
     with pytest.raises(ConflictError, match="not the failback's copy of pve3/9400"):
@@ -119,6 +132,10 @@ def test_the_original_set_aside_never_starts_by_itself() -> None:
     main, _, snapshot = stale.partition("[before-upgrade]")
     assert "onboot" not in main and "onboot: 1" in snapshot  # a snapshot's record stays
     assert stale_original_text(stale, "qemu", "pve1/100", "pve3/9400", "later") == stale
+    home = f"#dapx-failed-back-from: pve3/9400 {WHEN}\n" + ORIGINAL  # failed back before
+    assert stale_original_text(home, "qemu", "pve1/100", "pve3/9400", "later").split("\n")[:2] \
+        == ["#dapx-stale-original-of: pve1/100 before its failback from pve3/9400 later",
+            "#web server"]
 
 
 def test_the_live_copy_becomes_the_replica_again() -> None:
