@@ -23,6 +23,8 @@ its config's first line ``#dapx-failed-over-from: pve1/100 <when>``). Once pve1 
    on BTRFS the guest at home shares no snapshot the job can send from, so that run sends it
    whole, received beside the replica and swapped in), and `dapx status` shows the guest
    protected again.
+5. The snapshots the failback's own copies made, on both sides, are removed: the job's run
+   made a newer one both sides share (``core.failback`` says which are the failback's).
 
 Nothing is destroyed: the original waits aside until the administrator removes it, the live
 copy becomes the replica. Each step finds itself done when run again (a failback cut half
@@ -41,21 +43,25 @@ from pydantic import BaseModel, Field
 
 from dapx.blocks.manage import aload_nodes
 from dapx.blocks.node import ProxmoxNode
+from dapx.core.failback import btrfs_home_scratch, btrfs_live_scratch, zfs_scratch
 from dapx.core.guestconfig import list_disks, parse_guest_config
 from dapx.core.jobspec import NotifyMode, ReplicaJob
 from dapx.core.migration_rules import free_vmid
 from dapx.core.registration import (FAILED_BACK_MARK, REPLICA_MARK, STALE_MARK,
                                     failed_over_from)
 from dapx.core.units import human_bytes
+from dapx.core.volumes import btrfs_subvolume
 from dapx.errors import ConflictError, InputError
 from dapx.flows import KEPT_RESULTS
 from dapx.flows.failover import find_guest_job, last_replica_run
 from dapx.flows.hooks import job_hooks, record_protection
 from dapx.flows.migration_copy import storage_place
 from dapx.flows.register import vmid_configs
+from dapx.flows.replica import zfs_disks
 from dapx.flows.swap import swap_into_place
+from dapx.tasks import btrfs, zfs
 from dapx.tasks.guests import (mark_failed_back, mark_replica_again, mark_stale_original,
-                               marked_configs)
+                               marked_configs, read_guest)
 from dapx.tasks.jobs import JobRef, set_paused
 from dapx.tasks.locks import DEFAULT_WAIT, guest_lock_name, run_exclusively
 from dapx.tasks.pve_guests import (guest_state, read_cluster_guests, shut_down_guest,
@@ -85,6 +91,9 @@ class FailbackResult(BaseModel):
     schedule: str = Field(default="", description="The job's schedule.", examples=["resumed"])
     replica: str = Field(default="", description="The job's run after the failback.",
                          examples=["1.0 MiB in 1.2 s"])
+    scratch: str = Field(default="", description="The failback's own snapshots, removed once "
+                         "the job's run made a newer one both sides share.",
+                         examples=["2 snapshots removed"])
     seconds: float = 0.0
 
 
@@ -260,6 +269,8 @@ async def failback(job_name: str, storage: str = "", notify: NotifyMode = "alway
     full = ref.flow == "btrfs-replica"
     result.replica = await last_replica_run(ref, force=full) + (" (whole: BTRFS)" if full
                                                                  else "")
+    async with node_sessions():
+        result.scratch = await drop_scratch(ref, job, source, dest)
     result.seconds = round(time.monotonic() - started, 3)
     await publish_table(artifact_key("failback", job.source, job.guest, job.destination),
                         [{"step": k.replace("_", " "), "outcome": str(v)}
@@ -288,3 +299,43 @@ async def swap_home(source: ProxmoxNode, job: ReplicaJob, home: Home, staged: in
     await mark_stale_original(source, path, old_kind, home_name, live, when)
     home.aside = path
     return f"kept aside as VMID {aside} (stopped, no onboot)"
+
+
+async def drop_scratch(ref: JobRef, job: ReplicaJob, source: ProxmoxNode,
+                       dest: ProxmoxNode) -> str:
+    """Remove the snapshots the failback's copies left on both sides (``core.failback``
+    says which), now that the job's run made a newer one both sides share; how many."""
+    home = await read_guest(source, job.guest)
+    if ref.flow == "zfs-replica":
+        disks = zfs_disks(home, job)
+        states = await zfs.dataset_states(source, [d.source for d in disks])
+        gone = 0
+        for disk in disks:
+            names = zfs_scratch([s.name for s in states[disk.source].snapshots], job.source)
+            await zfs.destroy_snapshots(source, disk.source, names)
+            await zfs.destroy_snapshots(dest, disk.target, names)  # gone there: no matter
+            gone += len(names)
+        return f"{gone} snapshot(s) removed on each side"
+    live = await read_guest(dest, job.target_vmid)
+    home_path = _btrfs_path(home, job.source)
+    live_path = _btrfs_path(live, job.destination)
+    at_home = btrfs_home_scratch(
+        [v.path for v in await btrfs.list_subvolumes(source, home_path)],
+        f"replica/{job.destination}-{job.target_vmid}")
+    live_disks = [btrfs_subvolume(live_path, d.volname)[len(live_path) + 1:]
+                  for d in list_disks(live.config)]
+    beside = btrfs_live_scratch([v.path for v in await btrfs.list_subvolumes(dest, live_path)],
+                                job.source, live_disks)
+    await btrfs.delete_subvolumes(source, [f"{home_path}/{p}" for p in sorted(at_home,
+                                                                             reverse=True)])
+    await btrfs.delete_subvolumes(dest, [f"{live_path}/{p}" for p in beside])
+    return f"{len(at_home)} subvolume(s) removed at home, {len(beside)} beside the replica"
+
+
+def _btrfs_path(guest, node: str) -> str:  # noqa: ANN001 - a SourceGuest
+    """The path of the BTRFS storage the guest's first disk is on."""
+    disk = list_disks(guest.config)[0]
+    storage = guest.storages.get(disk.storage or "", {})
+    if storage.get("type") != "btrfs" or "path" not in storage:
+        raise InputError(f"disk {disk.key} of guest {guest.vmid} on {node} is not on BTRFS")
+    return storage["path"].rstrip("/")

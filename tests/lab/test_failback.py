@@ -130,6 +130,10 @@ async def test_failback_brings_the_live_copy_home_and_keeps_the_original() -> No
     ours = [s for s in zfs_snapshots(DST, f"rpool/replica/vm-{NEW}-disk-0")
             if s.startswith(f"dapx_{DST}-{NEW}_")]
     assert ours and ours[-1] in zfs_snapshots(SRC, f"rpool/data/vm-{VMID}-disk-0")
+    # the failback's own snapshots are gone on both sides: they would pin old blocks for ever
+    assert result.scratch == "1 snapshot(s) removed on each side"
+    assert not [s for s in zfs_snapshots(SRC, f"rpool/data/vm-{VMID}-disk-0")
+                + zfs_snapshots(DST, f"rpool/replica/vm-{NEW}-disk-0") if s.startswith("dapx_pve1-")]
     assert sha256(DST, LIVE_DISK) == live_bytes
     rows = {r["guest"]: r for r in (await protection_status()).rows}
     assert not rows[f"{SRC}/{VMID}"]["why"].startswith("failed over")
@@ -255,6 +259,11 @@ async def test_a_container_and_a_btrfs_guest_fail_back_too(case: str) -> None:
         else:  # the job's replica is sent whole once
             assert result.replica.endswith(" (whole: BTRFS)"), result.replica
             assert sha256(DST, live_file) == live_bytes
+            left = sh(node, ["btrfs", "subvolume", "list", "-o", "-R", STORE]) + sh(
+                DST, ["btrfs", "subvolume", "list", "-o", "-R", STORE])
+            assert f"replica/{DST}-9495/" not in left and "@dapx_pve2-" not in left, left
+            assert result.scratch.endswith(" beside the replica") and not \
+                result.scratch.startswith("0 "), result.scratch
     finally:
         await asyncio.to_thread(remove_job, name)
         _clean_other(case)

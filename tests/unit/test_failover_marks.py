@@ -146,3 +146,18 @@ def test_the_live_copy_becomes_the_replica_again() -> None:
     assert replica_again_text(CONFIG, "pve1/100") == CONFIG
     with pytest.raises(ConflictError, match="not the failed-over copy of pve1/10$"):
         replica_again_text(marked, "pve1/10")
+
+
+def test_the_failback_s_own_snapshots_are_told_from_the_jobs() -> None:
+    from dapx.core.failback import btrfs_home_scratch, btrfs_live_scratch, zfs_scratch
+
+    home = ["dapx_pve3-9400_20261203T090000Z", "autosnap_daily", "dapx_pve1-101_20261203T1"]
+    assert zfs_scratch(home, "pve1") == ["dapx_pve1-101_20261203T1"]
+    assert zfs_scratch(home, "pve3") == ["dapx_pve3-9400_20261203T090000Z"]  # names the node
+    paths = ["images/100/vm-100-disk-0", "replica/pve3-9400/vm-9400-disk-0@dapx_pve2-101_1",
+             "replica/pve3-94000/vm-94000-disk-0@dapx_pve2-101_1",
+             "images/9400/vm-9400-disk-0@dapx_pve2-101_1",
+             "images/9400/vm-9400-disk-0@dapx_pve3-9400_1",
+             "images/9400/vm-9400-disk-10@dapx_pve2-101_1"]
+    assert btrfs_home_scratch(paths, "replica/pve3-9400") == [paths[1]]
+    assert btrfs_live_scratch(paths, "pve2", ["images/9400/vm-9400-disk-0"]) == [paths[3]]
